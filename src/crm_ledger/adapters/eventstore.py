@@ -1,0 +1,239 @@
+"""Event store recorders: eventsourcing's SQLite and PostgreSQL recorders, plus the ledger's
+receipts (the permanent event_id dedup table) and source positions, written in the same
+transaction as the events they describe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+from uuid import UUID
+
+import psycopg
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from psycopg.sql import SQL, Identifier
+
+from crm_ledger.application import Receipt
+from crm_ledger.errors import ConfigurationError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from eventsourcing.persistence import StoredEvent
+
+    from crm_ledger.application import Position
+    from eventsourcing.postgres import PostgresDatastore
+    from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore
+    from psycopg import Cursor
+    from psycopg.rows import DictRow
+
+#: How many ids one dedup look-up sends at a time (SQLite's variable limit is 32766).
+LOOKUP_CHUNK = 900
+
+
+def _chunks(items: Sequence[UUID]) -> Iterable[Sequence[UUID]]:
+    for start in range(0, len(items), LOOKUP_CHUNK):
+        yield items[start : start + LOOKUP_CHUNK]
+
+
+class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
+    """SQLite recorder that also writes receipts and positions with the events."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        """Add the receipts and positions tables to eventsourcing's own."""
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS ledger_receipts ("
+            "event_id TEXT PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_positions ("
+            "source TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, "
+            "PRIMARY KEY (source, partition)) WITHOUT ROWID",
+        ]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        receipts: Sequence[Receipt] = kwargs.get("receipts", ())
+        c.executemany(
+            "INSERT INTO ledger_receipts VALUES (?,?,?)",
+            [(r.event_id.hex, r.originator_id.hex, r.originator_version) for r in receipts],
+        )
+        positions: Sequence[Position] = kwargs.get("positions", ())
+        c.executemany(
+            "INSERT INTO ledger_positions VALUES (?,?,?) ON CONFLICT (source, partition) "
+            "DO UPDATE SET next_offset = excluded.next_offset",
+            [(p.source, p.partition, p.next_offset) for p in positions],
+        )
+        return ids
+
+    def known_event_ids(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        """The subset of ``event_ids`` already stored."""
+        known: set[UUID] = set()
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in _chunks(event_ids):
+                marks = ",".join("?" * len(chunk))
+                c.execute(
+                    f"SELECT event_id FROM ledger_receipts WHERE event_id IN ({marks})",
+                    [e.hex for e in chunk],
+                )
+                known.update(UUID(row[0]) for row in c.fetchall())
+        return known
+
+    def receipt(self, event_id: UUID) -> Receipt | None:
+        """Where ``event_id`` was stored, if it was."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT * FROM ledger_receipts WHERE event_id=?", [event_id.hex])
+            row = c.fetchone()
+        return None if row is None else Receipt(UUID(row[0]), UUID(row[1]), row[2])
+
+    def positions(self, source: str) -> dict[int, int]:
+        """Partition -> next offset stored for ``source``."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT partition, next_offset FROM ledger_positions WHERE source=?", [source]
+            )
+            return {row[0]: row[1] for row in c.fetchall()}
+
+    def count_receipts(self) -> int:
+        """How many distinct events the ledger holds."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT COUNT(*) FROM ledger_receipts")
+            return int(c.fetchone()[0])
+
+
+class LedgerPostgresRecorder(PostgresApplicationRecorder):
+    """PostgreSQL recorder that also writes receipts and positions with the events."""
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(self.datastore.schema)
+        self.sql_create_statements += [
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.ledger_receipts (event_id uuid PRIMARY KEY, "
+                "originator_id uuid NOT NULL, originator_version bigint NOT NULL)"
+            ).format(schema),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {}.ledger_positions (source text NOT NULL, "
+                "partition integer NOT NULL, next_offset bigint NOT NULL, "
+                "PRIMARY KEY (source, partition))"
+            ).format(schema),
+        ]
+        self._insert_receipts = SQL("INSERT INTO {}.ledger_receipts VALUES (%s,%s,%s)").format(
+            schema
+        )
+        self._upsert_position = SQL(
+            "INSERT INTO {}.ledger_positions VALUES (%s,%s,%s) ON CONFLICT (source, partition) "
+            "DO UPDATE SET next_offset = excluded.next_offset"
+        ).format(schema)
+        self._schema = schema
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        receipts: Sequence[Receipt] = kwargs.get("receipts", ())
+        if receipts:
+            curs.executemany(
+                self._insert_receipts,
+                [(r.event_id, r.originator_id, r.originator_version) for r in receipts],
+            )
+        positions: Sequence[Position] = kwargs.get("positions", ())
+        if positions:
+            curs.executemany(
+                self._upsert_position,
+                [(p.source, p.partition, p.next_offset) for p in positions],
+            )
+
+    def _select(self, statement: SQL, params: Sequence[Any]) -> list[DictRow]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(statement.format(self._schema), params)
+            return curs.fetchall()
+
+    def known_event_ids(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        """The subset of ``event_ids`` already stored."""
+        known: set[UUID] = set()
+        for chunk in _chunks(event_ids):
+            rows = self._select(
+                SQL("SELECT event_id FROM {}.ledger_receipts WHERE event_id = ANY(%s)"),
+                [list(chunk)],
+            )
+            known.update(row["event_id"] for row in rows)
+        return known
+
+    def receipt(self, event_id: UUID) -> Receipt | None:
+        """Where ``event_id`` was stored, if it was."""
+        rows = self._select(SQL("SELECT * FROM {}.ledger_receipts WHERE event_id=%s"), [event_id])
+        if not rows:
+            return None
+        row = rows[0]
+        return Receipt(row["event_id"], row["originator_id"], row["originator_version"])
+
+    def positions(self, source: str) -> dict[int, int]:
+        """Partition -> next offset stored for ``source``."""
+        rows = self._select(
+            SQL("SELECT partition, next_offset FROM {}.ledger_positions WHERE source=%s"),
+            [source],
+        )
+        return {row["partition"]: row["next_offset"] for row in rows}
+
+    def count_receipts(self) -> int:
+        """How many distinct events the ledger holds."""
+        rows = self._select(SQL("SELECT COUNT(*) AS n FROM {}.ledger_receipts"), [])
+        return int(rows[0]["n"])
+
+
+def sqlite_env(db_path: str) -> dict[str, str]:
+    """eventsourcing settings for the ledger's SQLite file."""
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": db_path,
+        "SQLITE_LOCK_TIMEOUT": "30",
+        "APPLICATION_RECORDER_TOPIC": f"{__name__}:LedgerSQLiteRecorder",
+    }
+
+
+def postgres_env(url: str, schema: str = "public") -> dict[str, str]:
+    """eventsourcing settings for a PostgreSQL URL; creates ``schema`` if it is missing."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        msg = f"database URL must look like postgresql://user@host:5432/dbname, got {url!r}"
+        raise ConfigurationError(msg)
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(parts.path.strip("/")),
+        "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(parts.port or 5432),
+        "POSTGRES_USER": unquote(parts.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "APPLICATION_RECORDER_TOPIC": f"{__name__}:LedgerPostgresRecorder",
+    }
+    _create_schema(url, schema)
+    return env
+
+
+def _create_schema(url: str, schema: str) -> None:
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+    except psycopg.OperationalError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = f"cannot reach PostgreSQL at {_redact(url)}: {first_line}"
+        raise StoreUnavailable(msg) from None
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def drop_postgres_schema(url: str, schema: str) -> None:
+    """Remove a schema and everything in it (used to clean up test stores)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
+

@@ -1,0 +1,198 @@
+"""The touchpoint: one inbound event of the catalogue, as the domain sees it, and its rules."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from crm_ledger.errors import InvalidEvent
+
+#: Namespace for deriving aggregate ids from the ids sources use.
+ID_NAMESPACE = uuid.UUID("6f0b1c52-6a4e-4d7e-9d1b-2f5c3f0e8a11")
+
+ENVELOPE_FIELDS = ("event_id", "customer_id", "occurred_at", "source", "actor", "correlation_id")
+
+
+class Subject(Enum):
+    """Which kind of aggregate a touchpoint's ``customer_id`` names."""
+
+    CUSTOMER = "customer"
+    ORGANISATION = "organisation"
+    INITIATIVE = "initiative"
+
+
+#: The catalogue: every event type the ledger accepts, and what its subject id names.
+CATALOGUE: dict[str, Subject] = {
+    "CustomerRegistered": Subject.CUSTOMER,
+    "ProfileUpdated": Subject.CUSTOMER,
+    "IdentityLinked": Subject.CUSTOMER,
+    "CustomersMerged": Subject.CUSTOMER,
+    "CustomersUnmerged": Subject.CUSTOMER,
+    "ConsentChanged": Subject.CUSTOMER,
+    "InteractionRecorded": Subject.CUSTOMER,
+    "OrderPlaced": Subject.CUSTOMER,
+    "OrderRefunded": Subject.CUSTOMER,
+    "SubscriptionStarted": Subject.CUSTOMER,
+    "SubscriptionCancelled": Subject.CUSTOMER,
+    "SupportTicketOpened": Subject.CUSTOMER,
+    "SupportTicketResolved": Subject.CUSTOMER,
+    "ContactLinkedToOrganisation": Subject.CUSTOMER,
+    "CustomerErased": Subject.CUSTOMER,
+    "OrganisationRegistered": Subject.ORGANISATION,
+    "InitiativeStarted": Subject.INITIATIVE,
+    "InitiativeEnded": Subject.INITIATIVE,
+}
+
+#: Fields holding personal data, per event type (the schemas mark the same with "personal").
+PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "CustomerRegistered": ("name", "email", "phone", "address"),
+    "ProfileUpdated": ("name", "email", "phone", "address"),
+    "IdentityLinked": ("value",),
+    "InteractionRecorded": ("note",),
+    "SupportTicketOpened": ("subject",),
+    "SupportTicketResolved": ("resolution",),
+}
+
+CONSENT_PURPOSES = frozenset({"marketing", "analytics", "profiling", "third_party", "service"})
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+MAX_ID_LENGTH = 200
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Touchpoint:
+    """One event of the catalogue: the shared envelope plus its type's own fields in ``data``."""
+
+    event_type: str
+    event_id: uuid.UUID
+    customer_id: str
+    occurred_at: datetime
+    source: str
+    actor: str | None = None
+    correlation_id: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def subject(self) -> Subject:
+        """The kind of aggregate ``customer_id`` names."""
+        return CATALOGUE[self.event_type]
+
+    def personal_values(self) -> dict[str, Any]:
+        """The personal fields of this event that carry a value."""
+        names = PERSONAL_FIELDS.get(self.event_type, ())
+        return {n: self.data[n] for n in names if self.data.get(n) is not None}
+
+
+def subject_uuid(subject: Subject, subject_id: str) -> uuid.UUID:
+    """The aggregate id for a customer, organisation or initiative id used by sources."""
+    return uuid.uuid5(ID_NAMESPACE, f"{subject.value}:{subject_id}")
+
+
+def customer_uuid(customer_id: str) -> uuid.UUID:
+    """The Customer aggregate id for a source's customer id."""
+    return subject_uuid(Subject.CUSTOMER, customer_id)
+
+
+def check_touchpoint(
+    tp: Touchpoint, *, now: datetime, max_future: timedelta = timedelta(days=1)
+) -> None:
+    """Raise InvalidEvent naming the field and problem when ``tp`` breaks a contract rule."""
+    if tp.event_type not in CATALOGUE:
+        raise InvalidEvent("type", f"unknown event type {tp.event_type!r}")
+    _check_envelope(tp, now, max_future)
+    for rule in _RULES.get(tp.event_type, ()):
+        rule(tp)
+
+
+def _fail(tp: Touchpoint, name: str, problem: str) -> InvalidEvent:
+    return InvalidEvent(name, problem, event_type=tp.event_type)
+
+
+def _check_envelope(tp: Touchpoint, now: datetime, max_future: timedelta) -> None:
+    _check_id(tp, "customer_id", tp.customer_id)
+    _check_id(tp, "source", tp.source)
+    if tp.occurred_at.tzinfo is None:
+        raise _fail(tp, "occurred_at", "must carry a time zone")
+    if tp.occurred_at > now + max_future:
+        raise _fail(tp, "occurred_at", f"{tp.occurred_at.isoformat()} is in the future")
+    if tp.occurred_at < EARLIEST:
+        raise _fail(tp, "occurred_at", f"{tp.occurred_at.isoformat()} is before 1900")
+
+
+def _check_id(tp: Touchpoint, name: str, value: str) -> None:
+    if not value or not value.strip():
+        raise _fail(tp, name, "must not be empty")
+    if value != value.strip():
+        raise _fail(tp, name, "must not start or end with white space")
+    if len(value) > MAX_ID_LENGTH:
+        raise _fail(tp, name, f"longer than {MAX_ID_LENGTH} characters")
+
+
+def _money(amount_field: str, *, optional: bool = False) -> Any:
+    def rule(tp: Touchpoint) -> None:
+        amount = tp.data.get(amount_field)
+        currency = tp.data.get("currency")
+        if amount is None and optional:
+            return
+        if amount is None or isinstance(amount, bool) or not isinstance(amount, int):
+            raise _fail(tp, amount_field, "must be a whole number of minor units")
+        if amount < 0:
+            raise _fail(tp, amount_field, f"must not be negative, got {amount}")
+        if not isinstance(currency, str) or not _CURRENCY.match(currency):
+            raise _fail(tp, "currency", f"must be an ISO 4217 code like EUR, got {currency!r}")
+
+    return rule
+
+
+def _score(name: str) -> Any:
+    def rule(tp: Touchpoint) -> None:
+        score = tp.data.get(name)
+        if score is not None and not 0 <= score <= 10:
+            raise _fail(tp, name, f"must be between 0 and 10, got {score}")
+
+    return rule
+
+
+def _positive(name: str) -> Any:
+    def rule(tp: Touchpoint) -> None:
+        value = tp.data.get(name)
+        if value is not None and value < 0:
+            raise _fail(tp, name, f"must not be negative, got {value}")
+
+    return rule
+
+
+def _other_customer(tp: Touchpoint) -> None:
+    survivor = tp.data.get("survivor_id") or ""
+    _check_id(tp, "survivor_id", survivor)
+    if survivor == tp.customer_id:
+        raise _fail(tp, "survivor_id", "a customer cannot be merged with itself")
+
+
+def _purpose(tp: Touchpoint) -> None:
+    purpose = tp.data.get("purpose")
+    if purpose not in CONSENT_PURPOSES:
+        allowed = ", ".join(sorted(CONSENT_PURPOSES))
+        raise _fail(tp, "purpose", f"must be one of {allowed}, got {purpose!r}")
+
+
+def _organisation(tp: Touchpoint) -> None:
+    _check_id(tp, "organisation_id", tp.data.get("organisation_id") or "")
+
+
+_RULES: dict[str, tuple[Any, ...]] = {
+    "OrderPlaced": (_money("amount_minor"), _positive("items")),
+    "OrderRefunded": (_money("amount_minor"),),
+    "SubscriptionStarted": (_money("amount_minor", optional=True),),
+    "InteractionRecorded": (_score("score"),),
+    "SupportTicketResolved": (_score("satisfaction"),),
+    "CustomersMerged": (_other_customer,),
+    "CustomersUnmerged": (_other_customer,),
+    "ConsentChanged": (_purpose,),
+    "ContactLinkedToOrganisation": (_organisation,),
+}

@@ -1,0 +1,440 @@
+"""The Ledger: use cases over the Customer, Organisation and Initiative aggregates.
+
+``record_many`` is the write path: it applies a batch that touches many customers in one
+transaction (events, receipts for permanent dedup and source positions together), because one
+transaction per event runs at only a few hundred events a second.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from uuid import UUID
+
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    LRUCache,
+    ProcessingEvent,
+)
+from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import Environment
+
+from crm_ledger.aggregates import (
+    Customer,
+    Initiative,
+    Organisation,
+    Subject,
+    Touchpoint,
+    check_touchpoint,
+    customer_uuid,
+    subject_uuid,
+)
+from crm_ledger.aggregates.customer import MERGE_TYPES
+from crm_ledger.aggregates.envelope import Touched
+from crm_ledger.errors import (
+    CrmLedgerError,
+    CustomerNotFound,
+    InvalidInput,
+    MergeError,
+    RejectedEvent,
+    StoreUnavailable,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from eventsourcing.domain import BaseAggregate
+    from eventsourcing.persistence import ApplicationRecorder
+
+#: A batch that loses a race with another writer is retried this many times.
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof that an event_id was stored, and in which stream at which version."""
+
+    event_id: UUID
+    originator_id: UUID
+    originator_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """The next offset to read from one partition of an external source (e.g. a Kafka topic)."""
+
+    source: str
+    partition: int
+    next_offset: int
+
+
+class LedgerRecorder(Protocol):
+    """What the ledger needs of its recorder beyond eventsourcing's ApplicationRecorder."""
+
+    def known_event_ids(self, event_ids: Sequence[UUID]) -> set[UUID]:
+        """The subset of ``event_ids`` already stored."""
+
+    def receipt(self, event_id: UUID) -> Receipt | None:
+        """Where ``event_id`` was stored, if it was."""
+
+    def positions(self, source: str) -> dict[int, int]:
+        """Partition -> next offset stored for ``source``."""
+
+    def count_receipts(self) -> int:
+        """How many distinct events the ledger holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An event of a batch that was not stored, and why."""
+
+    index: int
+    event_id: UUID
+    error: CrmLedgerError
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What ``record_many`` did with a batch."""
+
+    recorded: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView:
+    """A customer's current state, as the CLI and SDK show it."""
+
+    customer_id: str
+    profile: dict[str, str]
+    lifecycle_stage: str
+    consent: dict[str, dict[str, Any]]
+    identities: list[list[str]]
+    organisations: dict[str, str]
+    merged_into: str | None
+    merged_from: list[str]
+    erased: bool
+    touchpoints: int
+    orders: int
+    refunds: int
+    interactions: int
+    active_subscriptions: list[str]
+    open_tickets: list[str]
+    first_occurred_at: datetime | None
+    last_occurred_at: datetime | None
+    version: int
+    first_recorded_at: datetime
+    last_recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One stored event of a customer's stream, with both of its times."""
+
+    version: int
+    event_type: str
+    event_id: UUID
+    occurred_at: datetime
+    recorded_at: datetime
+    source: str
+    actor: str | None
+    addressed_to: str | None
+    details: dict[str, Any]
+
+
+_ENVELOPE_ATTRS = frozenset(
+    {
+        "originator_id",
+        "originator_version",
+        "timestamp",
+        "event_id",
+        "occurred_at",
+        "source",
+        "actor",
+        "correlation_id",
+        "addressed_to",
+    }
+)
+
+
+class Ledger(Application[UUID]):
+    """The crm-ledger application: records touchpoints, answers questions about customers."""
+
+    name = "CrmLedger"
+    snapshotting_intervals: ClassVar[dict[type[BaseAggregate[Any]], int]] = {
+        Customer: 200,
+        Organisation: 200,
+    }
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        clock: Callable[[], datetime] | None = None,
+        max_future: timedelta = timedelta(days=1),
+    ) -> None:
+        settings = {
+            "AGGREGATE_CACHE_MAXSIZE": "20000",
+            # A stale cached aggregate fails the insert (version conflict) and the batch is
+            # retried from the store, so fast-forwarding on every get is not needed.
+            "AGGREGATE_CACHE_FASTFORWARD": "n",
+            "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+            **env,
+        }
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._max_future = max_future
+        try:
+            super().__init__(settings)
+        except CrmLedgerError:
+            raise
+        except Exception as e:  # the library raises many kinds for an unusable store
+            msg = f"cannot open the event store: {e}"
+            raise StoreUnavailable(msg) from None
+
+    def construct_env(self, name: str, env: dict[str, str] | None = None) -> Environment:
+        """Settings come only from bootstrap, never from the process environment."""
+        values = {**type(self).env, "IS_SNAPSHOTTING_ENABLED": "y", **(env or {})}
+        return Environment(name, values)
+
+    @property
+    def ledger_recorder(self) -> LedgerRecorder:
+        """The recorder, seen through the ledger's extra queries."""
+        return cast("LedgerRecorder", self.recorder)
+
+    @property
+    def application_recorder(self) -> ApplicationRecorder:
+        """The recorder, seen as eventsourcing's notification log source."""
+        return self.recorder
+
+    # Writing.
+
+    def record(self, tp: Touchpoint) -> bool:
+        """Record one touchpoint in its own transaction; False if it was a duplicate."""
+        result = self.record_many([tp])
+        if result.rejected:
+            raise result.rejected[0].error
+        return result.recorded == 1
+
+    def record_many(
+        self, touchpoints: Sequence[Touchpoint], positions: Sequence[Position] = ()
+    ) -> BatchResult:
+        """Apply a batch in one transaction: duplicates are skipped, bad events rejected."""
+        for _attempt in range(MAX_ATTEMPTS):
+            try:
+                return self._record_batch(touchpoints, positions)
+            except IntegrityError:
+                # Another writer got there first; reload from the store and try again.
+                self._forget_cached()
+            except BaseException:
+                self._forget_cached()
+                raise
+        msg = f"gave up after {MAX_ATTEMPTS} conflicting writes to the same customers"
+        raise StoreUnavailable(msg)
+
+    def _forget_cached(self) -> None:
+        if isinstance(self.repository.cache, LRUCache):
+            self.repository.cache.clear()
+
+    def _record_batch(
+        self, touchpoints: Sequence[Touchpoint], positions: Sequence[Position]
+    ) -> BatchResult:
+        result = BatchResult()
+        batch = _Batch(self)
+        now = self._clock()
+        for index, tp in self._fresh(touchpoints, result):
+            try:
+                check_touchpoint(tp, now=now, max_future=self._max_future)
+                batch.apply(tp)
+            except (InvalidInput, RejectedEvent) as error:
+                result.rejected.append(Rejection(index, tp.event_id, error))
+        batch.save(positions)
+        result.recorded = len(batch.receipts)
+        return result
+
+    def _fresh(
+        self, touchpoints: Sequence[Touchpoint], result: BatchResult
+    ) -> Iterable[tuple[int, Touchpoint]]:
+        known = self.ledger_recorder.known_event_ids([tp.event_id for tp in touchpoints])
+        for index, tp in enumerate(touchpoints):
+            if tp.event_id in known:
+                result.duplicates += 1
+                continue
+            known.add(tp.event_id)
+            yield index, tp
+
+    # Reading.
+
+    def customer(self, customer_id: str) -> CustomerView:
+        """The customer's current state."""
+        c = self._get(Customer, customer_uuid(customer_id))
+        if c is None:
+            raise CustomerNotFound(customer_id)
+        return CustomerView(
+            customer_id=c.customer_id,
+            profile=dict(c.profile),
+            lifecycle_stage=c.lifecycle_stage,
+            consent=copy.deepcopy(c.consent),
+            identities=[list(i) for i in c.identities],
+            organisations=dict(c.organisations),
+            merged_into=c.merged_into,
+            merged_from=list(c.merged_from),
+            erased=c.erased,
+            touchpoints=c.touchpoints,
+            orders=c.orders,
+            refunds=c.refunds,
+            interactions=c.interactions,
+            active_subscriptions=list(c.active_subscriptions),
+            open_tickets=list(c.open_tickets),
+            first_occurred_at=c.first_occurred_at,
+            last_occurred_at=c.last_occurred_at,
+            version=c.version,
+            first_recorded_at=c.created_on,
+            last_recorded_at=c.modified_on,
+        )
+
+    def history(self, customer_id: str, *, as_of: datetime | None = None) -> list[HistoryEntry]:
+        """Every touchpoint stored in the customer's stream, optionally as recorded by ``as_of``."""
+        events = list(self.events.get(customer_uuid(customer_id)))
+        if not events:
+            raise CustomerNotFound(customer_id)
+        entries = []
+        for e in events:
+            if not isinstance(e, Touched) or (as_of is not None and e.timestamp > as_of):
+                continue
+            state = vars(e)
+            entries.append(
+                HistoryEntry(
+                    version=e.originator_version,
+                    event_type=type(e).__name__,
+                    event_id=e.event_id,
+                    occurred_at=e.occurred_at,
+                    recorded_at=e.timestamp,
+                    source=e.source,
+                    actor=e.actor,
+                    addressed_to=e.addressed_to,
+                    details={k: v for k, v in state.items() if k not in _ENVELOPE_ATTRS},
+                )
+            )
+        return entries
+
+    def organisation(self, organisation_id: str) -> Organisation | None:
+        """The organisation's current state, if the ledger knows it."""
+        return self._get(Organisation, subject_uuid(Subject.ORGANISATION, organisation_id))
+
+    def initiative(self, initiative_id: str) -> Initiative | None:
+        """The initiative's current state, if the ledger knows it."""
+        return self._get(Initiative, subject_uuid(Subject.INITIATIVE, initiative_id))
+
+    def count_events(self) -> int:
+        """How many distinct touchpoints the ledger holds."""
+        return self.ledger_recorder.count_receipts()
+
+    def _get(self, kind: type[Any], aggregate_id: UUID) -> Any:
+        try:
+            aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return copy.deepcopy(aggregate) if isinstance(aggregate, kind) else None
+
+
+class _Batch:
+    """The aggregates one batch touches, their new events in arrival order, and receipts."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.aggregates: dict[UUID, Any] = {}
+        self.changed: dict[UUID, Any] = {}
+        self.events: list[Any] = []
+        self.receipts: list[Receipt] = []
+
+    def load(self, kind: type[Any], subject_id: str, aggregate_id: UUID) -> Any:
+        """The aggregate from this batch, the cache or the store; a new one if unknown."""
+        aggregate = self.aggregates.get(aggregate_id)
+        if aggregate is None:
+            try:
+                aggregate = self.ledger.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                aggregate = kind(subject_id)
+            self.aggregates[aggregate_id] = aggregate
+        return aggregate
+
+    def customer(self, customer_id: str) -> Customer:
+        """The customer, loaded or opened."""
+        return cast("Customer", self.load(Customer, customer_id, customer_uuid(customer_id)))
+
+    def apply(self, tp: Touchpoint) -> None:
+        """Run the command ``tp`` calls for on the aggregates it concerns."""
+        if tp.subject is Subject.ORGANISATION:
+            org_id = subject_uuid(Subject.ORGANISATION, tp.customer_id)
+            org = self.load(Organisation, tp.customer_id, org_id)
+            org.register(tp)
+            self._collect(tp, org)
+        elif tp.subject is Subject.INITIATIVE:
+            ini_id = subject_uuid(Subject.INITIATIVE, tp.customer_id)
+            ini = self.load(Initiative, tp.customer_id, ini_id)
+            ini.record(tp)
+            self._collect(tp, ini)
+        elif tp.event_type in MERGE_TYPES:
+            self._merge(tp)
+        else:
+            self._record_customer_event(tp)
+
+    def _record_customer_event(self, tp: Touchpoint) -> None:
+        target = self.customer(tp.customer_id)
+        if tp.event_type != "CustomerErased":  # erasure is about the id it names, never routed
+            target = self._survivor_of(target)
+        routed = target.customer_id != tp.customer_id
+        target.record(tp, tp.customer_id if routed else None)
+        self._collect(tp, target)
+        if tp.event_type == "ContactLinkedToOrganisation":
+            org_key = tp.data["organisation_id"]
+            org = self.load(Organisation, org_key, subject_uuid(Subject.ORGANISATION, org_key))
+            org.link_contact(tp)
+            self._collect(tp, org, receipt=False)
+
+    def _survivor_of(self, customer: Customer) -> Customer:
+        seen = {customer.customer_id}
+        while customer.merged_into is not None and customer.merged_into not in seen:
+            seen.add(customer.merged_into)
+            customer = self.customer(customer.merged_into)
+        return customer
+
+    def _merge(self, tp: Touchpoint) -> None:
+        absorbed = self.customer(tp.customer_id)
+        survivor = self.customer(tp.data["survivor_id"])
+        saved = (copy.deepcopy(absorbed), copy.deepcopy(survivor))
+        try:
+            if tp.event_type == "CustomersMerged":
+                survivor.absorb(tp)
+                absorbed.merge_into(tp)
+            else:
+                absorbed.unmerge(tp)
+                survivor.release(tp)
+        except MergeError:
+            # Both sides or neither: put back the state from before this event.
+            self.aggregates[absorbed.id], self.aggregates[survivor.id] = saved
+            raise
+        self._collect(tp, absorbed)
+        self._collect(tp, survivor, receipt=False)
+
+    def _collect(self, tp: Touchpoint, aggregate: Any, *, receipt: bool = True) -> None:
+        new = aggregate.collect_events()
+        self.events.extend(new)
+        self.changed[aggregate.id] = aggregate
+        if receipt:
+            self.receipts.append(Receipt(tp.event_id, aggregate.id, new[-1].originator_version))
+
+    def save(self, positions: Sequence[Position]) -> None:
+        """Write every new event, receipt and position in one transaction."""
+        processing = ProcessingEvent[UUID]()
+        processing.events = self.events
+        # Only aggregates with new events: one opened for an event that was then rejected
+        # must not reach the cache, as it is not in the store.
+        processing.aggregates = self.changed
+        processing.saved_kwargs = {"receipts": self.receipts, "positions": list(positions)}
+        self.ledger._record(processing)  # noqa: SLF001 - Application's own batch hook
+        self.ledger._take_snapshots(processing)  # noqa: SLF001

@@ -1,0 +1,120 @@
+"""The one exception hierarchy of crm-ledger.
+
+::
+
+    CrmLedgerError                      anything the ledger reports to a user
+    ├── InvalidInput                    input that cannot be accepted (exit code 1)
+    │   ├── InvalidEvent                an event breaks the contract: names the field and problem
+    │   ├── UndecodableMessage          bytes that are not a Confluent-framed Avro event
+    │   └── UnreadableFile              an input file that cannot be opened or parsed
+    ├── RejectedEvent                   a valid event that a domain rule refuses
+    │   ├── ErasedCustomerError         personal data sent for an erased customer
+    │   └── MergeError                  a merge or unmerge that does not fit the customers' state
+    ├── NotFound
+    │   ├── CustomerNotFound
+    │   ├── OrganisationNotFound
+    │   └── InitiativeNotFound
+    ├── SchemaError                     the schema registry or a schema file is wrong
+    │   └── IncompatibleSchema          a new schema version cannot read older data
+    ├── ConfigurationError              settings that cannot work
+    └── StoreUnavailable                the event store cannot be reached or opened
+
+The CLI turns any ``CrmLedgerError`` into one line on stderr and exit code 1; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CrmLedgerError(Exception):
+    """Base of every error the ledger reports to a user."""
+
+
+class InvalidInput(CrmLedgerError):
+    """Input that cannot be accepted."""
+
+
+class InvalidEvent(InvalidInput):
+    """An event breaks the contract; ``field`` and ``problem`` say where and how."""
+
+    def __init__(self, field: str, problem: str, *, event_type: str | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.event_type = event_type
+        where = f"{event_type}.{field}" if event_type else field
+        super().__init__(f"{where}: {problem}")
+
+
+class UndecodableMessage(InvalidInput):
+    """Bytes that are not a Confluent-framed Avro event the registry knows."""
+
+
+class UnreadableFile(InvalidInput):
+    """An input file that cannot be opened or parsed."""
+
+
+class RejectedEvent(CrmLedgerError):
+    """A valid event that a domain rule refuses."""
+
+
+class ErasedCustomerError(RejectedEvent):
+    """Personal data was sent for a customer who has been erased."""
+
+    def __init__(self, customer_id: str, field: str) -> None:
+        self.customer_id = customer_id
+        self.field = field
+        super().__init__(
+            f"customer {customer_id} was erased and accepts no personal data ({field})"
+        )
+
+
+class MergeError(RejectedEvent):
+    """A merge or unmerge that does not fit the customers' current state."""
+
+
+class NotFound(CrmLedgerError):
+    """Something asked for by id is not in the ledger."""
+
+
+class CustomerNotFound(NotFound):
+    """No customer with this id."""
+
+    def __init__(self, customer_id: str) -> None:
+        self.customer_id = customer_id
+        super().__init__(f"customer {customer_id!r} not found")
+
+
+class OrganisationNotFound(NotFound):
+    """No organisation with this id."""
+
+    def __init__(self, organisation_id: str) -> None:
+        self.organisation_id = organisation_id
+        super().__init__(f"organisation {organisation_id!r} not found")
+
+
+class InitiativeNotFound(NotFound):
+    """No initiative with this id."""
+
+    def __init__(self, initiative_id: str) -> None:
+        self.initiative_id = initiative_id
+        super().__init__(f"initiative {initiative_id!r} not found")
+
+
+class SchemaError(CrmLedgerError):
+    """The schema registry or a schema file is wrong."""
+
+
+class IncompatibleSchema(SchemaError):
+    """A schema's latest version cannot read data written with an earlier version."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class ConfigurationError(CrmLedgerError):
+    """Settings that cannot work."""
+
+
+class StoreUnavailable(CrmLedgerError):
+    """The event store cannot be reached or opened."""
