@@ -212,6 +212,10 @@ class Ledger(Application[UUID]):
 
     # Writing.
 
+    def check(self, tp: Touchpoint) -> None:
+        """Raise InvalidEvent if ``tp`` breaks a contract rule (nothing is written)."""
+        check_touchpoint(tp, now=self._clock(), max_future=self._max_future)
+
     def record(self, tp: Touchpoint) -> bool:
         """Record one touchpoint in its own transaction; False if it was a duplicate."""
         result = self.record_many([tp])
@@ -247,7 +251,7 @@ class Ledger(Application[UUID]):
         now = self._clock()
         for index, tp in self._fresh(touchpoints, result):
             try:
-                check_touchpoint(tp, now=now, max_future=self._max_future)
+                check_touchpoint(tp, now=now, max_future=self._max_future)  # one clock per batch
                 batch.apply(tp)
             except (InvalidInput, RejectedEvent) as error:
                 result.rejected.append(Rejection(index, tp.event_id, error))

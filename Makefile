@@ -1,0 +1,59 @@
+# crm-ledger: `make demo` and `make test` set up everything they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := .demo
+SEED ?= 7
+
+.PHONY: demo test lint unit venv cdnow bench clean pg-start pg-stop
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[postgres,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: generate an 18-month multi-channel history, import it into SQLite, show a customer
+demo: venv
+	rm -rf $(DEMO)
+	$(BIN)/crm-ledger --data-dir $(DEMO) generate --seed $(SEED) --out $(DEMO)/events.jsonl
+	$(BIN)/crm-ledger --data-dir $(DEMO) init
+	$(BIN)/crm-ledger --data-dir $(DEMO) import $(DEMO)/events.jsonl
+	$(BIN)/crm-ledger --data-dir $(DEMO) customer show C000042
+	$(BIN)/crm-ledger --data-dir $(DEMO) history C000042 --limit 12
+
+## lint: ruff, mypy (strict on src/), import-linter contracts, schema compatibility
+lint: venv
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/crm-ledger schemas check > /dev/null
+
+cdnow: venv
+	$(BIN)/python scripts/fetch_cdnow.py --dest .cache/cdnow
+
+## test: lint, then the whole suite against SQLite and a real PostgreSQL server
+test: lint cdnow
+	@url=$$(scripts/pg_test_server.sh start) || exit 1; \
+	CRM_LEDGER_TEST_DATABASE_URL="$$url" CRM_LEDGER_CDNOW_DIR=.cache/cdnow $(BIN)/pytest -q; rc=$$?; \
+	scripts/pg_test_server.sh stop; exit $$rc
+
+pg-start:
+	@scripts/pg_test_server.sh start
+
+pg-stop:
+	@scripts/pg_test_server.sh stop
+
+## bench: the ledger write benchmark on SQLite and PostgreSQL
+bench: venv
+	@url=$$(scripts/pg_test_server.sh start) || exit 1; \
+	$(BIN)/python scripts/bench_ledger.py --database-url "$$url"; rc=$$?; \
+	scripts/pg_test_server.sh stop; exit $$rc
+
+clean:
+	scripts/pg_test_server.sh stop
+	rm -rf $(VENV) .cache $(DEMO) .pytest_cache .mypy_cache .ruff_cache .hypothesis

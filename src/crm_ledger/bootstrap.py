@@ -1,0 +1,45 @@
+"""The one place that wires settings, adapters and the Ledger application together."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from crm_ledger.adapters.avro import Codec, SchemaRegistry
+from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
+from crm_ledger.application import Ledger
+from crm_ledger.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from crm_ledger.config import Settings
+
+
+def store_env(settings: Settings, *, create: bool) -> dict[str, str]:
+    """eventsourcing settings for the configured store."""
+    if settings.database_url:
+        return postgres_env(settings.database_url, settings.database_schema)
+    path = settings.sqlite_path
+    if not path.exists():
+        if not create:
+            msg = f"no ledger at {path}; run `crm-ledger init` or pass --data-dir"
+            raise StoreUnavailable(msg)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            msg = f"cannot create the data directory {path.parent}: {e.strerror}"
+            raise StoreUnavailable(msg) from None
+    return sqlite_env(str(path))
+
+
+def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
+    """The Ledger on the configured store (created first when ``create``)."""
+    return Ledger(store_env(settings, create=create), max_future=settings.max_future)
+
+
+def open_registry(settings: Settings) -> SchemaRegistry:
+    """The schema registry kept in the schemas folder."""
+    return SchemaRegistry(settings.schemas_dir)
+
+
+def open_codec(settings: Settings) -> Codec:
+    """The Avro codec over the configured registry."""
+    return Codec(open_registry(settings))

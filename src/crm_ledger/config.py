@@ -1,0 +1,81 @@
+"""Settings: built once (CLI flags > environment ``CRM_LEDGER_*`` > defaults), passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from crm_ledger.errors import ConfigurationError
+
+ENV_PREFIX = "CRM_LEDGER_"
+DB_FILE = "ledger.sqlite"
+
+
+def _default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "crm-ledger"
+
+
+def _default_schemas_dir() -> Path:
+    # src/crm_ledger/config.py -> the project's schemas/ folder.
+    return Path(__file__).resolve().parents[2] / "schemas"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable about a ledger process."""
+
+    data_dir: Path = field(default_factory=lambda: _default_data_dir(os.environ))
+    database_url: str | None = None
+    database_schema: str = "public"
+    schemas_dir: Path = field(default_factory=_default_schemas_dir)
+    batch_size: int = 5000
+    max_future: timedelta = timedelta(days=1)
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The embedded store's file."""
+        return self.data_dir / DB_FILE
+
+    @property
+    def store_name(self) -> str:
+        """``postgres`` or ``sqlite``."""
+        return "postgres" if self.database_url else "sqlite"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``CRM_LEDGER_*`` variables, then ``overrides`` that are not None."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {"data_dir": _default_data_dir(env)}
+        if env.get(f"{ENV_PREFIX}DATA_DIR"):
+            values["data_dir"] = Path(env[f"{ENV_PREFIX}DATA_DIR"])
+        if env.get(f"{ENV_PREFIX}DATABASE_URL"):
+            values["database_url"] = env[f"{ENV_PREFIX}DATABASE_URL"]
+        if env.get(f"{ENV_PREFIX}DATABASE_SCHEMA"):
+            values["database_schema"] = env[f"{ENV_PREFIX}DATABASE_SCHEMA"]
+        if env.get(f"{ENV_PREFIX}SCHEMAS_DIR"):
+            values["schemas_dir"] = Path(env[f"{ENV_PREFIX}SCHEMAS_DIR"])
+        if env.get(f"{ENV_PREFIX}BATCH_SIZE"):
+            values["batch_size"] = _positive_int(f"{ENV_PREFIX}BATCH_SIZE", env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with some settings changed."""
+        return replace(self, **changes)
+
+
+def _positive_int(name: str, env: Mapping[str, str]) -> int:
+    try:
+        value = int(env[name])
+    except ValueError:
+        msg = f"{name} must be a whole number, got {env[name]!r}"
+        raise ConfigurationError(msg) from None
+    if value < 1:
+        msg = f"{name} must be at least 1, got {value}"
+        raise ConfigurationError(msg)
+    return value
