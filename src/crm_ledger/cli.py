@@ -287,7 +287,9 @@ def _batches(
 @click.option("--cdnow", is_flag=True, help="Shorthand for --kind cdnow.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), help="Events per transaction.")
 @pass_context
-def import_(ctx: Context, files: tuple[Path, ...], kind: str, cdnow: bool, batch_size: int | None) -> None:
+def import_(
+    ctx: Context, files: tuple[Path, ...], kind: str, cdnow: bool, batch_size: int | None
+) -> None:
     """Import FILES of events: JSON Lines, Avro container files or CDNOW transaction logs.
 
     Every file is checked in full first; a bad line stops the import before anything is
@@ -467,8 +469,12 @@ def schemas_list(ctx: Context) -> None:
     """Every event type with its registered versions and schema ids."""
     registry = bootstrap.open_registry(ctx.settings)
     rows = [
-        {"type": s, "version": v.version, "schema_id": v.schema_id,
-         "fields": len(v.schema["fields"])}
+        {
+            "type": s,
+            "version": v.version,
+            "schema_id": v.schema_id,
+            "fields": len(v.schema["fields"]),
+        }
         for s in registry.subjects()
         for v in registry.versions(s)
     ]
@@ -488,8 +494,11 @@ def schemas_check(ctx: Context) -> None:
     pending = registry.pending()
     emit_record(
         ctx,
-        {"schemas": len(registry.schema_files()), "compatible": True,
-         "unregistered_changes": pending},
+        {
+            "schemas": len(registry.schema_files()),
+            "compatible": True,
+            "unregistered_changes": pending,
+        },
         title="schemas check",
     )
 
@@ -499,8 +508,11 @@ def schemas_check(ctx: Context) -> None:
 def schemas_register(ctx: Context) -> None:
     """Register each changed .avsc as a new version (refused if it breaks compatibility)."""
     added = bootstrap.open_registry(ctx.settings).register()
-    emit(ctx, [{"type": v.subject, "version": v.version, "schema_id": v.schema_id}
-               for v in added], title="registered")
+    emit(
+        ctx,
+        [{"type": v.subject, "version": v.version, "schema_id": v.schema_id} for v in added],
+        title="registered",
+    )
 
 
 # Synthetic data.
@@ -510,7 +522,9 @@ def schemas_register(ctx: Context) -> None:
 @click.option("--seed", type=int, default=7, show_default=True, help="Same seed, same history.")
 @click.option("--customers", type=click.IntRange(10), default=2500, show_default=True)
 @click.option(
-    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
     help="JSON Lines file to write; the truth goes beside it as NAME.truth.json.",
 )
 @pass_context
@@ -527,9 +541,14 @@ def generate(ctx: Context, seed: int, customers: int, out: Path) -> None:
     truth_path.write_text(json.dumps(truth.as_dict(), indent=2) + "\n")
     emit_record(
         ctx,
-        {"events": len(events), "customers": customers, "file": str(out),
-         "truth": str(truth_path), "initiative": truth.initiative_id,
-         "true_relative_uplift": truth.relative_uplift},
+        {
+            "events": len(events),
+            "customers": customers,
+            "file": str(out),
+            "truth": str(truth_path),
+            "initiative": truth.initiative_id,
+            "true_relative_uplift": truth.relative_uplift,
+        },
         title="generated",
     )
 
@@ -540,4 +559,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -144,21 +144,36 @@ class Generator:
         self.truth.initiative_start = start.isoformat()
         self.truth.initiative_end = end.isoformat()
         self._emit(
-            "InitiativeStarted", self.truth.initiative_id, start, "strategy",
-            name="Loyalty programme (north)", scope=dict(self.truth.initiative_scope),
+            "InitiativeStarted",
+            self.truth.initiative_id,
+            start,
+            "strategy",
+            name="Loyalty programme (north)",
+            scope=dict(self.truth.initiative_scope),
             description="Points on every order for customers in the north region",
             actor="head-of-crm",
         )
-        self._emit("InitiativeEnded", self.truth.initiative_id, end, "strategy",
-                   outcome=None, actor="head-of-crm")
+        self._emit(
+            "InitiativeEnded",
+            self.truth.initiative_id,
+            end,
+            "strategy",
+            outcome=None,
+            actor="head-of-crm",
+        )
 
     def _organisations(self) -> None:
         for i in range(1, self.n_organisations + 1):
+            legal_form = self.rng.choice(("GmbH", "BV", "SA", "Ltd"))
             self._emit(
-                "OrganisationRegistered", f"ORG{i:04d}", self._at(self.rng.uniform(0, 8)), "crm",
-                name=f"{self.rng.choice(LAST_NAMES)} {self.rng.choice(('GmbH', 'BV', 'SA', 'Ltd'))}",
+                "OrganisationRegistered",
+                f"ORG{i:04d}",
+                self._at(self.rng.uniform(0, 8)),
+                "crm",
+                name=f"{self.rng.choice(LAST_NAMES)} {legal_form}",
                 industry=self.rng.choice(("retail", "media", "health", "public", "finance")),
-                country=self.rng.choice(COUNTRIES), size=self.rng.choice(("small", "mid", "large")),
+                country=self.rng.choice(COUNTRIES),
+                size=self.rng.choice(("small", "mid", "large")),
             )
 
     def _customer(self, i: int) -> _Customer:
@@ -191,21 +206,41 @@ class Generator:
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         email = f"{first}.{last}.{customer_id}@example.org".lower()
         self._emit(
-            "CustomerRegistered", customer_id, at, "signup-service",
-            name=f"{first} {last}", email=email, phone=f"+31 6{rng.randint(10000000, 99999999)}",
-            address=None, country=c.country, region=c.region, segment=c.segment,
+            "CustomerRegistered",
+            customer_id,
+            at,
+            "signup-service",
+            name=f"{first} {last}",
+            email=email,
+            phone=f"+31 6{rng.randint(10000000, 99999999)}",
+            address=None,
+            country=c.country,
+            region=c.region,
+            segment=c.segment,
             lifecycle_stage="lead",
         )
         self._emit("IdentityLinked", customer_id, at, "signup-service", system="email", value=email)
         self._emit(
-            "ConsentChanged", customer_id, at, "signup-service",
-            purpose="marketing", channel=None, granted=rng.random() < 0.7, method="web_form",
+            "ConsentChanged",
+            customer_id,
+            at,
+            "signup-service",
+            purpose="marketing",
+            channel=None,
+            granted=rng.random() < 0.7,
+            method="web_form",
         )
         if c.segment != "retail" and rng.random() < 0.6:
             org = f"ORG{rng.randint(1, self.n_organisations):04d}"
             role = rng.choice(("buyer", "decision_maker", "user", "finance"))
-            self._emit("ContactLinkedToOrganisation", customer_id, at, "crm",
-                       organisation_id=org, role=role)
+            self._emit(
+                "ContactLinkedToOrganisation",
+                customer_id,
+                at,
+                "crm",
+                organisation_id=org,
+                role=role,
+            )
 
     def _exposed(self, c: _Customer, week: int) -> bool:
         in_scope = all(getattr(c, k) == v for k, v in self.truth.initiative_scope.items())
@@ -234,26 +269,45 @@ class Generator:
         amount = max(100, int(rng.lognormvariate(c.spend_mu, 0.3)))
         order_id = f"O-{self._id().hex[:12]}"
         self._emit(
-            "OrderPlaced", c.customer_id, at, "shop",
-            order_id=order_id, amount_minor=amount, currency=CURRENCY,
-            margin_minor=int(amount * rng.uniform(0.15, 0.35)), items=rng.randint(1, 4),
+            "OrderPlaced",
+            c.customer_id,
+            at,
+            "shop",
+            order_id=order_id,
+            amount_minor=amount,
+            currency=CURRENCY,
+            margin_minor=int(amount * rng.uniform(0.15, 0.35)),
+            items=rng.randint(1, 4),
             channel=rng.choice(("web", "mobile_app", "store")),
         )
         if rng.random() < 0.04:  # refunds: 4% of orders, 60% of the amount on average
             refund = max(1, int(amount * rng.choice((0.3, 0.6, 0.9))))
-            self._emit("OrderRefunded", c.customer_id, at + timedelta(days=rng.randint(2, 20)),
-                       "shop", order_id=order_id, amount_minor=refund, currency=CURRENCY,
-                       reason=rng.choice(("damaged", "not_as_described", "changed_mind")))
+            self._emit(
+                "OrderRefunded",
+                c.customer_id,
+                at + timedelta(days=rng.randint(2, 20)),
+                "shop",
+                order_id=order_id,
+                amount_minor=refund,
+                currency=CURRENCY,
+                reason=rng.choice(("damaged", "not_as_described", "changed_mind")),
+            )
 
     def _interaction(self, c: _Customer, week: int) -> None:
         rng = self.rng
         channel = rng.choice(c.channels)
         kind = rng.choice(CHANNEL_KINDS[channel])
         self._emit(
-            "InteractionRecorded", c.customer_id, self._at(week), f"{channel}-tracker",
-            channel=channel, device=rng.choice(DEVICES[channel]) if channel in DEVICES else None,
-            direction="outbound" if kind in OUTBOUND_KINDS else "inbound", kind=kind,
-            score=None, campaign=f"cmp-{week // 4:02d}" if kind in OUTBOUND_KINDS else None,
+            "InteractionRecorded",
+            c.customer_id,
+            self._at(week),
+            f"{channel}-tracker",
+            channel=channel,
+            device=rng.choice(DEVICES[channel]) if channel in DEVICES else None,
+            direction="outbound" if kind in OUTBOUND_KINDS else "inbound",
+            kind=kind,
+            score=None,
+            campaign=f"cmp-{week // 4:02d}" if kind in OUTBOUND_KINDS else None,
             note=None,
         )
 
@@ -262,38 +316,89 @@ class Generator:
         if rng.random() < 0.012:
             ticket = f"T-{self._id().hex[:10]}"
             at = self._at(week)
-            self._emit("SupportTicketOpened", c.customer_id, at, "helpdesk", ticket_id=ticket,
-                       channel=rng.choice(("phone", "email", "chat")), priority="normal",
-                       subject="Question about my order")
-            self._emit("SupportTicketResolved", c.customer_id, at + timedelta(days=2), "helpdesk",
-                       ticket_id=ticket, resolution=None, satisfaction=rng.randint(3, 10))
+            self._emit(
+                "SupportTicketOpened",
+                c.customer_id,
+                at,
+                "helpdesk",
+                ticket_id=ticket,
+                channel=rng.choice(("phone", "email", "chat")),
+                priority="normal",
+                subject="Question about my order",
+            )
+            self._emit(
+                "SupportTicketResolved",
+                c.customer_id,
+                at + timedelta(days=2),
+                "helpdesk",
+                ticket_id=ticket,
+                resolution=None,
+                satisfaction=rng.randint(3, 10),
+            )
             if rng.random() < 0.5:
-                self._emit("InteractionRecorded", c.customer_id, at + timedelta(days=3), "surveys",
-                           channel="email", device=None, direction="inbound",
-                           kind="survey_response", score=rng.randint(0, 10), campaign=None,
-                           note=None)
+                self._emit(
+                    "InteractionRecorded",
+                    c.customer_id,
+                    at + timedelta(days=3),
+                    "surveys",
+                    channel="email",
+                    device=None,
+                    direction="inbound",
+                    kind="survey_response",
+                    score=rng.randint(0, 10),
+                    campaign=None,
+                    note=None,
+                )
         if rng.random() < 0.004:
-            self._emit("SubscriptionStarted", c.customer_id, self._at(week), "billing",
-                       subscription_id=f"S-{c.customer_id}-{week}", plan="plus",
-                       amount_minor=999, currency=CURRENCY, period="month")
+            self._emit(
+                "SubscriptionStarted",
+                c.customer_id,
+                self._at(week),
+                "billing",
+                subscription_id=f"S-{c.customer_id}-{week}",
+                plan="plus",
+                amount_minor=999,
+                currency=CURRENCY,
+                period="month",
+            )
         if rng.random() < 0.003:
-            self._emit("ConsentChanged", c.customer_id, self._at(week), "preference-centre",
-                       purpose="marketing", channel=rng.choice(("email", "sms", None)),
-                       granted=rng.random() < 0.3, method="preference_centre")
+            self._emit(
+                "ConsentChanged",
+                c.customer_id,
+                self._at(week),
+                "preference-centre",
+                purpose="marketing",
+                channel=rng.choice(("email", "sms", None)),
+                granted=rng.random() < 0.3,
+                method="preference_centre",
+            )
 
     def _duplicates(self, people: list[_Customer]) -> None:
         for c in self.rng.sample(people, k=max(1, len(people) // 100)):
             duplicate_id = f"{c.customer_id}-DUP"
             self._register(c, duplicate_id, c.joined_week)
             at = self._at(min(WEEKS - 1, c.joined_week + 2))
-            self._emit("CustomersMerged", duplicate_id, at, "mdm", survivor_id=c.customer_id,
-                       reason="same email", actor="data-steward")
+            self._emit(
+                "CustomersMerged",
+                duplicate_id,
+                at,
+                "mdm",
+                survivor_id=c.customer_id,
+                reason="same email",
+                actor="data-steward",
+            )
             self.truth.merged.append(duplicate_id)
 
     def _erasures(self, people: list[_Customer]) -> None:
         for c in self.rng.sample(people, k=max(1, len(people) // 400)):
-            self._emit("CustomerErased", c.customer_id, self._at(WEEKS), "privacy-desk",
-                       reason="right to erasure request", actor="dpo")
+            self._emit(
+                "CustomerErased",
+                c.customer_id,
+                self._at(WEEKS),
+                "privacy-desk",
+                reason="right to erasure request",
+                actor="dpo",
+            )
             self.truth.erased.append(c.customer_id)
 
 

@@ -9,11 +9,9 @@ import io
 import json
 import struct
 import uuid
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import fastavro
 from fastavro.validation import ValidationError, validate
@@ -27,6 +25,10 @@ from crm_ledger.errors import (
     UndecodableMessage,
     UnreadableFile,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from pathlib import Path
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -74,9 +76,7 @@ class SchemaRegistry:
             raise SchemaError(msg) from None
         self._next_id: int = raw["next_id"]
         self._versions: dict[str, list[SchemaVersion]] = {
-            subject: [
-                SchemaVersion(subject, v["version"], v["id"], v["schema"]) for v in versions
-            ]
+            subject: [SchemaVersion(subject, v["version"], v["id"], v["schema"]) for v in versions]
             for subject, versions in raw["subjects"].items()
         }
         self._by_id = {v.schema_id: v for vs in self._versions.values() for v in vs}
@@ -142,8 +142,9 @@ class SchemaRegistry:
         """Subjects whose .avsc differs from the latest registered version."""
         files = self.schema_files()
         return [
-            s for s, schema in files.items() if not self._versions.get(s)
-            or self._versions[s][-1].schema != schema
+            s
+            for s, schema in files.items()
+            if not self._versions.get(s) or self._versions[s][-1].schema != schema
         ]
 
     def register(self) -> list[SchemaVersion]:
@@ -213,7 +214,7 @@ class Codec:
         body = io.BytesIO(message)
         body.seek(HEADER.size)
         try:
-            record = fastavro.schemaless_reader(
+            record: Any = fastavro.schemaless_reader(
                 body, self.registry.parsed(writer), self.registry.parsed(reader)
             )
         except Exception as e:  # fastavro raises EOFError, ValueError, UnicodeError, ...
@@ -244,10 +245,12 @@ class Codec:
         except Exception as e:  # not a container: fastavro raises ValueError and others
             msg = f"not an Avro container file: {e}"
             raise UnreadableFile(msg) from None
-        name = str(reader.writer_schema.get("name", "")).rsplit(".", 1)[-1]
+        schema: Any = reader.writer_schema
+        name = str(schema.get("name", "") if isinstance(schema, dict) else "").rsplit(".", 1)[-1]
         if name not in CATALOGUE:
             msg = f"the file's schema {name!r} is not an event type of the catalogue"
             raise UnreadableFile(msg)
+        record: Any
         for record in reader:
             yield from_record(name, record)
 

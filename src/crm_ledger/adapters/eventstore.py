@@ -5,7 +5,6 @@ transaction as the events they describe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
@@ -19,13 +18,15 @@ from crm_ledger.application import Receipt
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from eventsourcing.persistence import StoredEvent
+    from collections.abc import Iterable, Sequence
 
-    from crm_ledger.application import Position
+    from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresDatastore
-    from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore
+    from eventsourcing.sqlite import SQLiteCursor
     from psycopg import Cursor
     from psycopg.rows import DictRow
+
+    from crm_ledger.application import Position
 
 #: How many ids one dedup look-up sends at a time (SQLite's variable limit is 32766).
 LOOKUP_CHUNK = 900
@@ -236,4 +237,3 @@ def drop_postgres_schema(url: str, schema: str) -> None:
     """Remove a schema and everything in it (used to clean up test stores)."""
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
         conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
-

@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from crm_ledger.aggregates import Touchpoint
 from crm_ledger.aggregates.touchpoint import ID_NAMESPACE
@@ -117,7 +117,7 @@ def _cdnow_order(row: tuple[str, str, str, str], occurrence: int) -> Touchpoint:
     )
 
 
-def _open_text(path: Path) -> Iterator[str]:
+def _open_text(path: Path) -> TextIO:
     try:
         return path.open(encoding="utf-8")
     except OSError as e:

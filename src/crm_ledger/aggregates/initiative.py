@@ -38,8 +38,10 @@ class Initiative(Aggregate):
 
     def record(self, tp: Touchpoint) -> None:
         """Store the start or the end of the initiative."""
-        event_class = self.InitiativeStarted if tp.event_type == "InitiativeStarted" else (
-            self.InitiativeEnded
+        event_class = (
+            self.InitiativeStarted
+            if tp.event_type == "InitiativeStarted"
+            else (self.InitiativeEnded)
         )
         self.trigger_event(event_class, **envelope(tp), **tp.data)
 

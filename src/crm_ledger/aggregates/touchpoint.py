@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm_ledger.errors import InvalidEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: Namespace for deriving aggregate ids from the ids sources use.
 ID_NAMESPACE = uuid.UUID("6f0b1c52-6a4e-4d7e-9d1b-2f5c3f0e8a11")

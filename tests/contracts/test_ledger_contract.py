@@ -1,0 +1,250 @@
+"""The ledger's contract: the same test bodies run on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import get_topic
+
+from crm_ledger.aggregates import Customer, customer_uuid
+from crm_ledger.application import Ledger, Position
+from crm_ledger.errors import (
+    CustomerNotFound,
+    ErasedCustomerError,
+    InvalidEvent,
+    MergeError,
+)
+from tests.factories import AT, tp
+
+
+def test_a_recorded_touchpoint_shows_in_the_customer_and_its_history(ledger: Ledger) -> None:
+    registered = tp("CustomerRegistered", "C1", actor="agent-7")
+    order = tp("OrderPlaced", "C1", at=AT + timedelta(days=3))
+    result = ledger.record_many([registered, order])
+
+    assert (result.recorded, result.duplicates, result.rejected) == (2, 0, [])
+    view = ledger.customer("C1")
+    assert view.profile["email"] == "ada@example.org"
+    assert view.lifecycle_stage == "customer"  # promoted from lead by the order
+    assert view.orders == 1
+    assert view.first_occurred_at == AT
+    assert view.last_occurred_at == AT + timedelta(days=3)
+    history = ledger.history("C1")
+    assert [h.event_type for h in history] == ["CustomerRegistered", "OrderPlaced"]
+    assert history[0].actor == "agent-7"
+    assert history[0].event_id == registered.event_id
+    assert history[1].occurred_at == AT + timedelta(days=3)
+    assert history[1].recorded_at > AT + timedelta(days=365)  # the ledger's own clock
+    assert history[1].details["amount_minor"] == 1299
+
+
+def test_an_unknown_customer_is_reported_not_invented(ledger: Ledger) -> None:
+    with pytest.raises(CustomerNotFound):
+        ledger.customer("nobody")
+    with pytest.raises(CustomerNotFound):
+        ledger.history("nobody")
+
+
+def test_a_duplicate_event_id_is_acknowledged_and_stored_nowhere(ledger: Ledger) -> None:
+    order = tp("OrderPlaced", "C1")
+    first = ledger.record_many([order, order])
+    again = ledger.record_many([order])
+
+    assert (first.recorded, first.duplicates) == (1, 1)
+    assert (again.recorded, again.duplicates) == (0, 1)
+    assert ledger.record(order) is False
+    assert ledger.count_events() == 1
+    assert ledger.customer("C1").orders == 1
+    assert len(ledger.history("C1")) == 1
+
+
+def test_dedup_is_permanent_across_restarts(store_env: dict[str, str]) -> None:
+    order = tp("OrderPlaced", "C1")
+    with Ledger(store_env) as first:
+        assert first.record(order) is True
+    with Ledger(store_env) as second:
+        assert second.record(order) is False
+        assert second.count_events() == 1
+
+
+def test_a_bad_event_is_rejected_and_the_rest_of_the_batch_is_stored(ledger: Ledger) -> None:
+    good = tp("OrderPlaced", "C1")
+    negative = tp("OrderPlaced", "C2", amount_minor=-5)
+    future = tp("InteractionRecorded", "C3", at=datetime.now(UTC) + timedelta(days=30))
+    result = ledger.record_many([good, negative, future])
+
+    assert result.recorded == 1
+    assert [(r.index, type(r.error)) for r in result.rejected] == [
+        (1, InvalidEvent),
+        (2, InvalidEvent),
+    ]
+    assert result.rejected[0].error.field == "amount_minor"  # type: ignore[attr-defined]
+    assert result.rejected[1].error.field == "occurred_at"  # type: ignore[attr-defined]
+    with pytest.raises(CustomerNotFound):  # no trace of a customer opened for a refused event
+        ledger.customer("C2")
+
+
+def test_events_after_a_merge_are_routed_to_the_survivor_until_unmerged(ledger: Ledger) -> None:
+    ledger.record_many([tp("CustomerRegistered", "S1"), tp("CustomerRegistered", "D1")])
+    ledger.record(tp("CustomersMerged", "D1", survivor_id="S1"))
+    routed = tp("OrderPlaced", "D1", order_id="O-after-merge")
+    ledger.record(routed)
+
+    survivor, duplicate = ledger.customer("S1"), ledger.customer("D1")
+    assert duplicate.merged_into == "S1"
+    assert survivor.merged_from == ["D1"]
+    assert survivor.orders == 1
+    assert duplicate.orders == 0
+    assert ledger.history("S1")[-1].addressed_to == "D1"
+
+    ledger.record(tp("CustomersUnmerged", "D1", survivor_id="S1"))
+    ledger.record(tp("OrderPlaced", "D1", order_id="O-after-unmerge"))
+    assert ledger.customer("D1").merged_into is None
+    assert ledger.customer("D1").orders == 1
+    assert ledger.customer("S1").merged_from == []
+    assert ledger.customer("S1").orders == 1
+
+
+def test_a_merge_that_does_not_fit_changes_neither_customer(ledger: Ledger) -> None:
+    ledger.record_many([tp("CustomerRegistered", "A"), tp("CustomerRegistered", "B")])
+    ledger.record(tp("CustomersMerged", "A", survivor_id="B"))
+    before_a, before_b = ledger.customer("A"), ledger.customer("B")
+
+    result = ledger.record_many([tp("CustomersMerged", "A", survivor_id="C")])
+    assert isinstance(result.rejected[0].error, MergeError)
+    with pytest.raises(MergeError):
+        ledger.record(tp("CustomersUnmerged", "A", survivor_id="C"))
+
+    assert ledger.customer("A") == before_a
+    assert ledger.customer("B") == before_b
+    with pytest.raises(CustomerNotFound):
+        ledger.customer("C")
+
+
+def test_an_erased_customer_accepts_no_personal_data_but_keeps_its_facts(ledger: Ledger) -> None:
+    ledger.record_many([tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1")])
+    ledger.record(tp("CustomerErased", "C1"))
+
+    with pytest.raises(ErasedCustomerError, match="email"):
+        ledger.record(tp("ProfileUpdated", "C1"))
+    with pytest.raises(ErasedCustomerError, match="note"):
+        ledger.record(tp("InteractionRecorded", "C1", note="called about parcel"))
+    assert ledger.record(tp("OrderPlaced", "C1", order_id="O2")) is True
+    assert ledger.record(tp("ProfileUpdated", "C1", email=None, address=None)) is True
+
+    view = ledger.customer("C1")
+    assert view.erased
+    assert view.profile == {"segment": "smb"}
+    assert view.orders == 2
+
+
+def test_organisations_and_initiatives_keep_their_own_state(ledger: Ledger) -> None:
+    ledger.record_many(
+        [
+            tp("OrganisationRegistered", "ORG1"),
+            tp("ContactLinkedToOrganisation", "C1", role="buyer"),
+            tp("ContactLinkedToOrganisation", "C2", role="finance"),
+            tp("InitiativeStarted", "INI1"),
+            tp("InitiativeEnded", "INI1", at=AT + timedelta(days=90)),
+        ]
+    )
+    org = ledger.organisation("ORG1")
+    assert org is not None
+    assert org.profile["name"] == "Acme BV"
+    assert org.contacts == {"C1": "buyer", "C2": "finance"}
+    assert ledger.customer("C1").organisations == {"ORG1": "buyer"}
+    initiative = ledger.initiative("INI1")
+    assert initiative is not None
+    assert (initiative.started_at, initiative.ended_at) == (AT, AT + timedelta(days=90))
+    assert initiative.matches({"region": "north", "segment": "smb"})
+    assert not initiative.matches({"region": "south"})
+    assert ledger.organisation("INI1") is None
+
+
+def test_history_as_of_shows_only_what_was_recorded_by_then(ledger: Ledger) -> None:
+    ledger.record(tp("CustomerRegistered", "C1"))
+    cutoff = ledger.history("C1")[-1].recorded_at
+    ledger.record(tp("OrderPlaced", "C1"))
+
+    assert [h.event_type for h in ledger.history("C1", as_of=cutoff)] == ["CustomerRegistered"]
+    assert len(ledger.history("C1")) == 2
+    assert ledger.history("C1", as_of=cutoff - timedelta(days=1)) == []
+
+
+def test_positions_are_stored_with_the_events_in_one_transaction(ledger: Ledger) -> None:
+    ledger.record_many([tp("OrderPlaced", "C1")], positions=[Position("crm.touchpoints", 0, 11)])
+    ledger.record_many([], positions=[Position("crm.touchpoints", 0, 12)])
+    ledger.record_many([tp("OrderPlaced", "C2")], positions=[Position("crm.touchpoints", 3, 7)])
+
+    assert ledger.ledger_recorder.positions("crm.touchpoints") == {0: 12, 3: 7}
+    assert ledger.ledger_recorder.positions("elsewhere") == {}
+
+
+def test_a_stale_writer_retries_and_both_writes_survive(store_env: dict[str, str]) -> None:
+    with Ledger(store_env) as one, Ledger(store_env) as two:
+        one.record(tp("CustomerRegistered", "C1"))
+        two.record(tp("OrderPlaced", "C1", order_id="O1"))  # two caches C1 at version 3
+        one.record(tp("OrderPlaced", "C1", order_id="O2"))  # one moves C1 on behind two's back
+        two.record(tp("OrderPlaced", "C1", order_id="O3"))  # conflict: reload and retry
+
+        assert [h.details.get("order_id") for h in one.history("C1")] == [None, "O1", "O2", "O3"]
+        assert two.customer("C1").orders == 3
+        assert one.customer("C1").orders == 2  # one's view: what it has seen, never more
+        one.record(tp("InteractionRecorded", "C1"))
+        assert one.customer("C1").orders == 3
+
+
+def test_a_long_lived_customer_is_snapshotted_and_rebuilds_the_same(ledger: Ledger) -> None:
+    events = [tp("InteractionRecorded", "C1", at=AT + timedelta(hours=i)) for i in range(450)]
+    ledger.record_many(events[:250])
+    ledger.record_many(events[250:])
+
+    snapshots = list(ledger.snapshots.get(customer_uuid("C1"))) if ledger.snapshots else []
+    assert [s.originator_version for s in snapshots] == [200, 400]
+    replayed = ledger.repository.get(customer_uuid("C1"), version=451)
+    assert isinstance(replayed, Customer)
+    assert replayed.interactions == ledger.customer("C1").interactions == 450
+
+
+def test_an_order_stored_by_version_1_is_read_through_its_upcaster(
+    store_env: dict[str, str],
+) -> None:
+    with Ledger(store_env) as ledger:
+        ledger.record(tp("CustomerRegistered", "C1"))
+    v1_state = {
+        "timestamp": {"_type_": "datetime_iso", "_data_": "2024-05-01T10:00:00+00:00"},
+        "event_id": {"_type_": "uuid_hex", "_data_": "0" * 31 + "1"},
+        "occurred_at": {"_type_": "datetime_iso", "_data_": "2024-05-01T09:00:00+00:00"},
+        "source": "legacy-shop",
+        "actor": None,
+        "correlation_id": None,
+        "addressed_to": None,
+        "order_id": "OLD-1",
+        "amount_minor": 4200,
+        "currency": "EUR",
+        "channel": None,
+    }
+    old = StoredEvent(
+        originator_id=customer_uuid("C1"),
+        originator_version=3,
+        topic=get_topic(Customer.OrderPlaced),
+        state=json.dumps(v1_state).encode(),
+    )
+    with Ledger(store_env) as ledger:
+        ledger.recorder.insert_events([old])
+
+    with Ledger(store_env) as ledger:
+        order = ledger.history("C1")[-1]
+        orders = ledger.customer("C1").orders
+    assert order.details == {
+        "order_id": "OLD-1",
+        "amount_minor": 4200,
+        "currency": "EUR",
+        "margin_minor": None,
+        "items": 1,
+        "channel": None,
+    }
+    assert orders == 1
