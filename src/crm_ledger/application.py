@@ -32,13 +32,12 @@ from crm_ledger.aggregates import (
     customer_uuid,
     subject_uuid,
 )
-from crm_ledger.aggregates.customer import MERGE_TYPES
+from crm_ledger.aggregates.customer import MERGE_TYPES, merge, unmerge
 from crm_ledger.aggregates.envelope import Touched
 from crm_ledger.errors import (
     CrmLedgerError,
     CustomerNotFound,
     InvalidInput,
-    MergeError,
     RejectedEvent,
     StoreUnavailable,
 )
@@ -416,18 +415,10 @@ class _Batch:
     def _merge(self, tp: Touchpoint) -> None:
         absorbed = self.customer(tp.customer_id)
         survivor = self.customer(tp.data["survivor_id"])
-        saved = (copy.deepcopy(absorbed), copy.deepcopy(survivor))
-        try:
-            if tp.event_type == "CustomersMerged":
-                survivor.absorb(tp)
-                absorbed.merge_into(tp)
-            else:
-                absorbed.unmerge(tp)
-                survivor.release(tp)
-        except MergeError:
-            # Both sides or neither: put back the state from before this event.
-            self.aggregates[absorbed.id], self.aggregates[survivor.id] = saved
-            raise
+        if tp.event_type == "CustomersMerged":
+            merge(absorbed, survivor, tp)
+        else:
+            unmerge(absorbed, survivor, tp)
         self._collect(tp, absorbed)
         self._collect(tp, survivor, receipt=False)
 

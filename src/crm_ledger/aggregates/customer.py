@@ -60,9 +60,7 @@ class Customer(Aggregate):
 
     def merge_into(self, tp: Touchpoint) -> None:
         """Mark this customer as a duplicate of ``tp.data['survivor_id']``."""
-        if self.merged_into is not None:
-            msg = f"customer {self.customer_id} is already merged into {self.merged_into}"
-            raise MergeError(msg)
+        self.check_can_merge()
         self.trigger_event(self.CustomersMerged, **envelope(tp), **tp.data)
 
     def unmerge(self, tp: Touchpoint) -> None:
@@ -74,17 +72,27 @@ class Customer(Aggregate):
 
     def absorb(self, tp: Touchpoint) -> None:
         """As survivor, take in the customer that ``tp`` merges."""
+        self.check_can_absorb()
+        self.trigger_event(self.CustomerAbsorbed, **envelope(tp), absorbed_id=tp.customer_id)
+
+    def release(self, tp: Touchpoint) -> None:
+        """As survivor, let go of the customer that ``tp`` unmerges."""
+        self.trigger_event(self.CustomerReleased, **envelope(tp), released_id=tp.customer_id)
+
+    def check_can_merge(self) -> None:
+        """Raise MergeError if this customer is already merged."""
+        if self.merged_into is not None:
+            msg = f"customer {self.customer_id} is already merged into {self.merged_into}"
+            raise MergeError(msg)
+
+    def check_can_absorb(self) -> None:
+        """Raise MergeError if this customer cannot be a survivor."""
         if self.merged_into is not None:
             msg = (
                 f"survivor {self.customer_id} is itself merged into {self.merged_into}; "
                 f"merge into {self.merged_into} instead"
             )
             raise MergeError(msg)
-        self.trigger_event(self.CustomerAbsorbed, **envelope(tp), absorbed_id=tp.customer_id)
-
-    def release(self, tp: Touchpoint) -> None:
-        """As survivor, let go of the customer that ``tp`` unmerges."""
-        self.trigger_event(self.CustomerReleased, **envelope(tp), released_id=tp.customer_id)
 
     def _refuse_personal_data_if_erased(self, tp: Touchpoint) -> None:
         personal = tp.personal_values()
@@ -306,6 +314,20 @@ class Customer(Aggregate):
             aggregate.profile = {}
             aggregate.identities = []
             aggregate.lifecycle_stage = "erased"
+
+
+def merge(absorbed: Customer, survivor: Customer, tp: Touchpoint) -> None:
+    """Merge ``absorbed`` into ``survivor``: both sides change, or neither."""
+    absorbed.check_can_merge()
+    survivor.check_can_absorb()
+    survivor.absorb(tp)
+    absorbed.merge_into(tp)
+
+
+def unmerge(absorbed: Customer, survivor: Customer, tp: Touchpoint) -> None:
+    """Undo the merge of ``absorbed`` into ``survivor``: both sides change, or neither."""
+    absorbed.unmerge(tp)  # the only check: release cannot fail
+    survivor.release(tp)
 
 
 MERGE_TYPES = frozenset({"CustomersMerged", "CustomersUnmerged"})
