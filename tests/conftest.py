@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +13,9 @@ from click.testing import CliRunner
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
 from crm_ledger.adapters.eventstore import drop_postgres_schema, postgres_env, sqlite_env
 from crm_ledger.application import Ledger
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"

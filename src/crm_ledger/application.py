@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -52,8 +52,7 @@ if TYPE_CHECKING:
 MAX_ATTEMPTS = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     """Proof that an event_id was stored, and in which stream at which version."""
 
     event_id: UUID
@@ -61,8 +60,7 @@ class Receipt:
     originator_version: int
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
+class Position(NamedTuple):
     """The next offset to read from one partition of an external source (e.g. a Kafka topic)."""
 
     source: str
@@ -75,6 +73,9 @@ class LedgerRecorder(Protocol):
 
     def known_event_ids(self, event_ids: Sequence[UUID]) -> set[UUID]:
         """The subset of ``event_ids`` already stored."""
+
+    def existing_ids(self, originator_ids: Sequence[UUID]) -> set[UUID]:
+        """The subset of ``originator_ids`` that have stored events."""
 
     def receipt(self, event_id: UUID) -> Receipt | None:
         """Where ``event_id`` was stored, if it was."""
@@ -249,9 +250,10 @@ class Ledger(Application[UUID]):
         self, touchpoints: Sequence[Touchpoint], positions: Sequence[Position]
     ) -> BatchResult:
         result = BatchResult()
-        batch = _Batch(self)
+        fresh = list(self._fresh(touchpoints, result))
+        batch = _Batch(self, [tp for _, tp in fresh])
         now = self._clock()
-        for index, tp in self._fresh(touchpoints, result):
+        for index, tp in fresh:
             try:
                 check_touchpoint(tp, now=now, max_future=self._max_future)  # one clock per batch
                 batch.apply(tp)
@@ -353,21 +355,42 @@ class Ledger(Application[UUID]):
 class _Batch:
     """The aggregates one batch touches, their new events in arrival order, and receipts."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, touchpoints: Sequence[Touchpoint]) -> None:
         self.ledger = ledger
         self.aggregates: dict[UUID, Any] = {}
+        self.absent = self._absent(touchpoints)
+        # One recorded time per transaction: the moment the ledger accepted the batch.
+        self.recorded_at = datetime.now(UTC)
         self.changed: dict[UUID, Any] = {}
         self.events: list[Any] = []
         self.receipts: list[Receipt] = []
+
+    def _absent(self, touchpoints: Sequence[Touchpoint]) -> set[UUID]:
+        """Subjects of the batch that the store has never seen (one query, not one each)."""
+        subjects = {subject_uuid(tp.subject, tp.customer_id) for tp in touchpoints}
+        cache = self.ledger.repository.cache
+        unknown = []
+        for aggregate_id in subjects:
+            try:
+                if cache is not None:
+                    cache.get(aggregate_id)
+                    continue
+            except KeyError:
+                pass
+            unknown.append(aggregate_id)
+        return set(unknown) - self.ledger.ledger_recorder.existing_ids(unknown)
 
     def load(self, kind: type[Any], subject_id: str, aggregate_id: UUID) -> Any:
         """The aggregate from this batch, the cache or the store; a new one if unknown."""
         aggregate = self.aggregates.get(aggregate_id)
         if aggregate is None:
-            try:
-                aggregate = self.ledger.repository.get(aggregate_id)
-            except AggregateNotFoundError:
+            if aggregate_id in self.absent:
                 aggregate = kind(subject_id)
+            else:
+                try:
+                    aggregate = self.ledger.repository.get(aggregate_id)
+                except AggregateNotFoundError:
+                    aggregate = kind(subject_id)
             self.aggregates[aggregate_id] = aggregate
         return aggregate
 
@@ -397,7 +420,9 @@ class _Batch:
         if tp.event_type != "CustomerErased":  # erasure is about the id it names, never routed
             target = self._survivor_of(target)
         routed = target.customer_id != tp.customer_id
-        target.record(tp, tp.customer_id if routed else None)
+        target.record(
+            tp, addressed_to=tp.customer_id if routed else None, recorded_at=self.recorded_at
+        )
         self._collect(tp, target)
         if tp.event_type == "ContactLinkedToOrganisation":
             org_key = tp.data["organisation_id"]
@@ -406,6 +431,8 @@ class _Batch:
             self._collect(tp, org, receipt=False)
 
     def _survivor_of(self, customer: Customer) -> Customer:
+        if customer.merged_into is None:  # nearly always: no set to build
+            return customer
         seen = {customer.customer_id}
         while customer.merged_into is not None and customer.merged_into not in seen:
             seen.add(customer.merged_into)

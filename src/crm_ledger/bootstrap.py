@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING
 
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
@@ -11,6 +12,21 @@ from crm_ledger.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from crm_ledger.config import Settings
+
+
+#: First-generation GC threshold for bulk writes (CPython's default is 700).
+BULK_GC_THRESHOLD = 50_000
+
+
+def tune_for_throughput() -> None:
+    """Tune this process for bulk writes: collect young objects less often.
+
+    A batch keeps thousands of new events alive until its transaction commits, so with the
+    default threshold the collector rescans them (and every cached aggregate) many times per
+    batch; measured on the ledger benchmark this costs about a quarter of the time.
+    """
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(BULK_GC_THRESHOLD, second, third)
 
 
 def store_env(settings: Settings, *, create: bool) -> dict[str, str]:

@@ -62,7 +62,7 @@ def _when(value: str | None) -> datetime | None:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat(timespec="milliseconds")
+        return value.isoformat()  # full precision: a printed time must work as --as-of
     if isinstance(value, dict | list):
         return json.dumps(value, default=str, sort_keys=True)
     if value is None:
@@ -101,7 +101,7 @@ def emit_record(ctx: Context, record: dict[str, Any], title: str) -> None:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat(timespec="milliseconds")
+        return value.isoformat()
     return str(value)
 
 
@@ -297,6 +297,7 @@ def import_(
     an import can be rerun safely.
     """
     kind = "cdnow" if cdnow else kind
+    bootstrap.tune_for_throughput()
     codec = bootstrap.open_codec(ctx.settings)
     size = batch_size or ctx.settings.batch_size
     with bootstrap.open_ledger(ctx.settings, create=True) as ledger:

@@ -35,7 +35,7 @@ class Settings:
     database_url: str | None = None
     database_schema: str = "public"
     schemas_dir: Path = field(default_factory=_default_schemas_dir)
-    batch_size: int = 5000
+    batch_size: int = 10_000
     max_future: timedelta = timedelta(days=1)
 
     @property

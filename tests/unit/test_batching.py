@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crm_ledger.adapters.eventstore import sqlite_env
 from crm_ledger.application import Ledger
-from crm_ledger.aggregates import Touchpoint
 from tests.factories import AT, tp
+
+if TYPE_CHECKING:
+    from crm_ledger.aggregates import Touchpoint
 
 CUSTOMERS = ["C1", "C2", "C3"]
 RECORDED_TIMES = {"first_recorded_at", "last_recorded_at"}
@@ -22,12 +26,25 @@ RECORDED_TIMES = {"first_recorded_at", "last_recorded_at"}
 @st.composite
 def histories(draw: st.DrawFn) -> list[Touchpoint]:
     """Random mixed histories of three customers, with merges, erasure and duplicates."""
-    kinds = st.sampled_from([
-        "CustomerRegistered", "ProfileUpdated", "IdentityLinked", "ConsentChanged",
-        "InteractionRecorded", "OrderPlaced", "OrderRefunded", "SubscriptionStarted",
-        "SubscriptionCancelled", "SupportTicketOpened", "SupportTicketResolved",
-        "ContactLinkedToOrganisation", "CustomerErased", "CustomersMerged", "CustomersUnmerged",
-    ])
+    kinds = st.sampled_from(
+        [
+            "CustomerRegistered",
+            "ProfileUpdated",
+            "IdentityLinked",
+            "ConsentChanged",
+            "InteractionRecorded",
+            "OrderPlaced",
+            "OrderRefunded",
+            "SubscriptionStarted",
+            "SubscriptionCancelled",
+            "SupportTicketOpened",
+            "SupportTicketResolved",
+            "ContactLinkedToOrganisation",
+            "CustomerErased",
+            "CustomersMerged",
+            "CustomersUnmerged",
+        ]
+    )
     events = []
     for _ in range(draw(st.integers(1, 40))):
         kind = draw(kinds)
@@ -45,17 +62,18 @@ def histories(draw: st.DrawFn) -> list[Touchpoint]:
 
 
 def _state(events: list[Touchpoint], cuts: list[int]) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as folder, Ledger(
-        sqlite_env(str(Path(folder) / "l.sqlite"))
-    ) as ledger:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        Ledger(sqlite_env(str(Path(folder) / "l.sqlite"))) as ledger,
+    ):
         bounds = [0, *sorted(set(cuts)), len(events)]
-        for start, stop in zip(bounds, bounds[1:], strict=False):
+        for start, stop in itertools.pairwise(bounds):
             ledger.record_many(events[start:stop])
         states: dict[str, object] = {"events": ledger.count_events()}
         for customer in CUSTOMERS:
             try:
                 view = dataclasses.asdict(ledger.customer(customer))
-            except Exception as e:  # noqa: BLE001 - "not found" is part of the state compared
+            except Exception as e:
                 states[customer] = type(e).__name__
                 continue
             states[customer] = {k: v for k, v in view.items() if k not in RECORDED_TIMES}

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from click.testing import CliRunner
 
 from crm_ledger.adapters.avro import SchemaRegistry
 from crm_ledger.aggregates import CATALOGUE, PERSONAL_FIELDS, Customer, Initiative, Organisation
@@ -17,9 +16,17 @@ from crm_ledger.cli import cli
 from crm_ledger.errors import IncompatibleSchema
 from tests.conftest import SCHEMAS
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
 STORED_ONLY = {"originator_id", "originator_version", "timestamp", "addressed_to"}
-AGGREGATE_OF = {Subject.CUSTOMER: Customer, Subject.ORGANISATION: Organisation,
-                Subject.INITIATIVE: Initiative}
+AGGREGATE_OF = {
+    Subject.CUSTOMER: Customer,
+    Subject.ORGANISATION: Organisation,
+    Subject.INITIATIVE: Initiative,
+}
 
 
 def _schema(name: str) -> dict:
@@ -70,13 +77,18 @@ def _edit(folder: Path, name: str, change) -> None:  # type: ignore[no-untyped-d
 def test_schemas_check_rejects_a_field_added_without_default(
     schemas_copy: Path, runner: CliRunner
 ) -> None:
-    _edit(schemas_copy, "OrderPlaced", lambda s: s["fields"].append(
-        {"name": "loyalty_points", "type": "long"}))
+    _edit(
+        schemas_copy,
+        "OrderPlaced",
+        lambda s: s["fields"].append({"name": "loyalty_points", "type": "long"}),
+    )
 
     result = runner.invoke(cli, ["--schemas-dir", str(schemas_copy), "schemas", "check"])
     assert result.exit_code == 1
-    assert "OrderPlaced: cannot read version 1: field loyalty_points was added without a default" \
+    assert (
+        "OrderPlaced: cannot read version 1: field loyalty_points was added without a default"
         in result.stderr
+    )
     assert "OrderPlaced: cannot read version 2" in result.stderr
     with pytest.raises(IncompatibleSchema):
         SchemaRegistry(schemas_copy).register()
@@ -101,22 +113,32 @@ def test_schemas_check_rejects_a_narrowed_type_and_a_lost_enum_symbol(
     _edit(schemas_copy, "InteractionRecorded", drop_symbol)
     result = runner.invoke(cli, ["--schemas-dir", str(schemas_copy), "schemas", "check"])
     assert result.exit_code == 1
-    assert "OrderRefunded: cannot read version 1: amount_minor: type changed from long to int" \
+    assert (
+        "OrderRefunded: cannot read version 1: amount_minor: type changed from long to int"
         in result.stderr
-    assert "InteractionRecorded: cannot read version 1: channel: enum lost symbols ['partner']" \
+    )
+    assert (
+        "InteractionRecorded: cannot read version 1: channel: enum lost symbols ['partner']"
         in result.stderr
+    )
 
 
 def test_a_compatible_change_registers_as_a_new_version_with_a_new_id(
     schemas_copy: Path, runner: CliRunner
 ) -> None:
-    _edit(schemas_copy, "OrderPlaced", lambda s: s["fields"].append(
-        {"name": "coupon", "type": ["null", "string"], "default": None}))
+    _edit(
+        schemas_copy,
+        "OrderPlaced",
+        lambda s: s["fields"].append(
+            {"name": "coupon", "type": ["null", "string"], "default": None}
+        ),
+    )
     before = SchemaRegistry(schemas_copy)
     old_ids = {v.schema_id for s in before.subjects() for v in before.versions(s)}
 
-    check = runner.invoke(cli, ["--schemas-dir", str(schemas_copy), "--format", "json",
-                                "schemas", "check"])
+    check = runner.invoke(
+        cli, ["--schemas-dir", str(schemas_copy), "--format", "json", "schemas", "check"]
+    )
     assert check.exit_code == 0, check.output
     assert json.loads(check.stdout)["unregistered_changes"] == ["OrderPlaced"]
     result = runner.invoke(cli, ["--schemas-dir", str(schemas_copy), "schemas", "register"])

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventsourcing.domain import Aggregate
 
-from crm_ledger.aggregates.envelope import Touched, envelope
+from crm_ledger.aggregates.envelope import Touched, envelope, trigger_touch
 from crm_ledger.aggregates.touchpoint import CATALOGUE, Subject, Touchpoint, customer_uuid
 from crm_ledger.errors import ErasedCustomerError, MergeError
 
@@ -52,11 +52,22 @@ class Customer(Aggregate):
 
     # Commands: one check, then one event.
 
-    def record(self, tp: Touchpoint, addressed_to: str | None = None) -> None:
+    def record(
+        self,
+        tp: Touchpoint,
+        *,
+        addressed_to: str | None = None,
+        recorded_at: datetime | None = None,
+    ) -> None:
         """Store a plain touchpoint about this customer."""
         self._refuse_personal_data_if_erased(tp)
-        event_class = TOUCHPOINT_EVENTS[tp.event_type]
-        self.trigger_event(event_class, **envelope(tp, addressed_to), **tp.data)
+        trigger_touch(
+            self,
+            TOUCHPOINT_EVENTS[tp.event_type],
+            tp,
+            addressed_to=addressed_to,
+            recorded_at=recorded_at,
+        )
 
     def merge_into(self, tp: Touchpoint) -> None:
         """Mark this customer as a duplicate of ``tp.data['survivor_id']``."""
@@ -95,8 +106,7 @@ class Customer(Aggregate):
             raise MergeError(msg)
 
     def _refuse_personal_data_if_erased(self, tp: Touchpoint) -> None:
-        personal = tp.personal_values()
-        if self.erased and personal:
+        if self.erased and (personal := tp.personal_values()):
             raise ErasedCustomerError(self.customer_id, next(iter(personal)))
 
     # State changes shared by events.
