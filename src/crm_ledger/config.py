@@ -64,6 +64,9 @@ class Settings:
         if env.get(f"{ENV_PREFIX}BATCH_SIZE"):
             values["batch_size"] = _positive_int(f"{ENV_PREFIX}BATCH_SIZE", env)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        for name in ("data_dir", "schemas_dir"):
+            if name in values:
+                values[name] = Path(values[name])
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> Settings:
