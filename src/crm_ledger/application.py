@@ -43,7 +43,7 @@ from crm_ledger.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from eventsourcing.domain import MutableOrImmutableAggregate
     from eventsourcing.persistence import ApplicationRecorder
@@ -250,29 +250,25 @@ class Ledger(Application[UUID]):
         self, touchpoints: Sequence[Touchpoint], positions: Sequence[Position]
     ) -> BatchResult:
         result = BatchResult()
-        fresh = list(self._fresh(touchpoints, result))
-        batch = _Batch(self, [tp for _, tp in fresh])
+        # Known: stored before this batch, or recorded earlier in it. A copy that was rejected
+        # leaves no receipt, so a later copy is judged afresh, as it would be one at a time.
+        known = self.ledger_recorder.known_event_ids([tp.event_id for tp in touchpoints])
+        batch = _Batch(self, [tp for tp in touchpoints if tp.event_id not in known])
         now = self._clock()
-        for index, tp in fresh:
+        for index, tp in enumerate(touchpoints):
+            if tp.event_id in known:
+                result.duplicates += 1
+                continue
             try:
                 check_touchpoint(tp, now=now, max_future=self._max_future)  # one clock per batch
                 batch.apply(tp)
             except (InvalidInput, RejectedEvent) as error:
                 result.rejected.append(Rejection(index, tp.event_id, error))
+                continue
+            known.add(tp.event_id)
         batch.save(positions)
         result.recorded = len(batch.receipts)
         return result
-
-    def _fresh(
-        self, touchpoints: Sequence[Touchpoint], result: BatchResult
-    ) -> Iterable[tuple[int, Touchpoint]]:
-        known = self.ledger_recorder.known_event_ids([tp.event_id for tp in touchpoints])
-        for index, tp in enumerate(touchpoints):
-            if tp.event_id in known:
-                result.duplicates += 1
-                continue
-            known.add(tp.event_id)
-            yield index, tp
 
     # Reading.
 

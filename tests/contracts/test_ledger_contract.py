@@ -248,3 +248,19 @@ def test_an_order_stored_by_version_1_is_read_through_its_upcaster(
         "channel": None,
     }
     assert orders == 1
+
+
+def test_a_refused_event_sent_again_later_in_a_batch_is_judged_afresh(ledger: Ledger) -> None:
+    register_again = tp("CustomerRegistered", "C1")
+    batch = [
+        tp("CustomerRegistered", "C1"),
+        tp("CustomerErased", "C1"),
+        register_again,  # refused: C1 is erased
+        tp("CustomersMerged", "C1", survivor_id="C2"),
+        register_again,  # the same event again: now routed to C2, which accepts it
+    ]
+    result = ledger.record_many(batch)
+
+    assert (result.recorded, result.duplicates, len(result.rejected)) == (4, 0, 1)
+    assert ledger.customer("C2").profile["name"] == "Ada Meyer"
+    assert ledger.history("C2")[-1].addressed_to == "C1"
