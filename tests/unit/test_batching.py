@@ -80,7 +80,7 @@ def _state(events: list[Touchpoint], cuts: list[int]) -> dict[str, object]:
         return states
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=histories(), data=st.data())
 def test_state_is_the_same_however_events_are_batched(events: list[Touchpoint], data) -> None:  # type: ignore[no-untyped-def]
     cuts = data.draw(st.lists(st.integers(0, len(events)), max_size=6))
