@@ -33,7 +33,7 @@ from crm_ledger.aggregates import (
     subject_uuid,
 )
 from crm_ledger.aggregates.customer import MERGE_TYPES, merge, unmerge
-from crm_ledger.aggregates.envelope import Touched
+from crm_ledger.aggregates.envelope import Touched, own_fields
 from crm_ledger.errors import (
     CrmLedgerError,
     CustomerNotFound,
@@ -144,21 +144,6 @@ class HistoryEntry:
     actor: str | None
     addressed_to: str | None
     details: dict[str, Any]
-
-
-_ENVELOPE_ATTRS = frozenset(
-    {
-        "originator_id",
-        "originator_version",
-        "timestamp",
-        "event_id",
-        "occurred_at",
-        "source",
-        "actor",
-        "correlation_id",
-        "addressed_to",
-    }
-)
 
 
 class Ledger(Application[UUID]):
@@ -309,7 +294,6 @@ class Ledger(Application[UUID]):
         for e in events:
             if not isinstance(e, Touched) or (as_of is not None and e.timestamp > as_of):
                 continue
-            state = vars(e)
             entries.append(
                 HistoryEntry(
                     version=e.originator_version,
@@ -320,7 +304,7 @@ class Ledger(Application[UUID]):
                     source=e.source,
                     actor=e.actor,
                     addressed_to=e.addressed_to,
-                    details={k: v for k, v in state.items() if k not in _ENVELOPE_ATTRS},
+                    details=own_fields(e),
                 )
             )
         return entries

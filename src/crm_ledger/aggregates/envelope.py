@@ -77,24 +77,18 @@ def trigger_touch(
         problem = f"missing {missing}" if missing else f"not in the schema: {extra}"
         raise InvalidEvent("data", problem, event_type=tp.event_type)
     event = object.__new__(event_class)
-    state = {
-        "originator_id": aggregate.id,
-        "originator_version": aggregate.version + 1,
-        "timestamp": recorded_at or event_class.create_timestamp(),
-        "event_id": tp.event_id,
-        "occurred_at": tp.occurred_at,
-        "source": tp.source,
-        "actor": tp.actor,
-        "correlation_id": tp.correlation_id,
-        "addressed_to": addressed_to,
-    }
+    state = envelope(tp, addressed_to)
+    state["originator_id"] = aggregate.id
+    state["originator_version"] = aggregate.version + 1
+    state["timestamp"] = recorded_at or event_class.create_timestamp()
     state.update(tp.data)
     object.__setattr__(event, "__dict__", state)
     event.mutate(aggregate)
     aggregate.pending_events.append(event)
 
 
-_ENVELOPE_NAMES = frozenset(
+#: Attributes every stored touchpoint event has: eventsourcing's three, then the envelope.
+STORED_ENVELOPE = frozenset(
     {
         "originator_id",
         "originator_version",
@@ -111,7 +105,12 @@ _ENVELOPE_NAMES = frozenset(
 
 @cache
 def _field_names(event_class: type[Touched]) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(event_class)) - _ENVELOPE_NAMES
+    return frozenset(f.name for f in dataclasses.fields(event_class)) - STORED_ENVELOPE
+
+
+def own_fields(event: Touched) -> dict[str, Any]:
+    """The event type's own fields (everything but the envelope)."""
+    return {k: v for k, v in vars(event).items() if k not in STORED_ENVELOPE}
 
 
 def envelope(tp: Touchpoint, addressed_to: str | None = None) -> dict[str, Any]:
