@@ -7,6 +7,16 @@ from crm_ledger.errors import CrmLedgerError
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # The Publisher needs kafka-python; import it only when someone asks for it.
+    if name == "Publisher":
+        from crm_ledger.adapters.kafka import Publisher
+
+        return Publisher
+    raise AttributeError(name)
+
+
 __all__ = [
     "BatchResult",
     "CrmLedgerError",
@@ -14,6 +24,7 @@ __all__ = [
     "HistoryEntry",
     "Ledger",
     "Position",
+    "Publisher",
     "Settings",
     "Touchpoint",
     "__version__",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gc
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
 from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
+from crm_ledger.adapters.kafka import IngestWorker, KafkaSettings, Publisher
 from crm_ledger.application import Ledger
-from crm_ledger.errors import StoreUnavailable
+from crm_ledger.errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
     from crm_ledger.config import Settings
@@ -59,3 +60,36 @@ def open_registry(settings: Settings) -> SchemaRegistry:
 def open_codec(settings: Settings) -> Codec:
     """The Avro codec over the configured registry."""
     return Codec(open_registry(settings))
+
+
+def kafka_settings(settings: Settings) -> KafkaSettings:
+    """Kafka settings, or a clear error when no cluster is configured."""
+    if not settings.kafka_bootstrap:
+        msg = (
+            "no Kafka cluster configured: set KAFKA_BOOTSTRAP_SERVERS or pass "
+            "--bootstrap-servers (scripts/kafka_server.sh start runs one and prints its address)"
+        )
+        raise ConfigurationError(msg)
+    return KafkaSettings(
+        bootstrap=settings.kafka_bootstrap,
+        topic=settings.kafka_topic,
+        dlq_topic=settings.kafka_dlq_topic,
+        group=settings.kafka_group,
+        partitions=settings.kafka_partitions,
+        retention_days=settings.kafka_retention_days,
+    )
+
+
+def open_publisher(settings: Settings) -> Publisher:
+    """A Publisher for the configured cluster and topic."""
+    return Publisher(kafka_settings(settings), open_codec(settings))
+
+
+def open_ingest_worker(settings: Settings, ledger: Ledger, **options: Any) -> IngestWorker:
+    """An ingest worker feeding ``ledger`` from the configured topic."""
+    return IngestWorker(
+        ledger,
+        open_codec(settings),
+        kafka_settings(settings),
+        **options,
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from rich.table import Table
 from crm_ledger import __version__, bootstrap
 from crm_ledger.adapters import sources
 from crm_ledger.adapters.avro import to_json
+from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
 from crm_ledger.application import BatchResult, Rejection
 from crm_ledger.config import Settings
 from crm_ledger.errors import CrmLedgerError, IncompatibleSchema, InvalidInput, UnreadableFile
@@ -147,6 +150,11 @@ class LedgerGroup(click.Group):
     help="Folder of the Avro schemas and registry.json [env CRM_LEDGER_SCHEMAS_DIR].",
 )
 @click.option(
+    "--bootstrap-servers",
+    metavar="HOST:PORT",
+    help="Kafka cluster for publish, ingest, dlq and lag [env KAFKA_BOOTSTRAP_SERVERS].",
+)
+@click.option(
     "--format",
     "output",
     type=click.Choice(FORMATS),
@@ -161,6 +169,7 @@ def cli(
     database_url: str | None,
     database_schema: str | None,
     schemas_dir: Path | None,
+    bootstrap_servers: str | None,
     output: str,
 ) -> None:
     """crm-ledger: every customer touchpoint as an immutable, schema-checked event.
@@ -173,6 +182,7 @@ def cli(
         database_url=database_url,
         database_schema=database_schema,
         schemas_dir=schemas_dir,
+        kafka_bootstrap=bootstrap_servers,
     )
     ctx.obj = Context(settings, output)
 
@@ -513,6 +523,203 @@ def schemas_register(ctx: Context) -> None:
         ctx,
         [{"type": v.subject, "version": v.version, "schema_id": v.schema_id} for v in added],
         title="registered",
+    )
+
+
+# Kafka.
+
+
+@cli.command()
+@click.argument(
+    "source", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default="-"
+)
+@pass_context
+def publish(ctx: Context, source: Path) -> None:
+    """Publish JSON Lines events from SOURCE (a file, or - for stdin) to Kafka.
+
+    Every line is validated first; a bad line stops the command before anything is sent.
+    Events are Avro in the Confluent wire format, keyed by customer id. Prints where each
+    event landed (partition and offset).
+    """
+    codec = bootstrap.open_codec(ctx.settings)
+    path = Path("/dev/stdin") if str(source) == "-" else source
+    events = [tp for _, tp in sources.read_jsonl(path, codec)]
+    with bootstrap.open_publisher(ctx.settings) as publisher:
+        for line, tp in enumerate(events, start=1):
+            try:
+                publisher.encode(tp)
+            except InvalidInput as e:
+                raise sources.located(source, line, e) from None
+        results = publisher.publish_many(events)
+    failed = [r for r in results if r.error]
+    emit(
+        ctx,
+        [
+            {
+                "event_id": r.event_id,
+                "customer_id": r.customer_id,
+                "partition": r.partition,
+                "offset": r.offset,
+                "error": r.error,
+            }
+            for r in results
+        ],
+        title=f"published {len(results) - len(failed)} of {len(results)}",
+    )
+    if failed:
+        raise InvalidInput(f"{len(failed)} events were not delivered (see the error column)")
+
+
+def _log_json(stats: IngestStats) -> None:
+    click.echo(
+        json.dumps(
+            {
+                "at": datetime.now(UTC).isoformat(),
+                "event": "batch",
+                "consumed": stats.consumed,
+                "recorded": stats.recorded,
+                "duplicates": stats.duplicates,
+                "dead_lettered": stats.dead_lettered,
+                "rate": round(stats.rate),
+                "partitions": stats.assigned,
+            }
+        ),
+        err=True,
+    )
+
+
+@cli.command()
+@click.option("--max-events", type=click.IntRange(1), help="Stop after this many messages.")
+@click.option(
+    "--until-idle",
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="Stop when no message arrived for this long.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 50_000),
+    default=5000,
+    show_default=True,
+    help="Most messages per ledger transaction.",
+)
+@pass_context
+def ingest(ctx: Context, max_events: int | None, until_idle: float | None, batch_size: int) -> None:
+    """Consume the touchpoint topic into the ledger, exactly once.
+
+    Runs until SIGTERM or Ctrl-C (finishing the batch in hand), or until --max-events or
+    --until-idle. Bad messages go to the dead-letter topic with the reason. On a terminal it
+    shows progress; otherwise it writes one JSON log line per batch to stderr.
+    """
+    bootstrap.tune_for_throughput()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
+        progress = _progress(ctx, 0, "ingest")
+        task = progress.add_task("ingesting", total=None, rate="-")
+
+        def on_batch(stats: IngestStats) -> None:
+            if ctx.err.is_terminal:
+                progress.update(task, completed=stats.consumed, rate=f"{stats.rate:,.0f}")
+            else:
+                _log_json(stats)
+
+        def on_assign(partitions: list[int]) -> None:
+            click.echo(
+                json.dumps(
+                    {
+                        "at": datetime.now(UTC).isoformat(),
+                        "event": "assigned",
+                        "partitions": partitions,
+                    }
+                ),
+                err=True,
+            )
+
+        worker = bootstrap.open_ingest_worker(
+            ctx.settings, ledger, max_batch=batch_size, on_batch=on_batch, on_assign=on_assign
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: worker.stop())
+        with progress:
+            stats = worker.run(max_events=max_events, until_idle=until_idle)
+    emit_record(
+        ctx,
+        {
+            "consumed": stats.consumed,
+            "recorded": stats.recorded,
+            "duplicates": stats.duplicates,
+            "dead_lettered": stats.dead_lettered,
+            "batches": stats.batches,
+            "events_per_second": round(stats.rate),
+        },
+        title="ingest",
+    )
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter topic: messages the ledger could not take, and why."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1), help="Show only the last N.")
+@pass_context
+def dlq_list(ctx: Context, limit: int | None) -> None:
+    """Every dead letter with its reason and where it came from."""
+    letters = dead_letters(bootstrap.kafka_settings(ctx.settings))
+    if limit:
+        letters = letters[-limit:]
+    emit(
+        ctx,
+        [
+            {
+                "partition": d.partition,
+                "offset": d.offset,
+                "source": f"{d.headers.get('source.topic')}/{d.headers.get('source.partition')}"
+                f"/{d.headers.get('source.offset')}",
+                "error": d.headers.get("error.class"),
+                "reason": d.headers.get("error.message"),
+                "at": d.headers.get("dlq.time"),
+                "bytes": len(d.value),
+            }
+            for d in letters
+        ],
+        title=f"dead letters ({len(letters)})",
+    )
+
+
+@dlq.command("redrive")
+@pass_context
+def dlq_redrive(ctx: Context) -> None:
+    """Re-publish dead letters not redriven before to their source topic (after a fix).
+
+    The ingest worker then takes them like any other message; one that still fails returns
+    to the dead-letter topic. How far redrive got is kept in the ledger, so each dead letter
+    is redriven once.
+    """
+    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
+        letters = redrive(bootstrap.kafka_settings(ctx.settings), ledger)
+    emit_record(ctx, {"redriven": len(letters)}, title="dlq redrive")
+
+
+@cli.command("lag")
+@pass_context
+def lag_(ctx: Context) -> None:
+    """Per partition: the ledger's stored position against the topic's end."""
+    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
+        rows = lag(bootstrap.kafka_settings(ctx.settings), ledger)
+    emit(
+        ctx,
+        [
+            {
+                "partition": r.partition,
+                "ledger_position": r.ledger_position,
+                "end_offset": r.end_offset,
+                "lag": r.lag,
+            }
+            for r in rows
+        ],
+        title=f"lag (total {sum(r.lag for r in rows)})",
     )
 
 

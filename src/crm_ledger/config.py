@@ -37,6 +37,12 @@ class Settings:
     schemas_dir: Path = field(default_factory=_default_schemas_dir)
     batch_size: int = 10_000
     max_future: timedelta = timedelta(days=1)
+    kafka_bootstrap: str | None = None
+    kafka_topic: str = "crm.touchpoints"
+    kafka_dlq_topic: str = "crm.touchpoints.dlq"
+    kafka_group: str = "crm-ledger-ingest"
+    kafka_partitions: int = 6
+    kafka_retention_days: int = 7
 
     @property
     def sqlite_path(self) -> Path:
@@ -61,6 +67,14 @@ class Settings:
             values["database_schema"] = env[f"{ENV_PREFIX}DATABASE_SCHEMA"]
         if env.get(f"{ENV_PREFIX}SCHEMAS_DIR"):
             values["schemas_dir"] = Path(env[f"{ENV_PREFIX}SCHEMAS_DIR"])
+        bootstrap = env.get(f"{ENV_PREFIX}KAFKA_BOOTSTRAP") or env.get("KAFKA_BOOTSTRAP_SERVERS")
+        if bootstrap:
+            values["kafka_bootstrap"] = bootstrap
+        for name in ("topic", "dlq_topic", "group"):
+            if env.get(f"{ENV_PREFIX}KAFKA_{name.upper()}"):
+                values[f"kafka_{name}"] = env[f"{ENV_PREFIX}KAFKA_{name.upper()}"]
+        if env.get(f"{ENV_PREFIX}KAFKA_RETENTION_DAYS"):
+            values["kafka_retention_days"] = _positive_int(f"{ENV_PREFIX}KAFKA_RETENTION_DAYS", env)
         if env.get(f"{ENV_PREFIX}BATCH_SIZE"):
             values["batch_size"] = _positive_int(f"{ENV_PREFIX}BATCH_SIZE", env)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -34,7 +34,7 @@ MAGIC = 0
 HEADER = struct.Struct(">bI")
 NAMESPACE = "crm_ledger.events"
 REGISTRY_FILE = "registry.json"
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024
 _PROMOTIONS = {
     "int": {"int", "long", "float", "double"},
     "long": {"long", "float", "double"},

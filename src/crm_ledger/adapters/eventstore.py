@@ -88,8 +88,10 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         )
         positions: Sequence[Position] = kwargs.get("positions", ())
         c.executemany(
+            # Positions only move forward: a stale writer (say, a worker that lost its
+            # partition in a rebalance) cannot send the ledger back to re-read.
             "INSERT INTO ledger_positions VALUES (?,?,?) ON CONFLICT (source, partition) "
-            "DO UPDATE SET next_offset = excluded.next_offset",
+            "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
             [(p.source, p.partition, p.next_offset) for p in positions],
         )
         return None
@@ -164,8 +166,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             schema
         )
         self._upsert_position = SQL(
-            "INSERT INTO {}.ledger_positions VALUES (%s,%s,%s) ON CONFLICT (source, partition) "
-            "DO UPDATE SET next_offset = excluded.next_offset"
+            "INSERT INTO {}.ledger_positions AS p VALUES (%s,%s,%s) "
+            "ON CONFLICT (source, partition) "
+            "DO UPDATE SET next_offset = GREATEST(p.next_offset, excluded.next_offset)"
         ).format(schema)
         self._schema = schema
 

@@ -1,0 +1,368 @@
+"""The Kafka transport against a real Apache Kafka broker: exactly once, crashes, rebalances,
+broker restarts and a dead-letter topic that keeps every bad message with its reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fastavro
+import pytest
+from kafka.partitioner.default import murmur2
+
+from crm_ledger.adapters.avro import to_json, to_record
+from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
+from crm_ledger.adapters.kafka import (
+    IngestWorker,
+    KafkaSettings,
+    Publisher,
+    dead_letters,
+    ensure_topics,
+    lag,
+    redrive,
+)
+from crm_ledger.application import Ledger
+from crm_ledger.errors import CustomerNotFound
+from crm_ledger.synthetic import generate
+from kafka import KafkaProducer
+from tests.factories import tp
+from tests.integration.conftest import KAFKA_SCRIPT, kafka_env, stored_touchpoints
+
+if TYPE_CHECKING:
+    from crm_ledger.adapters.avro import Codec
+    from crm_ledger.aggregates import Touchpoint
+
+CLI = Path(sys.executable).with_name("crm-ledger")
+
+
+def events(count: int, seed: int = 5) -> list[Touchpoint]:
+    history, _ = generate(seed, customers=count * 2500 // 50000 + 40)
+    assert len(history) >= count
+    return history[:count]
+
+
+def publish(kafka: KafkaSettings, codec: Codec, batch: list[Touchpoint]) -> None:
+    with Publisher(kafka, codec) as publisher:
+        results = publisher.publish_many(batch)
+    assert [r.error for r in results if r.error] == []
+
+
+def ingest(ledger: Ledger, codec: Codec, kafka: KafkaSettings, **options: Any) -> Any:
+    worker = IngestWorker(ledger, codec, kafka, poll_timeout_ms=300, **options)
+    return worker.run(until_idle=options.pop("until_idle", 3))
+
+
+def expected(batch: list[Touchpoint]) -> dict[str, tuple[str, Any, str, dict[str, Any]]]:
+    return {str(e.event_id): (e.event_type, e.occurred_at, e.source, dict(e.data)) for e in batch}
+
+
+def stored(ledger: Ledger) -> dict[str, tuple[str, Any, str, dict[str, Any]]]:
+    rows = stored_touchpoints(ledger)
+    as_dict = {k: (s.event_type, s.occurred_at, s.source, s.data) for k, s in rows}
+    assert len(as_dict) == len(rows), "an event_id is stored twice"
+    return as_dict
+
+
+def test_keys_partition_as_the_java_client_does() -> None:
+    # Vectors from Kafka's Java partitioner (1,000 partitions), as kafka-python's tests use.
+    vectors = {b"": 681, b"a": 524, b"ab": 434, b"abc": 107, b"123456789": 566, b"\x00 ": 742}
+    assert {k: (murmur2(k) & 0x7FFFFFFF) % 1000 for k in vectors} == vectors
+
+
+def test_ten_thousand_events_are_ingested_exactly_once(
+    kafka: KafkaSettings, codec: Codec, tmp_path: Path
+) -> None:
+    batch = events(10_000)
+    publish(kafka, codec, batch)
+
+    with Ledger(sqlite_env(str(tmp_path / "l.sqlite"))) as ledger:
+        stats = ingest(ledger, codec, kafka)
+        assert (stats.consumed, stats.recorded, stats.dead_lettered) == (10_000, 10_000, 0)
+        assert stored(ledger) == expected(batch)
+        assert sum(r.lag for r in lag(kafka, ledger)) == 0
+
+        publish(kafka, codec, batch)  # the same events again
+        again = ingest(ledger, codec, kafka)
+        assert (again.consumed, again.recorded, again.duplicates) == (10_000, 0, 10_000)
+        assert ledger.count_events() == 10_000
+        assert stored(ledger) == expected(batch)
+
+
+def test_published_events_land_on_their_key_partition(kafka: KafkaSettings, codec: Codec) -> None:
+    batch = [tp("InteractionRecorded", f"C{i}") for i in range(50)]
+    with Publisher(kafka, codec) as publisher:
+        results = publisher.publish_many(batch)
+    partitions = kafka.partitions
+    assert [r.partition for r in results] == [
+        (murmur2(e.customer_id.encode()) & 0x7FFFFFFF) % partitions for e in batch
+    ]
+
+
+def test_publish_refuses_an_invalid_event_before_sending(
+    kafka: KafkaSettings, codec: Codec
+) -> None:
+    from crm_ledger.errors import InvalidEvent
+
+    with Publisher(kafka, codec) as publisher, pytest.raises(InvalidEvent, match="amount_minor"):
+        publisher.publish(tp("OrderPlaced", amount_minor=-1))
+    assert dead_letters(kafka) == []
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(CLI), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _log_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_two_workers_split_the_partitions_and_store_every_event_once(
+    kafka: KafkaSettings, codec: Codec, pg_url: str, pg_schema: str
+) -> None:
+    ensure_topics(kafka)
+    env = kafka_env(kafka)
+    base = ["--database-url", pg_url, "--database-schema", pg_schema]
+    with Ledger(postgres_env(pg_url, pg_schema)):
+        pass  # create the tables once, before two processes race to
+    workers = [
+        _spawn([*base, "ingest", "--until-idle", "8", "--batch-size", "500"], env) for _ in range(2)
+    ]
+    time.sleep(6)  # both join the group and settle on a split before anything arrives
+    batch = events(10_000, seed=9)
+    publish(kafka, codec, batch)
+    outputs = [w.communicate(timeout=180) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[1][-2000:] for o in outputs]
+
+    logs = [_log_lines(err) for _, err in outputs]
+    final = [[e["partitions"] for e in log if e["event"] == "assigned"][-1] for log in logs]
+    assert sorted(final[0] + final[1]) == list(range(kafka.partitions))
+    assert set(final[0]).isdisjoint(final[1])
+    recorded = [
+        max((e["recorded"] for e in log if e["event"] == "batch"), default=0) for log in logs
+    ]
+    assert all(r > 0 for r in recorded), recorded
+    assert sum(recorded) == 10_000
+    with Ledger(postgres_env(pg_url, pg_schema)) as ledger:
+        assert stored(ledger) == expected(batch)
+
+
+def test_a_worker_killed_mid_batch_and_restarted_leaves_one_copy_of_each_event(
+    kafka: KafkaSettings, codec: Codec, tmp_path: Path
+) -> None:
+    batch = events(20_000, seed=13)
+    publish(kafka, codec, batch)
+    env = kafka_env(kafka)
+    args = ["--data-dir", str(tmp_path), "ingest", "--batch-size", "300", "--until-idle", "4"]
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(4):
+        worker = _spawn(args, env)
+        time.sleep(rng.uniform(2.0, 4.0))  # start-up takes ~1.5 s; then batches are flowing
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGKILL)
+            kills += 1
+        worker.communicate(timeout=60)
+    final = _spawn(args, env)
+    _, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err[-2000:]
+
+    assert kills >= 3, f"the worker finished before it could be killed (seed {seed})"
+    with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
+        assert ledger.count_events() == 20_000, f"seed {seed}"
+        assert stored(ledger) == expected(batch), f"seed {seed}"
+
+
+def test_a_broker_restart_mid_ingest_loses_nothing(
+    kafka: KafkaSettings, codec: Codec, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.fail("this test restarts the broker it started; unset KAFKA_BOOTSTRAP_SERVERS")
+    batch = events(30_000, seed=17)
+    publish(kafka, codec, batch)
+    worker = _spawn(
+        ["--data-dir", str(tmp_path), "ingest", "--batch-size", "500", "--until-idle", "25"],
+        kafka_env(kafka),
+    )
+    time.sleep(2.5)
+    restarted = subprocess.run(
+        [str(KAFKA_SCRIPT), "restart"], capture_output=True, text=True, check=False, timeout=180
+    )
+    assert restarted.returncode == 0, restarted.stderr
+    assert restarted.stdout.strip() == kafka_bootstrap
+    _, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err[-2000:]
+
+    with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
+        assert stored(ledger) == expected(batch)
+
+
+def _framed(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    buffer.write(struct.pack(">bI", 0, schema_id))
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), record)
+    return buffer.getvalue()
+
+
+def _variant(schema: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The schema with some fields retyped (None drops the field)."""
+    fields = []
+    for f in schema["fields"]:
+        if f["name"] in changes:
+            if changes[f["name"]] is None:
+                continue
+            f = {**f, "type": changes[f["name"]]}
+        fields.append(f)
+    return {**schema, "name": "Variant", "fields": fields}
+
+
+def malformed(codec: Codec) -> dict[str, bytes]:
+    """One message per way a producer can break the contract."""
+    order = codec.registry.latest("OrderPlaced")
+    good = to_record(tp("OrderPlaced", "BAD"))
+    encoded = codec.encode(tp("OrderPlaced", "BAD"))
+    as_str = {**good, "amount_minor": "twelve euros ninety-nine"}
+    return {
+        "truncated Avro": encoded[:-4],
+        "wrong magic byte": b"\x07" + encoded[1:],
+        "unknown schema id": b"\x00" + struct.pack(">I", 999_999) + encoded[5:],
+        "wrong field type": _framed(
+            order.schema_id, _variant(order.schema, amount_minor="string"), as_str
+        ),
+        "missing event_id": _framed(order.schema_id, _variant(order.schema, event_id=None), good),
+        "missing customer_id": _framed(
+            order.schema_id, _variant(order.schema, customer_id=None), good
+        ),
+        "negative amount": codec.encode(tp("OrderPlaced", "BAD", amount_minor=-500)),
+        "not whole minor units": _framed(
+            order.schema_id,
+            _variant(order.schema, amount_minor="double"),
+            {**good, "amount_minor": 12.5},
+        ),
+        "far future": codec.encode(
+            tp("OrderPlaced", "BAD", at=datetime.now(UTC) + timedelta(days=400))
+        ),
+        "oversize payload": codec.encode(tp("InteractionRecorded", "BAD", note="x" * 600_000)),
+        "not Avro at all": b'{"type": "OrderPlaced"}',
+        "empty": b"",
+    }
+
+
+def test_every_malformed_message_is_dead_lettered_and_the_good_ones_are_stored(
+    kafka: KafkaSettings, codec: Codec, tmp_path: Path
+) -> None:
+    ensure_topics(kafka)
+    corpus = malformed(codec)
+    goods = [tp("InteractionRecorded", f"G{i}") for i in range(len(corpus) + 1)]
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, max_request_size=2_000_000)
+    sent = []
+    for good, (name, value) in zip(goods, [*corpus.items(), ("", b"")], strict=True):
+        producer.send(kafka.topic, key=b"K", value=codec.encode(good))  # one partition: in order
+        if name:
+            producer.send(kafka.topic, key=b"K", value=value)
+            sent.append(name)
+    producer.flush()
+    producer.close()
+
+    with Ledger(sqlite_env(str(tmp_path / "l.sqlite"))) as ledger:
+        stats = ingest(ledger, codec, kafka)
+        assert stats.recorded == len(goods)
+        assert [ledger.customer(e.customer_id).interactions for e in goods] == [1] * len(goods)
+        with pytest.raises(CustomerNotFound):
+            ledger.customer("BAD")
+
+    letters = dead_letters(kafka)
+    assert len(letters) == len(corpus)
+    by_value = {d.value: d for d in letters}
+    for name, value in corpus.items():
+        letter = by_value[value]
+        assert letter.key == b"K"
+        assert letter.headers["source.topic"] == kafka.topic
+        assert int(letter.headers["source.offset"]) >= 0
+        assert letter.headers["error.class"] in {"UndecodableMessage", "InvalidEvent"}, name
+        assert letter.headers["error.message"], name
+    reasons = {name: by_value[value].headers["error.message"] for name, value in corpus.items()}
+    assert "magic byte is 7" in reasons["wrong magic byte"]
+    assert "schema id 999999 is not in the registry" in reasons["unknown schema id"]
+    assert "amount_minor: must not be negative" in reasons["negative amount"]
+    assert "is in the future" in reasons["far future"]
+    assert "over the" in reasons["oversize payload"]
+
+
+def test_redrive_after_a_fix_stores_what_was_dead_lettered(
+    kafka: KafkaSettings, codec: Codec, tmp_path: Path
+) -> None:
+    soon = tp("OrderPlaced", "C1", at=datetime.now(UTC) + timedelta(days=3))
+    publish_raw = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+    ensure_topics(kafka)
+    publish_raw.send(kafka.topic, key=b"C1", value=codec.encode(soon))
+    publish_raw.flush()
+    publish_raw.close()
+
+    store = sqlite_env(str(tmp_path / "l.sqlite"))
+    with Ledger(store) as ledger:
+        first = ingest(ledger, codec, kafka)  # allows 1 day of clock skew: refused
+        assert (first.recorded, first.dead_lettered) == (0, 1)
+        assert [d.offset for d in redrive(kafka, ledger)] == [0]
+        assert redrive(kafka, ledger) == []  # each dead letter is redriven once
+
+    with Ledger(store, max_future=timedelta(days=7)) as ledger:  # the fix: a wider allowance
+        fixed = ingest(ledger, codec, kafka)
+        assert (fixed.recorded, fixed.dead_lettered) == (1, 0)
+        assert ledger.history("C1")[0].event_id == soon.event_id
+
+
+def test_the_cli_publishes_ingests_and_reports_lag(
+    kafka: KafkaSettings, tmp_path: Path, runner: Any
+) -> None:
+    from crm_ledger.cli import cli
+
+    source = tmp_path / "events.jsonl"
+    batch = [tp("OrderPlaced", f"C{i}", order_id=f"O{i}") for i in range(25)]
+    source.write_text("".join(json.dumps(to_json(e)) + "\n" for e in batch))
+    env = kafka_env(kafka)
+    base = ["--data-dir", str(tmp_path), "--format", "json"]
+
+    published = runner.invoke(cli, [*base, "publish", str(source)], env=env)
+    assert published.exit_code == 0, published.output
+    assert len(json.loads(published.stdout)) == 25
+    before = json.loads(runner.invoke(cli, [*base, "lag"], env=env).stdout)
+    assert sum(r["lag"] for r in before) == 25
+    ran = runner.invoke(cli, [*base, "ingest", "--until-idle", "2"], env=env)
+    assert json.loads(ran.stdout)["recorded"] == 25, ran.output
+    after = json.loads(runner.invoke(cli, [*base, "lag"], env=env).stdout)
+    assert sum(r["lag"] for r in after) == 0
+    assert json.loads(runner.invoke(cli, [*base, "dlq", "list"], env=env).stdout) == []
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**to_json(batch[0]), "currency": 978}) + "\n")
+    refused = runner.invoke(cli, [*base, "publish", str(bad)], env=env)
+    assert refused.exit_code == 1
+    assert "bad.jsonl, line 1: OrderPlaced.currency: must be a string" in refused.stderr
+
+
+def test_commands_without_a_cluster_say_how_to_get_one(tmp_path: Path, runner: Any) -> None:
+    from crm_ledger.cli import cli
+
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env["KAFKA_BOOTSTRAP_SERVERS"] = ""
+    result = runner.invoke(cli, ["--data-dir", str(tmp_path), "lag"], env=env)
+    assert result.exit_code == 1
+    assert "no Kafka cluster configured" in result.stderr
+    unreachable = runner.invoke(
+        cli, ["--data-dir", str(tmp_path), "--bootstrap-servers", "127.0.0.1:9", "lag"], env=env
+    )
+    assert unreachable.exit_code == 1
+    assert "cannot reach Kafka at 127.0.0.1:9" in unreachable.stderr
