@@ -7,18 +7,14 @@ transaction per event runs at only a few hundred events a second.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
 from uuid import UUID
 
-from eventsourcing.application import (
-    AggregateNotFoundError,
-    Application,
-    LRUCache,
-    ProcessingEvent,
-)
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import Environment
 
@@ -213,32 +209,34 @@ class Ledger(Application[UUID]):
     ) -> BatchResult:
         """Apply a batch in one transaction: duplicates are skipped, bad events rejected."""
         for _attempt in range(MAX_ATTEMPTS):
+            batch = _Batch(self, touchpoints)
             try:
-                return self._record_batch(touchpoints, positions)
+                return self._record_batch(batch, touchpoints, positions)
             except IntegrityError:
-                # Another writer got there first; reload from the store and try again.
-                self._forget_cached()
+                # Another writer got there first; reload those aggregates and try again.
+                self._forget(batch)
             except BaseException:
-                self._forget_cached()
+                self._forget(batch)
                 raise
         msg = f"gave up after {MAX_ATTEMPTS} conflicting writes to the same customers"
         raise StoreUnavailable(msg)
 
-    def _forget_cached(self) -> None:
+    def _forget(self, batch: _Batch) -> None:
         # Commands mutate cached aggregates in place, so after a failed batch the cache may
-        # hold state the store never saw: start afresh. (LRUCache.clear() in eventsourcing
-        # 9.5 keeps its entries, so a new cache is made instead.)
-        if isinstance(self.repository.cache, LRUCache):
-            self.repository.cache = LRUCache(maxsize=self.repository.cache.maxsize)
+        # hold state the store never saw: drop every aggregate the batch touched.
+        cache = self.repository.cache
+        if cache is not None:
+            for aggregate_id in batch.aggregates:
+                with contextlib.suppress(KeyError):
+                    cache.get(aggregate_id, evict=True)
 
     def _record_batch(
-        self, touchpoints: Sequence[Touchpoint], positions: Sequence[Position]
+        self, batch: _Batch, touchpoints: Sequence[Touchpoint], positions: Sequence[Position]
     ) -> BatchResult:
         result = BatchResult()
         # Known: stored before this batch, or recorded earlier in it. A copy that was rejected
         # leaves no receipt, so a later copy is judged afresh, as it would be one at a time.
         known = self.ledger_recorder.known_event_ids([tp.event_id for tp in touchpoints])
-        batch = _Batch(self, [tp for tp in touchpoints if tp.event_id not in known])
         now = self._clock()
         for index, tp in enumerate(touchpoints):
             if tp.event_id in known:

@@ -24,7 +24,13 @@ from crm_ledger.adapters.avro import to_json
 from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
 from crm_ledger.application import BatchResult, Rejection
 from crm_ledger.config import Settings
-from crm_ledger.errors import CrmLedgerError, IncompatibleSchema, InvalidInput, UnreadableFile
+from crm_ledger.errors import (
+    CrmLedgerError,
+    IncompatibleSchema,
+    InvalidEventInBatch,
+    InvalidInput,
+    UnreadableFile,
+)
 
 if TYPE_CHECKING:
     from crm_ledger.adapters.avro import Codec
@@ -541,16 +547,16 @@ def publish(ctx: Context, source: Path) -> None:
     Events are Avro in the Confluent wire format, keyed by customer id. Prints where each
     event landed (partition and offset).
     """
+    bootstrap.tune_for_throughput()
     codec = bootstrap.open_codec(ctx.settings)
     path = Path("/dev/stdin") if str(source) == "-" else source
-    events = [tp for _, tp in sources.read_jsonl(path, codec)]
+    read = list(sources.read_jsonl(path, codec))
+    lines, events = [line for line, _ in read], [tp for _, tp in read]
     with bootstrap.open_publisher(ctx.settings) as publisher:
-        for line, tp in enumerate(events, start=1):
-            try:
-                publisher.encode(tp)
-            except InvalidInput as e:
-                raise sources.located(source, line, e) from None
-        results = publisher.publish_many(events)
+        try:
+            results = publisher.publish_many(events)
+        except InvalidEventInBatch as e:
+            raise sources.located(source, lines[e.index], e.error) from None
     failed = [r for r in results if r.error]
     emit(
         ctx,

@@ -5,6 +5,7 @@
     CrmLedgerError                      anything the ledger reports to a user
     ├── InvalidInput                    input that cannot be accepted (exit code 1)
     │   ├── InvalidEvent                an event breaks the contract: names the field and problem
+    │   ├── InvalidEventInBatch         the same, for the event at ``index`` of a batch
     │   ├── UndecodableMessage          bytes that are not a Confluent-framed Avro event
     │   └── UnreadableFile              an input file that cannot be opened or parsed
     ├── RejectedEvent                   a valid event that a domain rule refuses
@@ -43,6 +44,15 @@ class InvalidEvent(InvalidInput):
         self.event_type = event_type
         where = f"{event_type}.{field}" if event_type else field
         super().__init__(f"{where}: {problem}")
+
+
+class InvalidEventInBatch(InvalidInput):
+    """The event at ``index`` (from 0) of a batch is invalid; ``error`` says how."""
+
+    def __init__(self, index: int, error: InvalidInput) -> None:
+        self.index = index
+        self.error = error
+        super().__init__(f"event {index + 1}: {error}")
 
 
 class UndecodableMessage(InvalidInput):

@@ -191,10 +191,14 @@ class Codec:
         version = self.registry.latest(tp.event_type)
         parsed = self.registry.parsed(version)
         record = to_record(tp)
-        _validate(record, parsed, tp.event_type)
         buffer = io.BytesIO()
         buffer.write(HEADER.pack(MAGIC, version.schema_id))
-        fastavro.schemaless_writer(buffer, parsed, record, strict=True)
+        try:
+            fastavro.schemaless_writer(buffer, parsed, record, strict=True)
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as e:
+            # The strict writer refuses what breaks the schema; validate() then says where.
+            _validate(record, parsed, tp.event_type)
+            raise InvalidEvent("record", str(e), event_type=tp.event_type) from None
         return buffer.getvalue()
 
     def decode(self, message: bytes) -> Touchpoint:

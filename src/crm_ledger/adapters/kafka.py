@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -24,11 +24,12 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from crm_ledger.aggregates import check_touchpoint
 from crm_ledger.application import Position
-from crm_ledger.errors import CrmLedgerError, InvalidInput, StoreUnavailable
+from crm_ledger.errors import CrmLedgerError, InvalidEventInBatch, InvalidInput, StoreUnavailable
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
+    from uuid import UUID
 
     from crm_ledger.adapters.avro import Codec
     from crm_ledger.aggregates import Touchpoint
@@ -107,11 +108,10 @@ def ensure_topics(settings: KafkaSettings) -> None:
 # Publishing.
 
 
-@dataclass(frozen=True, slots=True)
-class PublishResult:
+class PublishResult(NamedTuple):
     """Where one event landed, or why it did not."""
 
-    event_id: str
+    event_id: UUID
     customer_id: str
     partition: int | None
     offset: int | None
@@ -149,7 +149,9 @@ class Publisher:
 
     def send(self, tp: Touchpoint) -> Any:
         """Send one event without waiting; returns kafka-python's future."""
-        value = self.encode(tp)
+        return self._send(tp, self.encode(tp))
+
+    def _send(self, tp: Touchpoint, value: bytes) -> Any:
         return self._producer.send(self.settings.topic, key=tp.customer_id.encode(), value=value)
 
     def publish(self, tp: Touchpoint) -> PublishResult:
@@ -159,18 +161,37 @@ class Publisher:
             raise KafkaUnavailable(f"event {tp.event_id} was not delivered: {result.error}")
         return result
 
-    def publish_many(self, touchpoints: Iterable[Touchpoint]) -> list[PublishResult]:
-        """Send every event (batched), then wait for all; one result per event, in order."""
-        pending = [(tp, self.send(tp)) for tp in touchpoints]
-        self._producer.flush()
-        return [self._wait(tp, future) for tp, future in pending]
+    def publish_many(self, touchpoints: Sequence[Touchpoint]) -> list[PublishResult]:
+        """Validate and encode every event, then send them all (batched) and wait.
+
+        All or nothing on bad input: an invalid event raises before anything is sent. One
+        result per event, in order; a delivery failure is reported in its result.
+        """
+        values = []
+        for index, tp in enumerate(touchpoints):
+            try:
+                values.append(self.encode(tp))
+            except InvalidInput as e:
+                raise InvalidEventInBatch(index, e) from None
+        pending = [self._send(tp, value) for tp, value in zip(touchpoints, values, strict=True)]
+        self._producer.flush(timeout=DELIVERY_TIMEOUT_S)
+        results = []
+        for tp, future in zip(touchpoints, pending, strict=True):
+            if future.is_done and future.succeeded():  # the common case, without get()'s work
+                meta = future.value
+                results.append(
+                    PublishResult(tp.event_id, tp.customer_id, meta.partition, meta.offset)
+                )
+            else:
+                results.append(self._wait(tp, future))
+        return results
 
     def _wait(self, tp: Touchpoint, future: Any) -> PublishResult:
         try:
             meta = future.get(timeout=DELIVERY_TIMEOUT_S)
         except KafkaError as e:
-            return PublishResult(str(tp.event_id), tp.customer_id, None, None, repr(e))
-        return PublishResult(str(tp.event_id), tp.customer_id, meta.partition, meta.offset)
+            return PublishResult(tp.event_id, tp.customer_id, None, None, repr(e))
+        return PublishResult(tp.event_id, tp.customer_id, meta.partition, meta.offset)
 
     def flush(self) -> None:
         """Wait until everything sent so far is acknowledged."""
