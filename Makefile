@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO := .demo
 SEED ?= 7
 
-.PHONY: demo test lint unit venv cdnow bench clean pg-start pg-stop
+.PHONY: demo test lint unit venv cdnow bench clean pg-start pg-stop kafka-start kafka-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,12 +48,20 @@ pg-start:
 pg-stop:
 	@scripts/pg_test_server.sh stop
 
-## bench: the ledger write benchmark on SQLite and PostgreSQL
+kafka-start:
+	@scripts/kafka_server.sh start
+
+kafka-stop:
+	@scripts/kafka_server.sh stop
+
+## bench: the ledger write benchmark (SQLite and PostgreSQL) and the Kafka ingest benchmark
 bench: venv
 	@url=$$(scripts/pg_test_server.sh start) || exit 1; \
 	$(BIN)/python scripts/bench_ledger.py --database-url "$$url"; rc=$$?; \
-	scripts/pg_test_server.sh stop; exit $$rc
+	scripts/pg_test_server.sh stop; [ $$rc = 0 ] || exit $$rc; \
+	$(BIN)/python scripts/bench_ingest.py
 
 clean:
 	scripts/pg_test_server.sh stop
+	scripts/kafka_server.sh stop
 	rm -rf $(VENV) .cache $(DEMO) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from eventsourcing.persistence import ApplicationRecorder
 
 #: A batch that loses a race with another writer is retried this many times.
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 12
 
 
 class Receipt(NamedTuple):
@@ -213,8 +215,10 @@ class Ledger(Application[UUID]):
             try:
                 return self._record_batch(batch, touchpoints, positions)
             except IntegrityError:
-                # Another writer got there first; reload those aggregates and try again.
+                # Another writer got there first; reload those aggregates and try again, after
+                # a short random pause so that two writers do not collide in step.
                 self._forget(batch)
+                time.sleep(random.uniform(0, 0.05 * (_attempt + 1)))
             except BaseException:
                 self._forget(batch)
                 raise
@@ -402,11 +406,6 @@ class _Batch:
             tp, addressed_to=tp.customer_id if routed else None, recorded_at=self.recorded_at
         )
         self._collect(tp, target)
-        if tp.event_type == "ContactLinkedToOrganisation":
-            org_key = tp.data["organisation_id"]
-            org = self.load(Organisation, org_key, subject_uuid(Subject.ORGANISATION, org_key))
-            org.link_contact(tp)
-            self._collect(tp, org, receipt=False)
 
     def _survivor_of(self, customer: Customer) -> Customer:
         if customer.merged_into is None:  # nearly always: no set to build

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from eventsourcing.domain import Aggregate
 
@@ -15,7 +15,14 @@ if TYPE_CHECKING:
 
 
 class Organisation(Aggregate):
-    """An organisation: its profile and the customers who are its contacts."""
+    """An organisation and its profile.
+
+    Its contacts are not kept here: ContactLinkedToOrganisation is a fact about the contact and
+    lives in the contact's stream, written by the worker that owns the contact's partition.
+    Writing it into this stream too would make two workers write one stream (the organisation's
+    key sits in another partition), and their batches collide; the roll-up of contacts per
+    organisation is a read model.
+    """
 
     class Opened(Aggregate.Created):
         """The ledger first heard of this organisation."""
@@ -30,19 +37,12 @@ class Organisation(Aggregate):
     def __init__(self, organisation_id: str) -> None:
         self.organisation_id = organisation_id
         self.profile: dict[str, Any] = {}
-        self.contacts: dict[str, str] = {}
         self.registered = False
         self.touchpoints = 0
 
     def register(self, tp: Touchpoint) -> None:
         """Store the organisation's registration (or a later re-registration)."""
         self.trigger_event(self.OrganisationRegistered, **envelope(tp), **tp.data)
-
-    def link_contact(self, tp: Touchpoint) -> None:
-        """Record that the customer ``tp`` is about is a contact in ``tp.data['role']``."""
-        self.trigger_event(
-            self.ContactAdded, **envelope(tp), customer_id=tp.customer_id, role=tp.data["role"]
-        )
 
     def note_touch(self, occurred_at: datetime) -> None:
         """Count events about the organisation."""
@@ -61,13 +61,3 @@ class Organisation(Aggregate):
             aggregate.profile = {
                 k: v for k, v in vars(self).items() if k in ("name", "industry", "country", "size")
             }
-
-    class ContactAdded(Touched):
-        """The organisation's side of ContactLinkedToOrganisation."""
-
-        customer_id: str
-        role: str
-        counts_as_touch: ClassVar[bool] = False
-
-        def change(self, aggregate: Organisation) -> None:
-            aggregate.contacts[self.customer_id] = self.role
