@@ -28,6 +28,9 @@ def tune_for_throughput() -> None:
     """
     _, second, third = gc.get_threshold()
     gc.set_threshold(BULK_GC_THRESHOLD, second, third)
+    # What exists now (modules, settings, clients) lives as long as the process: stop
+    # rescanning it in every full collection.
+    gc.freeze()
 
 
 def store_env(settings: Settings, *, create: bool) -> dict[str, str]:
