@@ -65,7 +65,7 @@ class KafkaSettings:
 def _connect(client: Callable[..., T], bootstrap: str, **config: Any) -> T:
     """A kafka-python client, or KafkaUnavailable saying why there is none."""
     try:
-        return client(bootstrap_servers=bootstrap, **config)
+        return client(bootstrap_servers=bootstrap, bootstrap_timeout_ms=10_000, **config)
     except KafkaError as e:
         raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {e}") from None
 
@@ -322,7 +322,11 @@ class IngestWorker:
                 polled = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
                 records = [r for batch in polled.values() for r in batch]
                 if not records:
-                    if until_idle is not None and time.monotonic() - idle_since >= until_idle:
+                    if not self._consumer.assignment():
+                        # Waiting to join the group (say, for a crashed member's session to
+                        # time out) is not being idle.
+                        idle_since = time.monotonic()
+                    elif until_idle is not None and time.monotonic() - idle_since >= until_idle:
                         break
                     continue
                 self._ingest(records)
