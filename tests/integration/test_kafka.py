@@ -124,6 +124,16 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _errors(text: str) -> str:
+    """The lines of a worker's stderr that say what went wrong."""
+    keep = [
+        line
+        for line in text.splitlines()
+        if line.startswith("crm-ledger:") or (line[:1].isalpha() and "Error" in line)
+    ]
+    return "\n".join(keep[-20:]) or text[-2000:]
+
+
 def _log_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
@@ -205,7 +215,7 @@ def test_a_broker_restart_mid_ingest_loses_nothing(
     assert restarted.returncode == 0, restarted.stderr
     assert restarted.stdout.strip() == kafka_bootstrap
     _, err = worker.communicate(timeout=300)
-    assert worker.returncode == 0, err[-2000:]
+    assert worker.returncode == 0, _errors(err)
 
     with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
         assert stored(ledger) == expected(batch)

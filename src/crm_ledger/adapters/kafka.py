@@ -319,7 +319,15 @@ class IngestWorker:
                     limit = min(limit, max_events - self.stats.consumed)
                     if limit <= 0:
                         break
-                polled = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
+                try:
+                    polled = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
+                except KafkaError as e:
+                    # The broker is away (restart, network): nothing was taken, so wait and
+                    # poll again; the client reconnects. An outage is not idleness.
+                    log.warning("poll failed; retrying", extra={"error": repr(e)})
+                    time.sleep(1)
+                    idle_since = time.monotonic()
+                    continue
                 records = [r for batch in polled.values() for r in batch]
                 if not records:
                     if not self._consumer.assignment():
@@ -405,9 +413,12 @@ class IngestWorker:
             log.warning("offset commit failed", extra={"error": repr(e)})
 
     def close(self) -> None:
-        """Leave the group and close the clients."""
-        self._consumer.close()
-        self._dlq.close()
+        """Leave the group and close the clients (a broker that is away cannot stop this)."""
+        for client in (self._consumer, self._dlq):
+            try:
+                client.close()
+            except KafkaError as e:
+                log.warning("closing a Kafka client failed", extra={"error": repr(e)})
 
 
 def dead_letter_headers(record: Any, error: Exception, at: str) -> list[tuple[str, bytes]]:
