@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from eventsourcing.domain import MutableOrImmutableAggregate
     from eventsourcing.persistence import ApplicationRecorder
 
+#: Aggregates kept in memory between batches.
+DEFAULT_CACHE_SIZE = 100_000
+
 #: A batch that loses a race with another writer is retried this many times.
 MAX_ATTEMPTS = 12
 
@@ -161,7 +164,9 @@ class Ledger(Application[UUID]):
         max_future: timedelta = timedelta(days=1),
     ) -> None:
         settings = {
-            "AGGREGATE_CACHE_MAXSIZE": "20000",
+            # Bounded (memory stays flat), but big enough for the customers active at once:
+            # at 1M events / 47k customers a 20,000 cache halved throughput with misses.
+            "AGGREGATE_CACHE_MAXSIZE": str(DEFAULT_CACHE_SIZE),
             # A stale cached aggregate fails the insert (version conflict) and the batch is
             # retried from the store, so fast-forwarding on every get is not needed.
             "AGGREGATE_CACHE_FASTFORWARD": "n",

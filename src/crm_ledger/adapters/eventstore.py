@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from crm_ledger.application import Position
 
-#: SQLite page cache per connection, in KiB.
-SQLITE_CACHE_KIB = 128 * 1024
+#: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
+SQLITE_CACHE_KIB = 32 * 1024
 
 #: How many ids one dedup look-up sends at a time (SQLite's variable limit is 32766).
 LOOKUP_CHUNK = 900
