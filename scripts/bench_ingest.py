@@ -22,10 +22,10 @@ import argparse
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +56,16 @@ def child_ingest(args: argparse.Namespace) -> None:
     )
     rss: list[tuple[int, float]] = []
     last_batch = [0.0]
+    # Peak RSS by sampling: getrusage's ru_maxrss survives exec on Linux, so a worker started
+    # from this (large) benchmark process would report the parent's size, not its own.
+    peak = [0.0]
+
+    def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
 
     def on_batch(stats: IngestStats) -> None:
         last_batch[0] = time.time()
@@ -81,7 +91,7 @@ def child_ingest(args: argparse.Namespace) -> None:
                 "dead_lettered": stats.dead_lettered,
                 "started": started,
                 "last_batch": last_batch[0],
-                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "max_rss_mb": round(max(peak[0], rss_mb()), 1),
                 "rss": rss,
             }
         )
