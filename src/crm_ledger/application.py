@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from eventsourcing.domain import MutableOrImmutableAggregate
-    from eventsourcing.persistence import ApplicationRecorder
 
 #: Aggregates kept in memory between batches.
 DEFAULT_CACHE_SIZE = 100_000
@@ -192,11 +191,6 @@ class Ledger(Application[UUID]):
     def ledger_recorder(self) -> LedgerRecorder:
         """The recorder, seen through the ledger's extra queries."""
         return cast("LedgerRecorder", self.recorder)
-
-    @property
-    def application_recorder(self) -> ApplicationRecorder:
-        """The recorder, seen as eventsourcing's notification log source."""
-        return self.recorder
 
     # Writing.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,10 +82,6 @@ class Settings:
             if name in values:
                 values[name] = Path(values[name])
         return cls(**values)
-
-    def with_changes(self, **changes: Any) -> Settings:
-        """A copy with some settings changed."""
-        return replace(self, **changes)
 
 
 def _positive_int(name: str, env: Mapping[str, str]) -> int:
