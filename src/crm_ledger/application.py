@@ -77,9 +77,6 @@ class LedgerRecorder(Protocol):
     def existing_ids(self, originator_ids: Sequence[UUID]) -> set[UUID]:
         """The subset of ``originator_ids`` that have stored events."""
 
-    def receipt(self, event_id: UUID) -> Receipt | None:
-        """Where ``event_id`` was stored, if it was."""
-
     def positions(self, source: str) -> dict[int, int]:
         """Partition -> next offset stored for ``source``."""
 

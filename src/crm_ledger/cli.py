@@ -265,7 +265,7 @@ def _reader(path: Path, kind: str, codec: Codec) -> Iterator[tuple[int, Touchpoi
     return sources.read_jsonl(path, codec)
 
 
-def _progress(ctx: Context, total: int, label: str) -> Progress:
+def _progress(ctx: Context) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -351,7 +351,7 @@ def _write_file(
 ) -> BatchResult:
     overall = BatchResult()
     started = datetime.now(UTC)
-    with _progress(ctx, total, path.name) as progress:
+    with _progress(ctx) as progress:
         task = progress.add_task(f"importing {path.name}", total=total, rate="-")
         for batch in _batches(_reader(path, kind, codec), size):
             result = ledger.record_many([tp for _, tp in batch])
@@ -620,7 +620,7 @@ def ingest(ctx: Context, max_events: int | None, until_idle: float | None, batch
     bootstrap.tune_for_throughput()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
-        progress = _progress(ctx, 0, "ingest")
+        progress = _progress(ctx)
         task = progress.add_task("ingesting", total=None, rate="-")
 
         def on_batch(stats: IngestStats) -> None:

@@ -20,7 +20,6 @@ from eventsourcing.utils import get_topic, resolve_topic
 from psycopg.sql import SQL, Identifier
 
 from crm_ledger.aggregates.envelope import Touched
-from crm_ledger.application import Receipt
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from psycopg import Cursor
     from psycopg.rows import DictRow
 
-    from crm_ledger.application import Position
+    from crm_ledger.application import Position, Receipt
 
 #: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
 SQLITE_CACHE_KIB = 32 * 1024
@@ -123,13 +122,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 known.update(UUID(bytes=row[0]) for row in c.fetchall())
         return known
 
-    def receipt(self, event_id: UUID) -> Receipt | None:
-        """Where ``event_id`` was stored, if it was."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT * FROM ledger_receipts WHERE event_id=?", [event_id.bytes])
-            row = c.fetchone()
-        return None if row is None else Receipt(UUID(bytes=row[0]), UUID(bytes=row[1]), row[2])
-
     def positions(self, source: str) -> dict[int, int]:
         """Partition -> next offset stored for ``source``."""
         with self.datastore.transaction(commit=False) as c:
@@ -217,14 +209,6 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             )
             found.update(row["originator_id"] for row in rows)
         return found
-
-    def receipt(self, event_id: UUID) -> Receipt | None:
-        """Where ``event_id`` was stored, if it was."""
-        rows = self._select(SQL("SELECT * FROM {}.ledger_receipts WHERE event_id=%s"), [event_id])
-        if not rows:
-            return None
-        row = rows[0]
-        return Receipt(row["event_id"], row["originator_id"], row["originator_version"])
 
     def positions(self, source: str) -> dict[int, int]:
         """Partition -> next offset stored for ``source``."""

@@ -356,10 +356,11 @@ class IngestWorker:
             good.append((record, tp))
         # Dead letters first: once the positions below are stored, these are never read again.
         self._dead_letter(bad)
-        result = self.ledger.record_many([tp for _, tp in good], self._positions(records))
+        positions = self._positions(records)
+        result = self.ledger.record_many([tp for _, tp in good], positions)
         # Valid events a domain rule refused also go to the DLQ, so nothing is silently lost.
         self._dead_letter([_Bad(good[r.index][0], r.error) for r in result.rejected])
-        self._commit(records)
+        self._commit(positions)
         self.stats.consumed += len(records)
         self.stats.recorded += result.recorded
         self.stats.duplicates += result.duplicates
@@ -400,12 +401,12 @@ class IngestWorker:
                 },
             )
 
-    def _commit(self, records: list[Any]) -> None:
+    def _commit(self, positions: list[Position]) -> None:
         offsets = {
             TopicPartition(self.settings.topic, p.partition): OffsetAndMetadata(
                 p.next_offset, "", -1
             )
-            for p in self._positions(records)
+            for p in positions
         }
         try:
             self._consumer.commit(offsets)
