@@ -68,6 +68,40 @@ class Position(NamedTuple):
     next_offset: int
 
 
+class LogRecord(NamedTuple):
+    """One stored customer event as projections read it: plain values, no domain objects.
+
+    Times are whole microseconds since 1970-01-01 UTC. ``occurred`` is None for the ledger's
+    own bookkeeping (a stream being opened), which has no business time. ``data`` holds the
+    event type's own fields and the envelope's source, actor, correlation_id and addressed_to.
+    """
+
+    position: int
+    stream: str
+    version: int
+    kind: str
+    recorded: int
+    occurred: int | None
+    event_id: str | None
+    data: dict[str, Any]
+
+
+class LogPage(NamedTuple):
+    """Records read from the notification log, and the last position the read covered."""
+
+    records: list[LogRecord]
+    last: int
+
+
+class LogMapper(Protocol):
+    """Turns stored events into log records (the event store adapter's mapper does this)."""
+
+    def to_record(
+        self, position: int, originator_id: UUID | str, version: int, topic: str, state: bytes
+    ) -> LogRecord | None:
+        """The record of a stored event, or None for events projections never read."""
+
+
 class LedgerRecorder(Protocol):
     """What the ledger needs of its recorder beyond eventsourcing's ApplicationRecorder."""
 
@@ -79,6 +113,10 @@ class LedgerRecorder(Protocol):
 
     def positions(self, source: str) -> dict[int, int]:
         """Partition -> next offset stored for ``source``."""
+
+    def select_log(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """(position, originator id, version, topic, state) rows after ``after``."""
+        ...
 
     def count_receipts(self) -> int:
         """How many distinct events the ledger holds."""
@@ -260,28 +298,7 @@ class Ledger(Application[UUID]):
         c = self._get(Customer, customer_uuid(customer_id))
         if c is None:
             raise CustomerNotFound(customer_id)
-        return CustomerView(
-            customer_id=c.customer_id,
-            profile=dict(c.profile),
-            lifecycle_stage=c.lifecycle_stage,
-            consent=copy.deepcopy(c.consent),
-            identities=[list(i) for i in c.identities],
-            organisations=dict(c.organisations),
-            merged_into=c.merged_into,
-            merged_from=list(c.merged_from),
-            erased=c.erased,
-            touchpoints=c.touchpoints,
-            orders=c.orders,
-            refunds=c.refunds,
-            interactions=c.interactions,
-            active_subscriptions=list(c.active_subscriptions),
-            open_tickets=list(c.open_tickets),
-            first_occurred_at=c.first_occurred_at,
-            last_occurred_at=c.last_occurred_at,
-            version=c.version,
-            first_recorded_at=c.created_on,
-            last_recorded_at=c.modified_on,
-        )
+        return _view(c)
 
     def history(self, customer_id: str, *, as_of: datetime | None = None) -> list[HistoryEntry]:
         """Every touchpoint stored in the customer's stream, optionally as recorded by ``as_of``."""
@@ -306,6 +323,55 @@ class Ledger(Application[UUID]):
                 )
             )
         return entries
+
+    def customer_as_of(
+        self,
+        customer_id: str,
+        *,
+        as_of: datetime | None = None,
+        valid_at: datetime | None = None,
+    ) -> CustomerView:
+        """The customer as the ledger knew them at ``as_of`` (recorded by then), counting only
+        events that occurred by ``valid_at``."""
+        customer: Any = None
+        e: Any
+        for e in self.events.get(customer_uuid(customer_id)):
+            if as_of is not None and e.timestamp > as_of:
+                break  # a stream is recorded in order
+            if isinstance(e, Customer.Opened):
+                customer = e.mutate(None)
+            elif isinstance(e, Touched) and (valid_at is None or e.occurred_at <= valid_at):
+                # Filtering leaves gaps in the versions, so apply without the sequence check.
+                e.apply(customer)
+                customer.version = e.originator_version
+                customer.modified_on = e.timestamp
+        if customer is None:
+            raise CustomerNotFound(customer_id)
+        return _view(customer)
+
+    def read_log(self, after: int, limit: int) -> LogPage:
+        """Up to ``limit`` notifications after position ``after``, as log records."""
+        rows = self.ledger_recorder.select_log(after, limit)
+        if not rows:
+            return LogPage([], after)
+        to_record = cast("LogMapper", self.mapper).to_record
+        records = [r for row in rows if (r := to_record(*row)) is not None]
+        return LogPage(records, rows[-1][0])
+
+    def read_stream(self, customer_id: str) -> list[LogRecord]:
+        """Every stored event of the customer's stream, as log records."""
+        stored = self.recorder.select_events(customer_uuid(customer_id))
+        to_record = cast("LogMapper", self.mapper).to_record
+        return [
+            r
+            for s in stored
+            if (r := to_record(0, s.originator_id, s.originator_version, s.topic, s.state))
+            is not None
+        ]
+
+    def log_head(self) -> int:
+        """The position of the newest notification (0 when the log is empty)."""
+        return self.recorder.max_notification_id() or 0
 
     def organisation(self, organisation_id: str) -> Organisation | None:
         """The organisation's current state, if the ledger knows it."""
@@ -363,13 +429,21 @@ class _Batch:
         aggregate = self.aggregates.get(aggregate_id)
         if aggregate is None:
             if aggregate_id in self.absent:
-                aggregate = kind(subject_id)
+                aggregate = self._open(kind, subject_id)
             else:
                 try:
                     aggregate = self.ledger.repository.get(aggregate_id)
                 except AggregateNotFoundError:
-                    aggregate = kind(subject_id)
+                    aggregate = self._open(kind, subject_id)
             self.aggregates[aggregate_id] = aggregate
+        return aggregate
+
+    def _open(self, kind: type[Any], subject_id: str) -> Any:
+        # The stream opens at the batch's recorded time too, so that "as of" any moment sees
+        # a stream together with its first events.
+        aggregate = kind(subject_id)
+        object.__setattr__(aggregate.pending_events[0], "timestamp", self.recorded_at)
+        aggregate._created_on = aggregate.modified_on = self.recorded_at
         return aggregate
 
     def customer(self, customer_id: str) -> Customer:
@@ -439,3 +513,28 @@ class _Batch:
         processing.saved_kwargs = {"receipts": self.receipts, "positions": list(positions)}
         self.ledger._record(processing)
         self.ledger._take_snapshots(processing)
+
+
+def _view(c: Customer) -> CustomerView:
+    return CustomerView(
+        customer_id=c.customer_id,
+        profile=dict(c.profile),
+        lifecycle_stage=c.lifecycle_stage,
+        consent=copy.deepcopy(c.consent),
+        identities=[list(i) for i in c.identities],
+        organisations=dict(c.organisations),
+        merged_into=c.merged_into,
+        merged_from=list(c.merged_from),
+        erased=c.erased,
+        touchpoints=c.touchpoints,
+        orders=c.orders,
+        refunds=c.refunds,
+        interactions=c.interactions,
+        active_subscriptions=list(c.active_subscriptions),
+        open_tickets=list(c.open_tickets),
+        first_occurred_at=c.first_occurred_at,
+        last_occurred_at=c.last_occurred_at,
+        version=c.version,
+        first_recorded_at=c.created_on,
+        last_recorded_at=c.modified_on,
+    )

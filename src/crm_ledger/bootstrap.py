@@ -8,11 +8,19 @@ from typing import TYPE_CHECKING, Any
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
 from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
 from crm_ledger.adapters.kafka import IngestWorker, KafkaSettings, Publisher
+from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.application import Ledger
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
+from crm_ledger.projections.runtime import Projector
+from crm_ledger.projections.views import ReadModels
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from crm_ledger.config import Settings
+
+#: The read models' file beside the embedded event store.
+PROJECTIONS_FILE = "projections.sqlite"
 
 
 #: First-generation GC threshold for bulk writes (CPython's default is 700).
@@ -96,3 +104,29 @@ def open_ingest_worker(settings: Settings, ledger: Ledger, **options: Any) -> In
         kafka_settings(settings),
         **options,
     )
+
+
+def open_projection_store(settings: Settings) -> SqlProjectionStore:
+    """The read models' store: the ledger's PostgreSQL schema, or a file beside the SQLite
+    event store."""
+    if settings.database_url:
+        engine = postgres_engine(settings.database_url)
+        return SqlProjectionStore(engine, schema=settings.database_schema)
+    return SqlProjectionStore(sqlite_engine(str(settings.data_dir / PROJECTIONS_FILE)))
+
+
+def open_projector(
+    ledger: Ledger, store: SqlProjectionStore, *, batch_size: int | None = None
+) -> Projector:
+    """The projection runtime over ``ledger``'s log and ``store``."""
+    if batch_size is None:
+        return Projector(ledger, store)
+    return Projector(ledger, store, batch_size=batch_size)
+
+
+def open_read_models(
+    settings: Settings, ledger: Ledger, *, progress: Callable[[int, int], None] | None = None
+) -> ReadModels:
+    """Queries over the read models of ``ledger`` (kept up to date as they are asked)."""
+    store = open_projection_store(settings)
+    return ReadModels(ledger, open_projector(ledger, store), store, progress=progress)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +24,7 @@ from rich.table import Table
 from crm_ledger import __version__, bootstrap
 from crm_ledger.adapters import sources
 from crm_ledger.adapters.avro import to_json
+from crm_ledger.adapters.charts import impact_chart
 from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
 from crm_ledger.application import BatchResult, Rejection
 from crm_ledger.config import Settings
@@ -31,11 +35,17 @@ from crm_ledger.errors import (
     InvalidInput,
     UnreadableFile,
 )
+from crm_ledger.projections.impact import METRICS
+from crm_ledger.projections.model import micros, moment
+from crm_ledger.projections.views import Moment
 
 if TYPE_CHECKING:
     from crm_ledger.adapters.avro import Codec
     from crm_ledger.aggregates import Touchpoint
     from crm_ledger.application import Ledger
+    from crm_ledger.projections.journey_timeline import Touch
+    from crm_ledger.projections.lifetime_value import Value
+    from crm_ledger.projections.views import Comparison, ReadModels
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "json", "csv")
@@ -374,37 +384,578 @@ def customer() -> None:
     """Look at one customer."""
 
 
+def _moment_options(f: F) -> F:
+    """--as-of, --valid-at and --snapshot: which state of the ledger answers."""
+    f = click.option(
+        "--snapshot",
+        metavar="NAME",
+        help="Answer from a snapshot made by `crm-ledger replay --into NAME`.",
+    )(f)
+    f = click.option(
+        "--valid-at",
+        "valid_at",
+        metavar="TIME",
+        help="Count only events that occurred (business time) by TIME.",
+    )(f)
+    return click.option(
+        "--as-of",
+        "as_of",
+        metavar="TIME",
+        help="Answer as the ledger knew it at TIME: only events recorded by then (ISO 8601).",
+    )(f)
+
+
+def _moment(as_of: str | None, valid_at: str | None, snapshot: str | None) -> Moment:
+    if snapshot and (as_of or valid_at):
+        msg = "--snapshot already fixes the moment; leave out --as-of/--valid-at"
+        raise click.UsageError(msg)
+    return Moment(snapshot=snapshot, as_of=_when(as_of), valid_at=_when(valid_at))
+
+
+@contextlib.contextmanager
+def _read_models(ctx: Context) -> Iterator[ReadModels]:
+    """Read models over the ledger, with a progress bar while they catch up."""
+    with bootstrap.open_ledger(ctx.settings) as ledger, _catch_up_bar(ctx) as progress:
+        yield bootstrap.open_read_models(ctx.settings, ledger, progress=progress)
+
+
+@contextlib.contextmanager
+def _catch_up_bar(ctx: Context, label: str = "projecting") -> Iterator[Callable[[int, int], None]]:
+    with _progress(ctx) as bar:
+        task = bar.add_task(label, total=None, rate="-")
+        started = time.perf_counter()
+        first: list[int] = []
+
+        def update(position: int, head: int) -> None:
+            first[:] = first or [position]
+            done = position - first[0]
+            rate = done / max(1e-9, time.perf_counter() - started)
+            bar.update(task, completed=position, total=head, rate=f"{rate:,.0f}")
+
+        yield update
+
+
+_ZERO_DECIMAL = frozenset({"JPY", "KRW", "ISK", "CLP", "VND", "HUF"})
+
+
+def _money(minor: int | None, currency: str | None) -> str:
+    """Minor units as an amount for people (tables only; JSON and CSV keep minor units)."""
+    if minor is None:
+        return ""
+    if currency in _ZERO_DECIMAL:
+        return f"{minor:,} {currency}"
+    return f"{minor / 100:,.2f} {currency or ''}".rstrip()
+
+
+def _value_row(ctx: Context, v: Value) -> dict[str, Any]:
+    if ctx.output == "table":
+        return {
+            "subject": v.subject,
+            "orders": v.orders,
+            "gross": _money(v.gross_minor, v.currency),
+            "refunded": _money(v.refunded_minor, v.currency),
+            "net": _money(v.net_minor, v.currency),
+            "margin": _money(v.margin_minor, v.currency),
+            "avg order": _money(v.average_order_minor, v.currency),
+            "first order": f"{v.first_order_at:%Y-%m-%d}" if v.first_order_at else "",
+            "last order": f"{v.last_order_at:%Y-%m-%d}" if v.last_order_at else "",
+            "tenure d": v.tenure_days,
+            "orders/month": v.orders_per_month,
+        }
+    return dataclasses.asdict(v)
+
+
 @customer.command("show")
 @click.argument("customer_id")
+@_moment_options
+@click.option(
+    "--last",
+    type=click.IntRange(0, 100),
+    default=5,
+    show_default=True,
+    help="How many of the latest touches to show.",
+)
 @pass_context
-def customer_show(ctx: Context, customer_id: str) -> None:
-    """Profile, lifecycle, consent, identities, organisations and merge state of CUSTOMER_ID."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        view = ledger.customer(customer_id)
-    consent = {k: ("granted" if v["granted"] else "withdrawn") for k, v in view.consent.items()}
-    record_ = {
-        "customer_id": view.customer_id,
-        **{f"profile.{k}": v for k, v in sorted(view.profile.items())},
-        "lifecycle_stage": view.lifecycle_stage,
+def customer_show(
+    ctx: Context,
+    customer_id: str,
+    as_of: str | None,
+    valid_at: str | None,
+    snapshot: str | None,
+    last: int,
+) -> None:
+    """The 360 view of CUSTOMER_ID: profile, lifecycle, consent, identities and merges,
+    organisations, lifetime value, latest touches, open tickets and latest survey score.
+
+    With --as-of/--valid-at, the customer as the ledger knew them then.
+    """
+    at = _moment(as_of, valid_at, snapshot)
+    with _read_models(ctx) as models:
+        view = models.view(customer_id, at, last=last)
+    c = view.customer
+    consent = {k: ("granted" if v["granted"] else "withdrawn") for k, v in c.consent.items()}
+    record_: dict[str, Any] = {
+        "customer_id": c.customer_id,
+        **{f"profile.{k}": v for k, v in sorted(c.profile.items())},
+        "lifecycle_stage": c.lifecycle_stage,
         "consent": consent,
-        "identities": [f"{s}:{v}" for s, v in view.identities],
-        "organisations": view.organisations,
-        "merged_into": view.merged_into,
-        "merged_from": view.merged_from,
-        "erased": view.erased,
-        "touchpoints": view.touchpoints,
-        "orders": view.orders,
-        "refunds": view.refunds,
-        "interactions": view.interactions,
-        "active_subscriptions": view.active_subscriptions,
-        "open_tickets": view.open_tickets,
-        "first_occurred_at": view.first_occurred_at,
-        "last_occurred_at": view.last_occurred_at,
-        "first_recorded_at": view.first_recorded_at,
-        "last_recorded_at": view.last_recorded_at,
-        "stream_version": view.version,
+        "identities": [f"{s}:{v}" for s, v in c.identities],
+        "organisations": c.organisations,
+        "merged_into": c.merged_into,
+        "merged_from": c.merged_from,
+        "erased": c.erased,
+        "touchpoints": c.touchpoints,
+        "channels": view.channels,
+        "orders": c.orders,
+        "refunds": c.refunds,
+        "interactions": c.interactions,
+        "active_subscriptions": c.active_subscriptions,
+        "open_tickets": c.open_tickets,
+        "latest_score": view.latest_score,
+        "latest_score_at": view.latest_score_at,
+        "first_occurred_at": c.first_occurred_at,
+        "last_occurred_at": c.last_occurred_at,
+        "first_recorded_at": c.first_recorded_at,
+        "last_recorded_at": c.last_recorded_at,
+        "stream_version": c.version,
     }
-    emit_record(ctx, record_, title=f"customer {customer_id}")
+    for v in view.values:
+        if ctx.output == "table":
+            record_[f"ltv.{v.currency}"] = (
+                f"net {_money(v.net_minor, v.currency)} from {v.orders} orders "
+                f"(gross {_money(v.gross_minor, v.currency)}, "
+                f"refunded {_money(v.refunded_minor, v.currency)})"
+            )
+        else:
+            record_[f"ltv.{v.currency}.net_minor"] = v.net_minor
+            record_[f"ltv.{v.currency}.orders"] = v.orders
+            record_[f"ltv.{v.currency}.gross_minor"] = v.gross_minor
+            record_[f"ltv.{v.currency}.refunded_minor"] = v.refunded_minor
+    touches = [_touch_row(ctx, t) for t in view.last_touches]
+    if ctx.output == "json":
+        record_["lifetime_value"] = [dataclasses.asdict(v) for v in view.values]
+        record_["last_touches"] = touches
+        emit_record(ctx, record_, title="")
+        return
+    if ctx.output == "csv":
+        record_["last_touches"] = touches
+    emit_record(ctx, record_, title=f"customer {customer_id}{_moment_title(at)}")
+    if ctx.output == "table" and touches:
+        emit(ctx, touches, title=f"latest {len(touches)} touches")
+
+
+def _moment_title(at: Moment) -> str:
+    parts = []
+    if at.snapshot:
+        parts.append(f"snapshot {at.snapshot}")
+    if at.as_of:
+        parts.append(f"as of {at.as_of.isoformat()}")
+    if at.valid_at:
+        parts.append(f"valid at {at.valid_at.isoformat()}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _touch_row(ctx: Context, t: Touch) -> dict[str, Any]:
+    if ctx.output == "table":
+        return {
+            "occurred": f"{t.occurred_at:%Y-%m-%d %H:%M}",
+            "kind": t.kind,
+            "channel": t.channel or "",
+            "device": t.device or "",
+            "detail": t.detail or "",
+            "amount": _money(t.amount_minor, t.currency),
+            "score": t.score,
+            "gap": _gap(t.gap_seconds),
+            "switch": "yes" if t.channel_switch else "",
+        }
+    return dataclasses.asdict(t)
+
+
+def _gap(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400 * 2:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+@cli.command()
+@click.argument("customer_id", required=False)
+@click.option(
+    "--top",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Without CUSTOMER_ID: how many of the most valuable to list.",
+)
+@click.option(
+    "--by",
+    type=click.Choice(("customer", "organisation")),
+    default="customer",
+    show_default=True,
+    help="List customers, or organisations (the sum of their contacts).",
+)
+@click.option("--currency", metavar="CODE", help="Rank by value in CODE [the most used].")
+@_moment_options
+@pass_context
+def ltv(
+    ctx: Context,
+    customer_id: str | None,
+    top: int,
+    by: str,
+    currency: str | None,
+    as_of: str | None,
+    valid_at: str | None,
+    snapshot: str | None,
+) -> None:
+    """Lifetime value: orders, gross, refunds, net, margin, first and last order, tenure,
+    average order value and purchase frequency, per currency (amounts in minor units in
+    JSON and CSV). Merged customers count with their survivor.
+
+    With CUSTOMER_ID, that customer; without, the --top most valuable customers or
+    organisations.
+    """
+    at = _moment(as_of, valid_at, snapshot)
+    with _read_models(ctx) as models:
+        if customer_id:
+            values = models.values(customer_id, at)
+            title = f"lifetime value of {customer_id}"
+        else:
+            values = models.top(top, at, by_organisation=by == "organisation", currency=currency)
+            title = f"top {top} {by}s by net value"
+    emit(ctx, [_value_row(ctx, v) for v in values], title=title + _moment_title(at))
+
+
+@cli.command()
+@click.argument("customer_id")
+@click.option(
+    "--from", "start", metavar="TIME", help="Only touches that occurred at or after TIME."
+)
+@click.option("--to", "end", metavar="TIME", help="Only touches that occurred before TIME.")
+@click.option("--channel", help="Only touches in this channel (email, web, phone, ...).")
+@click.option("--limit", type=click.IntRange(1), help="Show only the last N touches.")
+@_moment_options
+@pass_context
+def timeline(
+    ctx: Context,
+    customer_id: str,
+    start: str | None,
+    end: str | None,
+    channel: str | None,
+    limit: int | None,
+    as_of: str | None,
+    valid_at: str | None,
+    snapshot: str | None,
+) -> None:
+    """CUSTOMER_ID's journey across channels in business-time order: kind, channel, device,
+    the gap since the previous touch, and where the customer switched channel."""
+    at = _moment(as_of, valid_at, snapshot)
+    with _read_models(ctx) as models:
+        steps = models.timeline(
+            customer_id, at, start=_when(start), end=_when(end), channel=channel
+        )
+    if limit:
+        steps = steps[-limit:]
+    switches = sum(s.channel_switch for s in steps)
+    emit(
+        ctx,
+        [_touch_row(ctx, s) for s in steps],
+        title=f"journey of {customer_id}: {len(steps)} touches, {switches} channel switches"
+        + _moment_title(at),
+    )
+
+
+@cli.command()
+@click.option("--as-of", "as_of", metavar="TIME", help="Only events recorded by TIME.")
+@click.option("--valid-at", "valid_at", metavar="TIME", help="Only events that occurred by TIME.")
+@click.option("--into", "into", metavar="NAME", required=True, help="Name of the snapshot.")
+@pass_context
+def replay(ctx: Context, as_of: str | None, valid_at: str | None, into: str) -> None:
+    """Materialise every projection as it stood at a moment into the read-only snapshot NAME.
+
+    Query it with --snapshot NAME on customer show, ltv, timeline and compare; an
+    interrupted replay, run again, carries on.
+    """
+    if not as_of and not valid_at:
+        raise click.UsageError("give --as-of, --valid-at or both")
+    at = _moment(as_of, valid_at, None)
+    with bootstrap.open_ledger(ctx.settings) as ledger, _catch_up_bar(ctx, "replaying") as bar:
+        store = bootstrap.open_projection_store(ctx.settings)
+        projector = bootstrap.open_projector(ledger, store)
+        sets = projector.replay(
+            into,
+            as_of=micros(at.as_of) if at.as_of else None,
+            valid_at=micros(at.valid_at) if at.valid_at else None,
+            progress=bar,
+        )
+    emit_record(
+        ctx,
+        {
+            "snapshot": into,
+            "as_of": at.as_of,
+            "valid_at": at.valid_at,
+            "position": max((s.position for s in sets), default=0),
+            "projections": sorted(s.projection for s in sets),
+        },
+        title="snapshot ready",
+    )
+
+
+@cli.group()
+def projections() -> None:
+    """The read models: where they are, catching up, rebuilding, snapshots."""
+
+
+@projections.command("status")
+@pass_context
+def projections_status(ctx: Context) -> None:
+    """Each projection's table sets (live, rebuilding, snapshots), position and lag."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        store = bootstrap.open_projection_store(ctx.settings)
+        rows = bootstrap.open_projector(ledger, store).status()
+    emit(
+        ctx,
+        [
+            {
+                "projection": r.projection,
+                "set": r.label,
+                "status": r.status,
+                "position": r.position,
+                "head": r.head,
+                "lag": r.lag,
+                "as_of": moment(r.as_of) if r.as_of is not None else None,
+                "valid_at": moment(r.valid_at) if r.valid_at is not None else None,
+            }
+            for r in rows
+        ],
+        title="projections",
+    )
+
+
+@projections.command("run")
+@pass_context
+def projections_run(ctx: Context) -> None:
+    """Catch every live projection up with the ledger (queries also do this first)."""
+    with bootstrap.open_ledger(ctx.settings) as ledger, _catch_up_bar(ctx) as bar:
+        store = bootstrap.open_projection_store(ctx.settings)
+        applied = bootstrap.open_projector(ledger, store).catch_up(bar)
+    emit_record(ctx, {"records_applied": applied}, title="caught up")
+
+
+@projections.command("rebuild")
+@click.argument("names", nargs=-1)
+@pass_context
+def projections_rebuild(ctx: Context, names: tuple[str, ...]) -> None:
+    """Rebuild projections NAMES (all when none are given) into fresh tables, swapped in
+    when caught up. Queries keep using the old tables meanwhile; an interrupted rebuild, run
+    again, carries on where it stopped."""
+    bootstrap.tune_for_throughput()
+    with bootstrap.open_ledger(ctx.settings) as ledger, _catch_up_bar(ctx, "rebuilding") as bar:
+        store = bootstrap.open_projection_store(ctx.settings)
+        projector = bootstrap.open_projector(ledger, store)
+        started = time.perf_counter()
+        projector.rebuild(names, bar)
+        seconds = time.perf_counter() - started
+        live = projector.live()
+    emit(
+        ctx,
+        [
+            {"projection": n, "set": s.label, "position": s.position}
+            for n, s in sorted(live.items())
+            if not names or n in names
+        ],
+        title=f"rebuilt in {seconds:.1f} s",
+    )
+
+
+@projections.command("drop")
+@click.argument("snapshot")
+@pass_context
+def projections_drop(ctx: Context, snapshot: str) -> None:
+    """Drop the snapshot SNAPSHOT and its tables."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        store = bootstrap.open_projection_store(ctx.settings)
+        bootstrap.open_projector(ledger, store).drop_snapshot(snapshot)
+    emit_record(ctx, {"dropped": snapshot}, title="snapshot dropped")
+
+
+@cli.command()
+@click.argument("initiative_id")
+@click.option(
+    "--control",
+    "control",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="Control group by profile (region, segment, country); repeat to narrow. "
+    "Default: every customer outside the initiative's scope.",
+)
+@click.option("--metric", type=click.Choice(METRICS), default="net_revenue", show_default=True)
+@click.option("--currency", metavar="CODE", help="Currency of net_revenue [the most used].")
+@click.option(
+    "--resamples",
+    type=click.IntRange(100, 100_000),
+    default=2000,
+    show_default=True,
+    help="Bootstrap resamples for the 95% interval.",
+)
+@click.option(
+    "--chart",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw the weekly series and the window into this PNG file.",
+)
+@click.option(
+    "--truth",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The NAME.truth.json `generate` wrote: print the true uplift beside the estimate.",
+)
+@click.option("--snapshot", metavar="NAME", help="Compare within a replayed snapshot.")
+@pass_context
+def compare(
+    ctx: Context,
+    initiative_id: str,
+    control: tuple[str, ...],
+    metric: str,
+    currency: str | None,
+    resamples: int,
+    chart: Path | None,
+    truth: Path | None,
+    snapshot: str | None,
+) -> None:
+    """Did INITIATIVE raise value? Value per customer-week before, during and after its
+    window, for the customers in its scope and a control group, and the
+    difference-in-differences with a bootstrap 95% confidence interval."""
+    chosen = _pairs(control)
+    expected = _truth(truth, metric) if truth else None
+    with _read_models(ctx) as models:
+        result = models.compare(
+            initiative_id,
+            Moment(snapshot=snapshot),
+            control=chosen or None,
+            metric=metric,
+            currency=currency,
+            resamples=resamples,
+        )
+    if chart:
+        impact_chart(result, chart)
+    _emit_comparison(ctx, result, expected, chart)
+
+
+def _pairs(values: Sequence[str]) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, wanted = value.partition("=")
+        if not sep or not key or not wanted:
+            raise click.BadParameter(f"{value!r}: use KEY=VALUE, e.g. region=south")
+        pairs[key.strip()] = wanted.strip()
+    return pairs
+
+
+_TRUTH_KEYS = {
+    "net_revenue": "expected_uplift_net_revenue_minor_per_customer_week",
+    "orders": "expected_uplift_orders_per_customer_week",
+}
+
+
+def _truth(path: Path, metric: str) -> float | None:
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UnreadableFile(f"{path}: not a truth file ({e})") from None
+    key = _TRUTH_KEYS.get(metric)
+    return float(facts[key]) if key and key in facts else None
+
+
+def _emit_comparison(
+    ctx: Context, result: Comparison, expected: float | None, chart: Path | None
+) -> None:
+    impact = result.impact
+    rows: list[dict[str, Any]] = [
+        {
+            "group": g.group,
+            "period": g.period,
+            "customers": g.customers,
+            "customer_weeks": g.customer_weeks,
+            "total": round(g.total, 2),
+            "per_customer_week": _round(g.per_customer_week),
+            "ci_low": None,
+            "ci_high": None,
+        }
+        for g in impact.groups
+    ]
+    rows += [
+        {
+            "group": "difference-in-differences",
+            "period": e.period,
+            "customers": None,
+            "customer_weeks": None,
+            "total": None,
+            "per_customer_week": _round(e.estimate),
+            "ci_low": _round(e.ci_low),
+            "ci_high": _round(e.ci_high),
+        }
+        for e in impact.estimates
+    ]
+    if expected is not None:
+        rows.append(
+            {
+                "group": "true uplift (generator)",
+                "period": "during",
+                "customers": None,
+                "customer_weeks": None,
+                "total": None,
+                "per_customer_week": _round(expected),
+                "ci_low": None,
+                "ci_high": None,
+            }
+        )
+    unit = f"{result.currency} minor units" if result.currency else impact.metric
+    if ctx.output == "json":
+        document = {
+            "initiative": result.initiative,
+            "name": result.name,
+            "scope": result.scope,
+            "control": result.control or "everyone outside the scope",
+            "metric": impact.metric,
+            "unit": unit,
+            "started_at": result.started_at,
+            "ended_at": result.ended_at,
+            "resamples": impact.resamples,
+            "groups": [dataclasses.asdict(g) for g in impact.groups],
+            "estimates": [dataclasses.asdict(e) for e in impact.estimates],
+            "true_uplift": expected,
+            "chart": str(chart) if chart else None,
+        }
+        click.echo(json.dumps(document, default=_json_default, indent=2))
+        return
+    scope = ", ".join(f"{k}={v}" for k, v in result.scope.items())
+    control = ", ".join(f"{k}={v}" for k, v in (result.control or {}).items()) or "the rest"
+    emit(
+        ctx,
+        rows,
+        title=f"{result.initiative}: {impact.metric} per customer-week ({unit}), "
+        f"exposed {scope} vs control {control}",
+    )
+    if ctx.output == "table":
+        during = next((e for e in impact.estimates if e.period == "during"), None)
+        if during and during.estimate is not None:
+            line = (
+                f"estimated uplift during the initiative: {during.estimate:,.2f} per "
+                f"customer-week (95% CI {during.ci_low:,.2f} to {during.ci_high:,.2f})"
+            )
+            if expected is not None:
+                inside = during.ci_low <= expected <= during.ci_high  # type: ignore[operator]
+                line += (
+                    f"; true uplift {expected:,.2f} ({'inside' if inside else 'outside'} the CI)"
+                )
+            ctx.out.print(line)
+        if chart:
+            ctx.out.print(f"chart written to {chart}")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 @cli.command()

@@ -5,8 +5,8 @@ transaction as the events they describe.
 
 from __future__ import annotations
 
-from datetime import datetime
-from functools import cache
+from datetime import UTC, datetime, timedelta
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 from uuid import UUID
@@ -19,7 +19,9 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg.sql import SQL, Identifier
 
-from crm_ledger.aggregates.envelope import Touched
+from crm_ledger.aggregates import Customer
+from crm_ledger.aggregates.envelope import Touched, own_fields
+from crm_ledger.application import LogRecord
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -130,6 +132,18 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             )
             return {row[0]: row[1] for row in c.fetchall()}
 
+    def select_log(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """(position, originator id, version, topic, state) of up to ``limit`` notifications
+        after ``after``: the notification log without building library objects."""
+        with self.datastore.transaction(commit=False) as c:
+            cast("Any", c).row_factory = None  # plain tuples, not sqlite3.Row
+            c.execute(
+                "SELECT rowid, originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} WHERE rowid>? ORDER BY rowid LIMIT ?",
+                [after, limit],
+            )
+            return cast("list[tuple[Any, ...]]", c.fetchall())
+
     def count_receipts(self) -> int:
         """How many distinct events the ledger holds."""
         with self.datastore.transaction(commit=False) as c:
@@ -217,6 +231,18 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             [source],
         )
         return {row["partition"]: row["next_offset"] for row in rows}
+
+    def select_log(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """(position, originator id, version, topic, state) of up to ``limit`` notifications
+        after ``after``: the notification log without building library objects."""
+        rows = self._select(
+            SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state "
+                "FROM {}.{events} WHERE notification_id>%s ORDER BY notification_id LIMIT %s"
+            ),
+            [after, limit],
+        )
+        return [tuple(row.values()) for row in rows]
 
     def count_receipts(self) -> int:
         """How many distinct events the ledger holds."""
@@ -324,6 +350,79 @@ class LedgerMapper(Mapper[UUID]):
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)
         return cast("DomainEventProtocol[UUID]", event)
+
+    def to_record(
+        self, position: int, originator_id: UUID | str, version: int, topic: str, state: bytes
+    ) -> LogRecord | None:
+        """A stored event as a projection reads it: customer events only, plain values."""
+        kind = _customer_kind(topic)
+        if kind is None:
+            return None
+        stream = originator_id.hex if isinstance(originator_id, UUID) else originator_id
+        if kind == OPENED:
+            return self._record_of_domain_event(position, stream, version, topic, state)
+        values = orjson.loads(state)
+        if type(values["timestamp"]) is not str:  # eventsourcing's own (tagged) format
+            return self._record_of_domain_event(position, stream, version, topic, state)
+        return LogRecord(
+            position,
+            stream,
+            version,
+            kind,
+            _micros_of(values.pop("timestamp")),
+            _micros(datetime.fromisoformat(values.pop("occurred_at"))),
+            values.pop("event_id"),
+            values,
+        )
+
+    def _record_of_domain_event(
+        self, position: int, stream: str, version: int, topic: str, state: bytes
+    ) -> LogRecord:
+        stored = StoredEvent(UUID(stream), version, topic, state)
+        event = cast("Any", self.to_domain_event(stored))
+        if isinstance(event, Customer.Opened):
+            data = {"customer_id": event.customer_id}
+            return LogRecord(
+                position, stream, version, OPENED, _micros(event.timestamp), None, None, data
+            )
+        values = {**own_fields(event), **{n: getattr(event, n) for n in _ENVELOPE_REST}}
+        return LogRecord(
+            position,
+            stream,
+            version,
+            type(event).__name__,
+            _micros(event.timestamp),
+            _micros(event.occurred_at),
+            str(event.event_id),
+            values,
+        )
+
+
+OPENED = "Opened"
+_ENVELOPE_REST = ("source", "actor", "correlation_id", "addressed_to")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+@lru_cache(maxsize=64)
+def _micros_of(text: str) -> int:
+    """A recorded time: one per transaction, so the same text comes many times in a row."""
+    return _micros(datetime.fromisoformat(text))
+
+
+@cache
+def _customer_kind(topic: str) -> str | None:
+    """The event class name for a Customer stream's event topic; None for anything else."""
+    cls = resolve_topic(topic)
+    if not (isinstance(cls, type) and cls.__qualname__.startswith("Customer.")):
+        return None
+    if issubclass(cls, Touched) or cls is Customer.Opened:
+        return cls.__name__
+    return None
 
 
 def _as_uuid(value: UUID | str) -> UUID:

@@ -1,0 +1,354 @@
+"""Answers from the read models: lifetime value, journeys, the 360 view, initiative impact.
+
+Live answers come from the live table sets (caught up with the log first); ``snapshot``
+answers from a replayed snapshot; ``as_of`` / ``valid_at`` answers for one customer are
+projected in memory from that customer's own streams, with the same projection code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from crm_ledger.aggregates import customer_uuid
+from crm_ledger.errors import CustomerNotFound, InitiativeNotFound, InvalidInput
+from crm_ledger.projections.customer_360 import CUSTOMERS, ORGANISATION_LINKS, SCOPE_ATTRIBUTES
+from crm_ledger.projections.impact import (
+    CONTROL,
+    EXPOSED,
+    METRICS,
+    PASSIVE,
+    Activity,
+    Impact,
+    measure,
+)
+from crm_ledger.projections.journey_timeline import TOUCHES, JourneyTimeline, Touch, journey
+from crm_ledger.projections.lifetime_value import LTV, LifetimeValue, Value
+from crm_ledger.projections.model import merge_rows, micros, moment, project, week_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from crm_ledger.application import CustomerView, Ledger, LogRecord
+    from crm_ledger.projections.model import Table
+    from crm_ledger.projections.runtime import Projector, TableSet
+
+
+class QueryStore(Protocol):
+    """The queries the SQL adapter answers on table sets."""
+
+    def rows(
+        self, spec: Table, label: str, column: str, values: Sequence[Any]
+    ) -> list[dict[str, Any]]:
+        """Rows whose ``column`` is one of ``values``."""
+        ...
+
+    def all_rows(self, spec: Table, label: str) -> list[dict[str, Any]]:
+        """Every row of a table."""
+        ...
+
+    def top_values(
+        self,
+        ltv: tuple[Table, str],
+        customers: tuple[Table, str],
+        links: tuple[Table, str] | None,
+        *,
+        currency: str,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Highest net value per customer (or organisation, with ``links``)."""
+        ...
+
+    def currencies(self, ltv: tuple[Table, str]) -> list[tuple[str, int]]:
+        """Currencies by number of orders."""
+        ...
+
+    def weekly_activity(
+        self, touches: tuple[Table, str], currency: str, passive: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """(stream, week, active touches, orders, net revenue, interactions) rows."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """Which state to answer from: live, a snapshot, or one customer as of a time."""
+
+    snapshot: str | None = None
+    as_of: datetime | None = None
+    valid_at: datetime | None = None
+
+    @property
+    def travels(self) -> bool:
+        """True when the answer is projected from the event store as of a moment."""
+        return self.as_of is not None or self.valid_at is not None
+
+    def keeps(self, record: LogRecord) -> bool:
+        """Whether ``record`` counts at this moment."""
+        if self.as_of is not None and record.recorded > micros(self.as_of):
+            return False
+        return (
+            self.valid_at is None
+            or record.occurred is None
+            or record.occurred <= micros(self.valid_at)
+        )
+
+
+LIVE = Moment()
+
+
+@dataclass(frozen=True, slots=True)
+class Customer360View:
+    """Everything about one customer on one screen."""
+
+    customer: CustomerView
+    values: list[Value]
+    last_touches: list[Touch]
+    touches: int
+    channels: dict[str, int]
+    latest_score: int | None
+    latest_score_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """An initiative's impact, with who was compared."""
+
+    initiative: str
+    name: str | None
+    scope: dict[str, str]
+    control: dict[str, str] | None
+    currency: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    impact: Impact
+
+
+class ReadModels:
+    """Queries over the projections, live, in a snapshot, or as of a moment."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        projector: Projector,
+        store: QueryStore,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.projector = projector
+        self.store = store
+        self.progress = progress
+        self._live: dict[str, TableSet] | None = None
+
+    def sets(self, at: Moment) -> dict[str, TableSet]:
+        """The table sets that answer at ``at``: a snapshot's, or the live ones caught up."""
+        if at.snapshot:
+            return self.projector.snapshot_sets(at.snapshot)
+        if self._live is None:
+            self.projector.catch_up(self.progress)
+            self._live = self.projector.live()
+        return self._live
+
+    # One customer.
+
+    def values(self, customer_id: str, at: Moment = LIVE) -> list[Value]:
+        """The customer's lifetime value per currency (merged customers included)."""
+        rows = self._customer_rows(customer_id, LTV, at)
+        by_currency: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_currency.setdefault(row["currency"], []).append(row)
+        reference = self._reference(at)
+        return [
+            Value.of(customer_id, merged, reference)
+            for currency in sorted(by_currency)
+            if (merged := merge_rows(LTV, by_currency[currency])) is not None
+        ]
+
+    def timeline(
+        self,
+        customer_id: str,
+        at: Moment = LIVE,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        channel: str | None = None,
+    ) -> list[Touch]:
+        """The customer's journey, optionally within [start, end) and in one channel."""
+        steps = journey(self._customer_rows(customer_id, TOUCHES, at))
+        return [
+            s
+            for s in steps
+            if (start is None or s.occurred_at >= start)
+            and (end is None or s.occurred_at < end)
+            and (channel is None or s.channel == channel)
+        ]
+
+    def view(self, customer_id: str, at: Moment = LIVE, *, last: int = 5) -> Customer360View:
+        """The 360 view: the customer, their value, and their latest touches."""
+        if at.travels:
+            customer = self.ledger.customer_as_of(customer_id, as_of=at.as_of, valid_at=at.valid_at)
+        else:
+            customer = self.ledger.customer(customer_id)
+        steps = self.timeline(customer_id, at)
+        scored = [s for s in steps if s.score is not None]
+        channels: dict[str, int] = {}
+        for s in steps:
+            if s.channel:
+                channels[s.channel] = channels.get(s.channel, 0) + 1
+        return Customer360View(
+            customer=customer,
+            values=self.values(customer_id, at),
+            last_touches=steps[-last:][::-1],
+            touches=len(steps),
+            channels=dict(sorted(channels.items(), key=lambda kv: -kv[1])),
+            latest_score=scored[-1].score if scored else None,
+            latest_score_at=scored[-1].occurred_at if scored else None,
+        )
+
+    # Across customers.
+
+    def top(
+        self,
+        limit: int,
+        at: Moment = LIVE,
+        *,
+        by_organisation: bool = False,
+        currency: str | None = None,
+    ) -> list[Value]:
+        """The customers (or organisations) with the highest net value."""
+        if at.travels:
+            msg = "--as-of/--valid-at apply to one customer; for everyone, replay a snapshot"
+            raise InvalidInput(msg)
+        sets = self.sets(at)
+        ltv = (LTV, sets["lifetime_value"].label)
+        currency = currency or self._main_currency(ltv)
+        if currency is None:
+            return []
+        links = (ORGANISATION_LINKS, sets["customer_360"].label) if by_organisation else None
+        rows = self.store.top_values(
+            ltv, (CUSTOMERS, sets["customer_360"].label), links, currency=currency, limit=limit
+        )
+        reference = self._reference(at)
+        return [Value.of(r["subject"], r, reference) for r in rows]
+
+    def compare(
+        self,
+        initiative_id: str,
+        at: Moment = LIVE,
+        *,
+        control: Mapping[str, str] | None = None,
+        metric: str = "net_revenue",
+        currency: str | None = None,
+        resamples: int = 2000,
+    ) -> Comparison:
+        """Value per customer-week before, during and after an initiative, exposed against
+        control (everyone outside the scope unless ``control`` selects a group)."""
+        if metric not in METRICS:
+            raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        initiative = self.ledger.initiative(initiative_id)
+        if initiative is None or initiative.started_at is None:
+            raise InitiativeNotFound(initiative_id)
+        scope = dict(initiative.scope)
+        for attribute in (*scope, *(control or {})):
+            if attribute not in SCOPE_ATTRIBUTES:
+                allowed = ", ".join(SCOPE_ATTRIBUTES)
+                msg = f"cannot select customers by {attribute!r}; use {allowed}"
+                raise InvalidInput(msg)
+        if at.travels:
+            msg = "compare works on everyone: replay a snapshot and pass --snapshot"
+            raise InvalidInput(msg)
+        sets = self.sets(at)
+        currency = currency or self._main_currency((LTV, sets["lifetime_value"].label))
+        groups, canonical = self._groups(sets, scope, control)
+        rows = self.store.weekly_activity(
+            (TOUCHES, sets["journey_timeline"].label), currency or "", sorted(PASSIVE)
+        )
+        activity = [
+            Activity(canonical.get(stream, stream), week, net, orders, interactions, active > 0)
+            for stream, week, active, orders, net, interactions in rows
+            if week is not None
+        ]
+        ended = initiative.ended_at
+        impact = measure(
+            activity,
+            groups,
+            metric=metric,
+            start_week=week_of(micros(initiative.started_at)),
+            end_week=week_of(micros(ended)) if ended else None,
+            resamples=resamples,
+        )
+        return Comparison(
+            initiative=initiative_id,
+            name=initiative.name,
+            scope=scope,
+            control=dict(control) if control else None,
+            currency=currency if metric == "net_revenue" else None,
+            started_at=initiative.started_at,
+            ended_at=ended,
+            impact=impact,
+        )
+
+    # Helpers.
+
+    def _groups(
+        self,
+        sets: Mapping[str, TableSet],
+        scope: Mapping[str, str],
+        control: Mapping[str, str] | None,
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Each surviving customer's group, and each stream's surviving customer."""
+        rows = self.store.all_rows(CUSTOMERS, sets["customer_360"].label)
+        directory = {r["stream"]: r for r in rows}
+        canonical: dict[str, str] = {}
+        groups: dict[str, str] = {}
+        for stream, row in directory.items():
+            survivor = row["merged_into"]
+            canonical[stream] = customer_uuid(survivor).hex if survivor else stream
+            if survivor:
+                continue
+            if all(row.get(k) == v for k, v in scope.items()):
+                groups[stream] = EXPOSED
+            elif control is None or all(row.get(k) == v for k, v in control.items()):
+                groups[stream] = CONTROL
+        return groups, canonical
+
+    def _customer_rows(self, customer_id: str, spec: Table, at: Moment) -> list[dict[str, Any]]:
+        if at.travels:
+            return self._rows_as_of(customer_id, spec, at)
+        sets = self.sets(at)
+        streams = self._streams(customer_id, sets["customer_360"].label)
+        owner = "lifetime_value" if spec is LTV else "journey_timeline"
+        return self.store.rows(spec, sets[owner].label, "stream", streams)
+
+    def _streams(self, customer_id: str, label: str) -> list[str]:
+        own = self.store.rows(CUSTOMERS, label, "customer_id", [customer_id])
+        if not own:
+            raise CustomerNotFound(customer_id)
+        merged = self.store.rows(CUSTOMERS, label, "merged_into", [customer_id])
+        return [r["stream"] for r in own + merged]
+
+    def _rows_as_of(self, customer_id: str, spec: Table, at: Moment) -> list[dict[str, Any]]:
+        customer = self.ledger.customer_as_of(customer_id, as_of=at.as_of, valid_at=at.valid_at)
+        records = [
+            r
+            for member in (customer_id, *customer.merged_from)
+            for r in self.ledger.read_stream(member)
+            if at.keeps(r)
+        ]
+        changes = project((LifetimeValue(), JourneyTimeline()), records)
+        return changes.rows(spec.name)
+
+    def _main_currency(self, ltv: tuple[Table, str]) -> str | None:
+        found = self.store.currencies(ltv)
+        return found[0][0] if found else None
+
+    def _reference(self, at: Moment) -> datetime:
+        if at.as_of or at.valid_at:
+            return min(t for t in (at.as_of, at.valid_at) if t is not None)
+        if at.snapshot:
+            s = next(iter(self.projector.snapshot_sets(at.snapshot).values()))
+            times = [t for t in (s.as_of, s.valid_at) if t is not None]
+            return moment(min(times)) if times else moment(s.created)
+        return datetime.now(UTC)

@@ -1,0 +1,274 @@
+"""Projections on each real store: what lifetime value, journeys, the directory, rebuilds,
+snapshots and time travel give a user. Same bodies on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound
+from crm_ledger.projections.model import micros
+from crm_ledger.projections.runtime import BUILDING, LIVE, PositionConflict, Projector
+from crm_ledger.projections.views import Moment
+from tests.factories import AT, tp
+from tests.projections.conftest import dump
+
+if TYPE_CHECKING:
+    from crm_ledger.adapters.sql import SqlProjectionStore
+    from crm_ledger.application import Ledger
+    from crm_ledger.projections.views import ReadModels
+
+DAY = timedelta(days=1)
+
+
+def order(customer: str, amount: int, *, days: int = 0, currency: str = "EUR", **more: object):
+    return tp(
+        "OrderPlaced",
+        customer,
+        at=AT + days * DAY,
+        order_id=f"O-{customer}-{days}-{amount}",
+        amount_minor=amount,
+        currency=currency,
+        **more,
+    )
+
+
+def test_lifetime_value_per_currency_with_refunds_and_margin(
+    ledger: Ledger, models: ReadModels
+) -> None:
+    ledger.record_many(
+        [
+            tp("CustomerRegistered", "C1"),
+            order("C1", 1000, days=1, margin_minor=200, items=2),
+            order("C1", 3000, days=11, margin_minor=None, items=1),
+            tp("OrderRefunded", "C1", at=AT + 12 * DAY, amount_minor=500, currency="EUR"),
+            order("C1", 700, days=5, currency="USD", margin_minor=70, items=1),
+        ]
+    )
+    values = {v.currency: v for v in models.values("C1")}
+    eur, usd = values["EUR"], values["USD"]
+    assert (eur.orders, eur.gross_minor, eur.refunds, eur.refunded_minor) == (2, 4000, 1, 500)
+    assert eur.net_minor == 3500
+    assert eur.margin_minor == 200  # only the order that knew its margin
+    assert eur.items == 3
+    assert eur.average_order_minor == 2000
+    assert eur.first_order_at == AT + DAY
+    assert eur.last_order_at == AT + 11 * DAY
+    assert (usd.orders, usd.net_minor, usd.margin_minor) == (1, 700, 70)
+
+
+def test_a_merged_customer_counts_with_the_survivor_until_unmerged(
+    ledger: Ledger, models: ReadModels
+) -> None:
+    ledger.record_many(
+        [
+            tp("CustomerRegistered", "S1"),
+            tp("CustomerRegistered", "D1"),
+            order("S1", 1000),
+            order("D1", 250, days=1),
+            tp("CustomersMerged", "D1", at=AT + 2 * DAY, survivor_id="S1"),
+            order("D1", 50, days=3),  # routed to S1
+        ]
+    )
+    (value,) = models.values("S1")
+    assert (value.orders, value.net_minor) == (3, 1300)
+    assert len([t for t in models.timeline("S1") if t.kind == "OrderPlaced"]) == 3
+    top = models.top(5)
+    assert [(v.subject, v.net_minor) for v in top] == [("S1", 1300)]
+
+    ledger.record(tp("CustomersUnmerged", "D1", at=AT + 4 * DAY, survivor_id="S1"))
+    models._live = None  # a new question catches up again
+    assert models.values("S1")[0].net_minor == 1050  # S1's own and the routed order
+    assert models.values("D1")[0].net_minor == 250
+    assert {v.subject for v in models.top(5)} == {"S1", "D1"}
+
+
+def test_journey_is_in_business_time_with_gaps_and_channel_switches(
+    ledger: Ledger, models: ReadModels
+) -> None:
+    ledger.record_many(
+        [
+            tp("InteractionRecorded", "C1", at=AT + 2 * DAY, channel="email", kind="email_open"),
+            tp("CustomerRegistered", "C1", at=AT),  # arrives late, happened first
+            tp("InteractionRecorded", "C1", at=AT + DAY, channel="web", kind="page_view"),
+            order("C1", 990, days=3, channel="web"),
+        ]
+    )
+    steps = models.timeline("C1")
+    assert [s.kind for s in steps] == [
+        "CustomerRegistered",
+        "InteractionRecorded",
+        "InteractionRecorded",
+        "OrderPlaced",
+    ]
+    assert [s.channel for s in steps] == [None, "web", "email", "web"]
+    assert [s.gap_seconds for s in steps] == [None, 86400.0, 86400.0, 86400.0]
+    assert [s.channel_switch for s in steps] == [False, False, True, True]
+    assert steps[3].amount_minor == 990
+    only_web = models.timeline("C1", channel="web", start=AT + 2 * DAY)
+    assert [s.kind for s in only_web] == ["OrderPlaced"]
+
+
+def test_unknown_customer_is_not_found(models: ReadModels) -> None:
+    with pytest.raises(CustomerNotFound):
+        models.values("nobody")
+
+
+def test_catching_up_applies_each_event_once(
+    ledger: Ledger, projector: Projector, projection_store: SqlProjectionStore
+) -> None:
+    ledger.record_many([order("C1", 100, days=d) for d in range(10)])
+    projector.catch_up()
+    assert projector.catch_up() == 0  # nothing new
+    ledger.record_many([order("C1", 100, days=d) for d in range(10, 15)])
+    projector.catch_up()
+    rows = dump(projection_store, projector, projector.live())
+    assert len(rows["touches"]) == 15
+    ((_, _, orders, gross, *_),) = rows["ltv"]
+    assert (orders, gross) == (15, 1500)
+    assert all(s.lag == 0 for s in projector.status())
+
+
+def test_a_stale_writer_is_refused_and_writes_nothing(
+    ledger: Ledger, projection_store: SqlProjectionStore
+) -> None:
+    ledger.record_many([order("C1", 100, days=d) for d in range(5)])
+    first, second = Projector(ledger, projection_store), Projector(ledger, projection_store)
+    first.catch_up()
+    stale = {s.projection: s for s in first.live().values()}
+    ledger.record_many([order("C1", 100, days=d) for d in range(5, 8)])
+    second.catch_up()
+    # The first projector still believes its sets are where they were.
+    from crm_ledger.projections.runtime import _Target
+
+    targets = [_Target(first.projections[n], s) for n, s in stale.items()]
+    with pytest.raises(PositionConflict):
+        first._run(targets, ledger.log_head(), None)
+    rows = dump(projection_store, first, first.live())
+    assert len(rows["touches"]) == 8
+
+
+def test_rebuild_swaps_in_fresh_tables_and_an_interrupted_one_finishes(
+    ledger: Ledger, projector: Projector, projection_store: SqlProjectionStore
+) -> None:
+    ledger.record_many([order(f"C{i % 4}", 100 + i, days=i) for i in range(40)])
+    projector.catch_up()
+    before = dump(projection_store, projector, projector.live())
+    old_label = projector.live()["journey_timeline"].label
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(position: int, head: int) -> None:
+        if position >= 14:
+            raise Stop
+
+    with pytest.raises(Stop):
+        projector.rebuild(["journey_timeline", "lifetime_value"], stop_after_two)
+    building = [s for s in projection_store.table_sets() if s.status == BUILDING]
+    assert {s.projection for s in building} == {"journey_timeline", "lifetime_value"}
+    assert projector.live()["journey_timeline"].label == old_label  # still answering
+
+    projector.rebuild(["journey_timeline", "lifetime_value"])
+    live = projector.live()
+    assert live["journey_timeline"].label != old_label
+    assert {s.status for s in projection_store.table_sets()} == {LIVE}
+    assert dump(projection_store, projector, live) == before
+
+
+def test_replay_into_a_snapshot_as_of_a_moment(
+    ledger: Ledger, projector: Projector, models: ReadModels
+) -> None:
+    ledger.record_many([tp("CustomerRegistered", "C1"), order("C1", 1000, days=1)])
+    moment_one = datetime.now(UTC)
+    ledger.record_many([order("C1", 2000, days=-30)])  # recorded later, occurred earlier
+    projector.replay("then", as_of=micros(moment_one), valid_at=None)
+    projector.replay("early", as_of=None, valid_at=micros(AT))
+
+    then = Moment(snapshot="then")
+    assert [v.net_minor for v in models.values("C1", then)] == [1000]
+    assert [v.net_minor for v in models.values("C1", Moment(snapshot="early"))] == [2000]
+    assert [v.net_minor for v in models.values("C1")] == [3000]
+    # The same moment, projected in memory from the customer's stream.
+    assert models.values("C1", Moment(as_of=moment_one)) == models.values("C1", then)
+    assert models.view("C1", Moment(as_of=moment_one)).customer.orders == 1
+    assert [s.status for s in projector.status() if s.label == "s_then"] == ["snapshot"] * 3
+
+    with pytest.raises(InvalidInput, match="exists"):
+        projector.replay("then", as_of=micros(moment_one), valid_at=None)
+    projector.drop_snapshot("then")
+    with pytest.raises(NotFound):
+        models.values("C1", then)
+
+
+def test_organisations_roll_up_their_contacts(ledger: Ledger, models: ReadModels) -> None:
+    ledger.record_many(
+        [
+            tp("ContactLinkedToOrganisation", "C1", organisation_id="ORG1"),
+            tp("ContactLinkedToOrganisation", "C2", organisation_id="ORG1"),
+            tp("ContactLinkedToOrganisation", "C3", organisation_id="ORG2"),
+            order("C1", 100),
+            order("C2", 200),
+            order("C3", 250),
+        ]
+    )
+    top = models.top(10, by_organisation=True)
+    assert [(v.subject, v.orders, v.net_minor) for v in top] == [
+        ("ORG1", 2, 300),
+        ("ORG2", 1, 250),
+    ]
+
+
+def test_initiative_impact_difference_in_differences(ledger: Ledger, models: ReadModels) -> None:
+    start = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
+    events = [
+        tp("InitiativeStarted", "I1", at=start, scope={"region": "north"}),
+        tp("InitiativeEnded", "I1", at=start + timedelta(weeks=4)),
+    ]
+    for i in range(6):
+        exposed = i < 3
+        c = f"C{i}"
+        events.append(
+            tp(
+                "CustomerRegistered",
+                c,
+                at=start - timedelta(weeks=4),
+                region="north" if exposed else "south",
+            )
+        )
+        for week in range(-4, 8):
+            during = 0 <= week < 4
+            orders = 2 if exposed and during else 1
+            for k in range(orders):
+                at = start + timedelta(weeks=week, days=1 + k)
+                events.append(
+                    tp(
+                        "OrderPlaced",
+                        c,
+                        at=at,
+                        order_id=f"{c}-{week}-{k}",
+                        amount_minor=1000,
+                        currency="EUR",
+                    )
+                )
+    ledger.record_many(events)
+    result = models.compare("I1", metric="orders", resamples=200)
+    during, after = result.impact.estimates
+    assert during.period == "during"
+    assert during.estimate == pytest.approx(1.0)
+    assert during.ci_low <= 1.0 <= during.ci_high
+    assert after.estimate == pytest.approx(0.0)
+    money = models.compare("I1", metric="net_revenue", resamples=200)
+    assert money.impact.estimates[0].estimate == pytest.approx(1000.0)
+    assert money.currency == "EUR"
+    exposed_before = next(
+        g for g in result.impact.groups if (g.group, g.period) == ("exposed", "before")
+    )
+    assert (exposed_before.customers, exposed_before.customer_weeks) == (3, 12)
+
+    with pytest.raises(InvalidInput, match="cannot select customers by 'planet'"):
+        models.compare("I1", control={"planet": "mars"})
+    with pytest.raises(NotFound):
+        models.compare("nope")
