@@ -23,7 +23,9 @@ demo: venv
 	$(BIN)/crm-ledger --data-dir $(DEMO) init
 	$(BIN)/crm-ledger --data-dir $(DEMO) import $(DEMO)/events.jsonl
 	$(BIN)/crm-ledger --data-dir $(DEMO) customer show C000042
-	$(BIN)/crm-ledger --data-dir $(DEMO) history C000042 --limit 12
+	$(BIN)/crm-ledger --data-dir $(DEMO) timeline C000042 --limit 8
+	$(BIN)/crm-ledger --data-dir $(DEMO) ltv --top 5
+	$(BIN)/crm-ledger --data-dir $(DEMO) compare loyalty-north --truth $(DEMO)/events.truth.json --chart $(DEMO)/loyalty-north.png
 
 ## lint: ruff, mypy (strict on src/), import-linter contracts, schema compatibility
 lint: venv

@@ -118,6 +118,10 @@ class LedgerRecorder(Protocol):
         """(position, originator id, version, topic, state) rows after ``after``."""
         ...
 
+    def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
+        """(0, originator id, version, topic, state) rows of one stream, in order."""
+        ...
+
     def count_receipts(self) -> int:
         """How many distinct events the ledger holds."""
 
@@ -360,14 +364,9 @@ class Ledger(Application[UUID]):
 
     def read_stream(self, customer_id: str) -> list[LogRecord]:
         """Every stored event of the customer's stream, as log records."""
-        stored = self.recorder.select_events(customer_uuid(customer_id))
+        rows = self.ledger_recorder.select_stream(customer_uuid(customer_id))
         to_record = cast("LogMapper", self.mapper).to_record
-        return [
-            r
-            for s in stored
-            if (r := to_record(0, s.originator_id, s.originator_version, s.topic, s.state))
-            is not None
-        ]
+        return [r for row in rows if (r := to_record(*row)) is not None]
 
     def log_head(self) -> int:
         """The position of the newest notification (0 when the log is empty)."""

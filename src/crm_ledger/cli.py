@@ -744,17 +744,25 @@ def projections_run(ctx: Context) -> None:
     emit_record(ctx, {"records_applied": applied}, title="caught up")
 
 
+_BATCH_OPTION = click.option(
+    "--batch-size",
+    type=click.IntRange(1, 200_000),
+    help="Log entries per read-model transaction [20,000].",
+)
+
+
 @projections.command("rebuild")
 @click.argument("names", nargs=-1)
+@_BATCH_OPTION
 @pass_context
-def projections_rebuild(ctx: Context, names: tuple[str, ...]) -> None:
+def projections_rebuild(ctx: Context, names: tuple[str, ...], batch_size: int | None) -> None:
     """Rebuild projections NAMES (all when none are given) into fresh tables, swapped in
     when caught up. Queries keep using the old tables meanwhile; an interrupted rebuild, run
     again, carries on where it stopped."""
     bootstrap.tune_for_throughput()
     with bootstrap.open_ledger(ctx.settings) as ledger, _catch_up_bar(ctx, "rebuilding") as bar:
         store = bootstrap.open_projection_store(ctx.settings)
-        projector = bootstrap.open_projector(ledger, store)
+        projector = bootstrap.open_projector(ledger, store, batch_size=batch_size)
         started = time.perf_counter()
         projector.rebuild(names, bar)
         seconds = time.perf_counter() - started

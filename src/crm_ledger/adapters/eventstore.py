@@ -144,6 +144,18 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             )
             return cast("list[tuple[Any, ...]]", c.fetchall())
 
+    def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
+        """(0, originator id, version, topic, state) of one stream's events, in order."""
+        with self.datastore.transaction(commit=False) as c:
+            cast("Any", c).row_factory = None
+            c.execute(
+                "SELECT 0, originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} WHERE originator_id=? "
+                "ORDER BY originator_version",
+                [originator_id.hex],
+            )
+            return cast("list[tuple[Any, ...]]", c.fetchall())
+
     def count_receipts(self) -> int:
         """How many distinct events the ledger holds."""
         with self.datastore.transaction(commit=False) as c:
@@ -241,6 +253,17 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 "FROM {}.{events} WHERE notification_id>%s ORDER BY notification_id LIMIT %s"
             ),
             [after, limit],
+        )
+        return [tuple(row.values()) for row in rows]
+
+    def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
+        """(0, originator id, version, topic, state) of one stream's events, in order."""
+        rows = self._select(
+            SQL(
+                "SELECT 0 AS position, originator_id, originator_version, topic, state "
+                "FROM {}.{events} WHERE originator_id=%s ORDER BY originator_version"
+            ),
+            [originator_id],
         )
         return [tuple(row.values()) for row in rows]
 

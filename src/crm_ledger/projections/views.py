@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from crm_ledger.application import CustomerView, Ledger, LogRecord
-    from crm_ledger.projections.model import Table
+    from crm_ledger.projections.model import Changes, Table
     from crm_ledger.projections.runtime import Projector, TableSet
 
 
@@ -141,6 +141,7 @@ class ReadModels:
         self.store = store
         self.progress = progress
         self._live: dict[str, TableSet] | None = None
+        self._as_of: dict[tuple[str, Moment], Changes] = {}
 
     def sets(self, at: Moment) -> dict[str, TableSet]:
         """The table sets that answer at ``at``: a snapshot's, or the live ones caught up."""
@@ -330,15 +331,21 @@ class ReadModels:
         return [r["stream"] for r in own + merged]
 
     def _rows_as_of(self, customer_id: str, spec: Table, at: Moment) -> list[dict[str, Any]]:
-        customer = self.ledger.customer_as_of(customer_id, as_of=at.as_of, valid_at=at.valid_at)
-        records = [
-            r
-            for member in (customer_id, *customer.merged_from)
-            for r in self.ledger.read_stream(member)
-            if at.keeps(r)
-        ]
-        changes = project((LifetimeValue(), JourneyTimeline()), records)
-        return changes.rows(spec.name)
+        """Rows of ``spec`` for the customer (and whoever was merged into them) at ``at``,
+        projected in memory from their streams (once per customer and moment)."""
+        key = (customer_id, at)
+        if key not in self._as_of:
+            own = [r for r in self.ledger.read_stream(customer_id) if at.keeps(r)]
+            if not own:
+                raise CustomerNotFound(customer_id)
+            records = own + [
+                r
+                for member in _merged_from(own)
+                for r in self.ledger.read_stream(member)
+                if at.keeps(r)
+            ]
+            self._as_of = {key: project((LifetimeValue(), JourneyTimeline()), records)}
+        return self._as_of[key].rows(spec.name)
 
     def _main_currency(self, ltv: tuple[Table, str]) -> str | None:
         found = self.store.currencies(ltv)
@@ -352,3 +359,14 @@ class ReadModels:
             times = [t for t in (s.as_of, s.valid_at) if t is not None]
             return moment(min(times)) if times else moment(s.created)
         return datetime.now(UTC)
+
+
+def _merged_from(records: Sequence[LogRecord]) -> list[str]:
+    """Customers merged into the stream of ``records`` (absorbed and not released since)."""
+    merged: list[str] = []
+    for r in records:
+        if r.kind == "CustomerAbsorbed" and r.data["absorbed_id"] not in merged:
+            merged.append(r.data["absorbed_id"])
+        elif r.kind == "CustomerReleased" and r.data["released_id"] in merged:
+            merged.remove(r.data["released_id"])
+    return merged
