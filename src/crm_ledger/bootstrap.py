@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
 from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
@@ -11,6 +11,7 @@ from crm_ledger.adapters.kafka import IngestWorker, KafkaSettings, Publisher
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.application import Ledger
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
+from crm_ledger.projections.predictive import Predictions
 from crm_ledger.projections.runtime import Projector
 from crm_ledger.projections.views import ReadModels
 
@@ -130,3 +131,11 @@ def open_read_models(
     """Queries over the read models of ``ledger`` (kept up to date as they are asked)."""
     store = open_projection_store(settings)
     return ReadModels(ledger, open_projector(ledger, store), store, progress=progress)
+
+
+def open_predictions(
+    settings: Settings, ledger: Ledger, *, progress: Callable[[int, int], None] | None = None
+) -> Predictions:
+    """Predictive lifetime value over the read models of ``ledger``."""
+    models = open_read_models(settings, ledger, progress=progress)
+    return Predictions(models, cast("SqlProjectionStore", models.store))

@@ -17,6 +17,7 @@ from crm_ledger.projections.model import week_start
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from crm_ledger.projections.predictive import Holdout
     from crm_ledger.projections.views import Comparison
 
 
@@ -48,10 +49,58 @@ def impact_chart(result: Comparison, path: Path) -> None:
         axes.grid(alpha=0.3)
         figure.autofmt_xdate()
         figure.tight_layout()
-        try:
-            figure.savefig(path, format="png")
-        except OSError as e:
-            msg = f"cannot write the chart to {path}: {e.strerror}"
-            raise InvalidInput(msg) from None
+        _save(figure, path)
     finally:
         plt.close(figure)
+
+
+def tracking_chart(result: Holdout, path: Path) -> None:
+    """Actual and predicted repeat purchases per period and cumulatively, with the end of
+    the calibration period marked (the tracking plots of Fader, Hardie & Lee 2005)."""
+    dates = [p.start for p in result.periods]
+    figure, (weekly_, cumulative_) = plt.subplots(2, 1, figsize=(10, 7), dpi=110, sharex=True)
+    weekly: Any = weekly_
+    cumulative: Any = cumulative_
+    try:
+        weekly.plot(dates, [p.actual for p in result.periods], label="actual", color="black")
+        weekly.plot(
+            dates,
+            [p.predicted for p in result.periods],
+            label="BG/NBD",
+            color="tab:red",
+            linestyle="--",
+        )
+        cumulative.plot(
+            dates, [p.cumulative_actual for p in result.periods], label="actual", color="black"
+        )
+        cumulative.plot(
+            dates,
+            [p.cumulative_predicted for p in result.periods],
+            label="BG/NBD",
+            color="tab:red",
+            linestyle="--",
+        )
+        for axes in (weekly, cumulative):
+            axes.axvline(result.calibration_end, color="grey", linestyle=":")
+            axes.grid(alpha=0.3)
+            axes.legend(loc="upper left")
+        weekly.set_ylabel(f"repeat purchases per {result.unit[:-1]}")
+        cumulative.set_ylabel("cumulative repeat purchases")
+        weekly.set_title(
+            f"{result.customers:,} customers ({result.currency}); calibration to "
+            f"{result.calibration_end:%Y-%m-%d}, holdout to {result.holdout_end:%Y-%m-%d}",
+            fontsize=10,
+        )
+        figure.autofmt_xdate()
+        figure.tight_layout()
+        _save(figure, path)
+    finally:
+        plt.close(figure)
+
+
+def _save(figure: Any, path: Path) -> None:
+    try:
+        figure.savefig(path, format="png")
+    except OSError as e:
+        msg = f"cannot write the chart to {path}: {e.strerror}"
+        raise InvalidInput(msg) from None

@@ -37,6 +37,18 @@ if TYPE_CHECKING:
 
 _TYPES: dict[str, Any] = {"int": sa.BigInteger, "text": sa.Text, "float": sa.Float}
 
+#: Per-customer figures of a fitted CLV model.
+CLV_COLUMNS = (
+    "frequency",
+    "recency",
+    "age",
+    "monetary",
+    "p_alive",
+    "expected_purchases",
+    "expected_spend",
+    "clv",
+)
+
 #: Parameters per IN (...) look-up (SQLite allows 32,766).
 IN_CHUNK = 5_000
 
@@ -59,10 +71,33 @@ class SqlProjectionStore:
             sa.Column("valid_at", sa.BigInteger),
             sa.Column("created", sa.BigInteger, nullable=False),
         )
+        self.clv_models = sa.Table(
+            "crm_clv_models",
+            self.metadata,
+            sa.Column("model_id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("fitted_at", sa.BigInteger, nullable=False),
+            sa.Column("calibration_end", sa.BigInteger, nullable=False),
+            sa.Column("as_of", sa.BigInteger),
+            sa.Column("currency", sa.Text, nullable=False),
+            sa.Column("unit", sa.Text, nullable=False),
+            sa.Column("horizon", sa.Float, nullable=False),
+            sa.Column("annual_discount", sa.Float, nullable=False),
+            sa.Column("fits", sa.Text, nullable=False),  # JSON: both models' fits
+        )
+        self.clv_customers = sa.Table(
+            "crm_clv_customers",
+            self.metadata,
+            sa.Column("model_id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("customer_id", sa.Text, primary_key=True),
+            *(sa.Column(name, sa.Float, nullable=False) for name in CLV_COLUMNS),
+            sa.Index("crm_clv_customers__model_value", "model_id", "clv"),
+        )
         self._tables: dict[tuple[str, str], sa.Table] = {}
         self._upserts: dict[tuple[str, str], Any] = {}
         with self._begin() as conn:
-            self.sets.create(conn, checkfirst=True)
+            self.metadata.create_all(
+                conn, tables=[self.sets, self.clv_models, self.clv_customers], checkfirst=True
+            )
 
     # Table sets.
 
@@ -245,6 +280,57 @@ class SqlProjectionStore:
         ).group_by(t.c.stream, t.c.week)
         with self._connect() as conn:
             return [tuple(r) for r in conn.execute(query)]
+
+    def purchases(
+        self, touches: tuple[Table, str], currency: str, *, until: int, as_of: int | None
+    ) -> list[tuple[str, int, int]]:
+        """(stream, occurred, amount in minor units) of every order in ``currency`` that
+        occurred before ``until`` (and was recorded by ``as_of``)."""
+        t = self.table(*touches)
+        query = sa.select(t.c.stream, t.c.occurred, t.c.amount_minor).where(
+            t.c.kind == "OrderPlaced", t.c.currency == currency, t.c.occurred < until
+        )
+        if as_of is not None:
+            query = query.where(t.c.recorded <= as_of)
+        with self._connect() as conn:
+            return [(r[0], int(r[1]), int(r[2])) for r in conn.execute(query)]
+
+    def save_clv(self, model: dict[str, Any], rows: Sequence[dict[str, Any]]) -> int:
+        """Store a fitted model and its per-customer predictions; the new model's id."""
+        with self._begin() as conn:
+            model_id = conn.execute(
+                sa.insert(self.clv_models).values(**model).returning(self.clv_models.c.model_id)
+            ).scalar_one()
+            for start in range(0, len(rows), IN_CHUNK):
+                chunk = [{**r, "model_id": model_id} for r in rows[start : start + IN_CHUNK]]
+                conn.execute(sa.insert(self.clv_customers), chunk)
+        return int(model_id)
+
+    def clv_model(self, model_id: int | None) -> dict[str, Any] | None:
+        """A stored model (the latest when ``model_id`` is None)."""
+        m = self.clv_models
+        query = sa.select(m)
+        query = (
+            query.order_by(m.c.model_id.desc()).limit(1)
+            if model_id is None
+            else query.where(m.c.model_id == model_id)
+        )
+        with self._connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return dict(row) if row else None
+
+    def clv_rows(
+        self, model_id: int, *, customers: Sequence[str] = (), top: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Per-customer predictions of a model: some customers, or the ``top`` by value."""
+        c = self.clv_customers
+        query = sa.select(c).where(c.c.model_id == model_id)
+        if customers:
+            query = query.where(c.c.customer_id.in_(list(customers)))
+        if top is not None:
+            query = query.order_by(c.c.clv.desc(), c.c.customer_id).limit(top)
+        with self._connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     # Plumbing.
 

@@ -38,6 +38,14 @@ LTV = Table(
 
 DAYS_PER_MONTH = 30.4375
 
+#: ISO 4217 currencies without minor units (all others used here have two decimals).
+ZERO_DECIMAL = frozenset({"JPY", "KRW", "ISK", "CLP", "VND", "HUF", "XOF", "XAF", "UGX"})
+
+
+def minor_unit_exponent(currency: str) -> int:
+    """How many decimals the currency's minor unit has (100 cents to the euro: 2)."""
+    return 0 if currency in ZERO_DECIMAL else 2
+
 
 class LifetimeValue:
     """Per customer stream and currency: orders, gross, refunds, margin, first and last order."""

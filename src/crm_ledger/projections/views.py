@@ -192,7 +192,13 @@ class ReadModels:
             customer = self.ledger.customer_as_of(customer_id, as_of=at.as_of, valid_at=at.valid_at)
         else:
             customer = self.ledger.customer(customer_id)
-        steps = self.timeline(customer_id, at)
+        if at.travels:  # one projection of the streams for the journey and the value
+            self._as_of = {(customer_id, at): self._project_as_of(customer_id, at)}
+        try:
+            steps = self.timeline(customer_id, at)
+            values = self.values(customer_id, at)
+        finally:
+            self._as_of = {}
         scored = [s for s in steps if s.score is not None]
         channels: dict[str, int] = {}
         for s in steps:
@@ -200,7 +206,7 @@ class ReadModels:
                 channels[s.channel] = channels.get(s.channel, 0) + 1
         return Customer360View(
             customer=customer,
-            values=self.values(customer_id, at),
+            values=values,
             last_touches=steps[-last:][::-1],
             touches=len(steps),
             channels=dict(sorted(channels.items(), key=lambda kv: -kv[1])),
@@ -301,11 +307,10 @@ class ReadModels:
     ) -> tuple[dict[str, str], dict[str, str]]:
         """Each surviving customer's group, and each stream's surviving customer."""
         rows = self.store.all_rows(CUSTOMERS, sets["customer_360"].label)
-        directory = {r["stream"]: r for r in rows}
         canonical: dict[str, str] = {}
         groups: dict[str, str] = {}
-        for stream, row in directory.items():
-            survivor = row["merged_into"]
+        for row in rows:
+            stream, survivor = row["stream"], row["merged_into"]
             canonical[stream] = customer_uuid(survivor).hex if survivor else stream
             if survivor:
                 continue
@@ -314,6 +319,11 @@ class ReadModels:
             elif control is None or all(row.get(k) == v for k, v in control.items()):
                 groups[stream] = CONTROL
         return groups, canonical
+
+    def canonical_ids(self, sets: Mapping[str, TableSet]) -> dict[str, str]:
+        """Each customer stream's customer id, or its merge survivor's."""
+        rows = self.store.all_rows(CUSTOMERS, sets["customer_360"].label)
+        return {r["stream"]: r["merged_into"] or r["customer_id"] for r in rows}
 
     def _customer_rows(self, customer_id: str, spec: Table, at: Moment) -> list[dict[str, Any]]:
         if at.travels:
@@ -332,20 +342,22 @@ class ReadModels:
 
     def _rows_as_of(self, customer_id: str, spec: Table, at: Moment) -> list[dict[str, Any]]:
         """Rows of ``spec`` for the customer (and whoever was merged into them) at ``at``,
-        projected in memory from their streams (once per customer and moment)."""
+        projected in memory from their streams."""
         key = (customer_id, at)
-        if key not in self._as_of:
-            own = [r for r in self.ledger.read_stream(customer_id) if at.keeps(r)]
-            if not own:
-                raise CustomerNotFound(customer_id)
-            records = own + [
-                r
-                for member in _merged_from(own)
-                for r in self.ledger.read_stream(member)
-                if at.keeps(r)
-            ]
-            self._as_of = {key: project((LifetimeValue(), JourneyTimeline()), records)}
-        return self._as_of[key].rows(spec.name)
+        changes = self._as_of.get(key) or self._project_as_of(customer_id, at)
+        return changes.rows(spec.name)
+
+    def _project_as_of(self, customer_id: str, at: Moment) -> Changes:
+        own = [r for r in self.ledger.read_stream(customer_id) if at.keeps(r)]
+        if not own:
+            raise CustomerNotFound(customer_id)
+        records = own + [
+            r
+            for member in _merged_from(own)
+            for r in self.ledger.read_stream(member)
+            if at.keeps(r)
+        ]
+        return project((LifetimeValue(), JourneyTimeline()), records)
 
     def _main_currency(self, ltv: tuple[Table, str]) -> str | None:
         found = self.store.currencies(ltv)
