@@ -56,12 +56,13 @@ kafka-start:
 kafka-stop:
 	@scripts/kafka_server.sh stop
 
-## bench: ledger writes (SQLite and PostgreSQL), Kafka ingest, projection replay
+## bench: ledger writes (SQLite and PostgreSQL), Kafka ingest, projection replay, CLV fit
 bench: venv
 	@url=$$(scripts/pg_test_server.sh start) || exit 1; \
 	$(BIN)/python scripts/bench_ledger.py --database-url "$$url"; rc=$$?; \
 	scripts/pg_test_server.sh stop; [ $$rc = 0 ] || exit $$rc; \
-	$(BIN)/python scripts/bench_ingest.py && $(BIN)/python scripts/bench_replay.py
+	$(BIN)/python scripts/bench_ingest.py && $(BIN)/python scripts/bench_replay.py && \
+	$(MAKE) cdnow && $(BIN)/python scripts/bench_clv.py
 
 clean:
 	scripts/pg_test_server.sh stop

@@ -51,6 +51,17 @@ class Customer360:
 
     name: str = "customer_360"
     tables: tuple[Table, ...] = (CUSTOMERS, ORGANISATION_LINKS)
+    kinds: frozenset[str] | None = frozenset(
+        {
+            "Opened",
+            "CustomerRegistered",
+            "ProfileUpdated",
+            "CustomersMerged",
+            "CustomersUnmerged",
+            "CustomerErased",
+            "ContactLinkedToOrganisation",
+        }
+    )
 
     def contribute(self, record: LogRecord) -> Iterator[tuple[str, dict[str, Any]]]:
         """The directory changes ``record`` makes."""

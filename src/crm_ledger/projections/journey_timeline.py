@@ -60,6 +60,7 @@ class JourneyTimeline:
 
     name: str = "journey_timeline"
     tables: tuple[Table, ...] = (TOUCHES,)
+    kinds: frozenset[str] | None = None  # every touch; bookkeeping is skipped in contribute
 
     def contribute(self, record: LogRecord) -> Iterator[tuple[str, tuple[Any, ...]]]:
         """The touch ``record`` is (a row of TOUCHES' columns), unless it is bookkeeping."""

@@ -52,6 +52,7 @@ class LifetimeValue:
 
     name: str = "lifetime_value"
     tables: tuple[Table, ...] = (LTV,)
+    kinds: frozenset[str] | None = frozenset({"OrderPlaced", "OrderRefunded"})
 
     def contribute(self, record: LogRecord) -> Iterator[tuple[str, dict[str, Any]]]:
         """The value ``record`` adds."""

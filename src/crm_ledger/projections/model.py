@@ -62,6 +62,8 @@ class Projection(Protocol):
 
     name: str
     tables: tuple[Table, ...]
+    #: The record kinds it reads (None: all); the runtime passes it no others.
+    kinds: frozenset[str] | None
 
     def contribute(self, record: LogRecord) -> Iterable[tuple[str, Any]]:
         """(table name, row) pairs for ``record``: a dict contribution for a keyed table, a
@@ -99,6 +101,9 @@ class Changes:
         add = self.add
         appended = self.appended
         contribute = projection.contribute
+        kinds = projection.kinds
+        if kinds is not None:
+            records = [r for r in records if r.kind in kinds]
         for record in records:
             for table_name, row in contribute(record):
                 if type(row) is tuple:  # an append-only table's row

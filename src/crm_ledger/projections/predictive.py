@@ -149,7 +149,7 @@ class Predictions:
         if horizon <= 0 or annual_discount < 0:
             raise InvalidInput("--horizon must be positive and --discount not negative")
         currency = self._currency(currency)
-        summary = self._summary(calibration_end, calibration_end, as_of, currency, unit)
+        summary = self.summary(calibration_end, as_of=as_of, currency=currency, unit=unit)
         bgnbd, gamma_gamma = clv.fit_bgnbd(summary), clv.fit_gamma_gamma(summary)
         rows = _predict(summary, bgnbd, gamma_gamma, horizon, annual_discount)
         model = {
@@ -259,15 +259,18 @@ class Predictions:
             spend[day] = spend.get(day, 0.0) + amount / scale
         return days
 
-    def _summary(
+    def summary(
         self,
         calibration_end: datetime,
-        until: datetime,
-        as_of: datetime | None,
-        currency: str,
-        unit: str,
+        *,
+        as_of: datetime | None = None,
+        currency: str | None = None,
+        unit: str = "weeks",
     ) -> clv.Summary:
-        days = self._purchase_days(until, as_of, currency)
+        """Frequency, recency, age and mean repeat spend of every customer with a purchase
+        in ``currency`` by ``calibration_end`` (as recorded by ``as_of``)."""
+        currency = self._currency(currency)
+        days = self._purchase_days(calibration_end, as_of, currency)
         purchases = (
             clv.Purchase(c, d * DAY_MICROS, spend)
             for c, ds in days.items()
