@@ -51,7 +51,6 @@ print(json.dumps({
     "seconds": best,
     "bgnbd": {k: float(v) for k, v in bg.params_.items()},
     "gamma_gamma": {k: float(v) for k, v in gg.params_.items()},
-    "log_likelihood": float(-bg._negative_log_likelihood_ * len(data)),
 }))
 """
 
@@ -141,8 +140,16 @@ def main() -> None:
         f"crm-ledger  BG/NBD {_fmt(bgnbd.params)} LL {bgnbd.log_likelihood:.2f} "
         f"converged={bgnbd.converged}; Gamma-Gamma {_fmt(gamma_gamma.params)}"
     )
+    theirs_ll = float(
+        clv.bgnbd_log_likelihood(
+            [theirs["bgnbd"][k] for k in ("r", "alpha", "a", "b")],
+            summary.frequency,
+            summary.recency,
+            summary.age,
+        ).sum()
+    )
     print(
-        f"lifetimes   BG/NBD {_fmt(theirs['bgnbd'])} LL {theirs['log_likelihood']:.2f}; "
+        f"lifetimes   BG/NBD {_fmt(theirs['bgnbd'])} LL {theirs_ll:.2f}; "
         f"Gamma-Gamma {_fmt(theirs['gamma_gamma'])}"
     )
     ratio = fit_s / theirs["seconds"]
@@ -155,7 +162,7 @@ def main() -> None:
                 "lifetimes_fit_s": round(theirs["seconds"], 4),
                 "ratio": round(ratio, 4),
                 "log_likelihood": round(bgnbd.log_likelihood, 2),
-                "lifetimes_log_likelihood": round(theirs["log_likelihood"], 2),
+                "lifetimes_log_likelihood": round(theirs_ll, 2),
             }
         )
     )

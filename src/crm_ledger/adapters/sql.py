@@ -450,7 +450,7 @@ def sqlite_engine(path: str) -> Engine:
         # and their positions with them.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute("PRAGMA cache_size=-16384")
         cursor.close()
 
     return engine
