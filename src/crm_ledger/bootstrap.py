@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
@@ -12,13 +16,14 @@ from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_
 from crm_ledger.application import Ledger
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
 from crm_ledger.projections.predictive import Predictions
-from crm_ledger.projections.runtime import Projector
+from crm_ledger.projections.runtime import BUILDING, Projector
 from crm_ledger.projections.views import ReadModels
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from crm_ledger.config import Settings
+    from crm_ledger.projections.runtime import TableSet
 
 #: The read models' file beside the embedded event store.
 PROJECTIONS_FILE = "projections.sqlite"
@@ -139,3 +144,74 @@ def open_predictions(
     """Predictive lifetime value over the read models of ``ledger``."""
     models = open_read_models(settings, ledger, progress=progress)
     return Predictions(models, cast("SqlProjectionStore", models.store))
+
+
+#: Projections by the work a replay does for them, heaviest first.
+_BY_WEIGHT = ("journey_timeline", "lifetime_value", "customer_360")
+
+
+def worker_groups(names: Sequence[str], workers: int) -> list[list[str]]:
+    """Split projections over ``workers`` processes: the heaviest alone, the rest shared."""
+    chosen = [n for n in _BY_WEIGHT if n in names] + [n for n in names if n not in _BY_WEIGHT]
+    count = max(1, min(workers, len(chosen)))
+    if count == 1:
+        return [chosen]
+    groups: list[list[str]] = [[chosen[0]]] + [[] for _ in range(count - 1)]
+    for i, name in enumerate(chosen[1:]):
+        groups[1 + i % (count - 1)].append(name)
+    return groups
+
+
+def rebuild_projections(
+    settings: Settings,
+    names: Sequence[str] = (),
+    *,
+    workers: int | None = None,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Rebuild projections (all when none are named), one process per group of projections
+    when the machine has the cores: each reads the log on its own and writes its own tables,
+    so the heaviest projection no longer waits for the others."""
+    with open_ledger(settings) as ledger:
+        store = open_projection_store(settings)
+        projector = open_projector(ledger, store, batch_size=batch_size)
+        chosen = [projector.projection(n).name for n in (names or list(projector.projections))]
+        groups = worker_groups(chosen, workers or os.cpu_count() or 1)
+        if len(groups) == 1:
+            projector.rebuild(chosen, progress)
+            return
+        head = ledger.log_head()
+        context = multiprocessing.get_context("spawn")  # no inherited database connections
+        with ProcessPoolExecutor(len(groups), mp_context=context) as pool:
+            running = [pool.submit(_rebuild_worker, settings, g, batch_size) for g in groups]
+            while not all(f.done() for f in running):
+                time.sleep(0.25)
+                if progress is not None:
+                    progress(_slowest(store.table_sets(), chosen, head), head)
+            for f in running:
+                f.result()  # a worker's error surfaces here
+        if progress is not None:
+            progress(head, head)
+        store.engine.dispose()
+
+
+def _rebuild_worker(settings: Settings, names: list[str], batch_size: int | None) -> None:
+    tune_for_throughput()
+    parent = os.getppid()
+
+    def stop_if_orphaned(_position: int, _head: int) -> None:
+        # A parent killed outright cannot stop its workers; they stop themselves (the
+        # batch in flight was committed, so a rerun carries on from here).
+        if os.getppid() != parent:
+            raise SystemExit(1)
+
+    with open_ledger(settings) as ledger:
+        store = open_projection_store(settings)
+        open_projector(ledger, store, batch_size=batch_size).rebuild(names, stop_if_orphaned)
+        store.engine.dispose()
+
+
+def _slowest(sets: Sequence[TableSet], names: Sequence[str], head: int) -> int:
+    building = [s.position for s in sets if s.projection in names and s.status == BUILDING]
+    return min(building, default=head)

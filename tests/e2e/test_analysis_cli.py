@@ -230,9 +230,26 @@ def test_a_rebuild_killed_for_real_then_rerun_ends_identical(runner: CliRunner, 
         assert process.returncode == -signal.SIGKILL
         assert _contents(store) == before  # queries still see the old live tables
 
-        done = run(runner, data, "projections", "rebuild")
+        done = run(runner, data, "projections", "rebuild", "--workers", "1")
         assert done.exit_code == 0, done.output
         assert {s.status for s in store.table_sets() if not s.label.startswith("s_")} == {"live"}
+        assert _contents(store) == before
+    finally:
+        engine.dispose()
+
+
+def test_a_parallel_rebuild_ends_identical(runner: CliRunner, demo: dict) -> None:
+    data = demo["data"]
+    as_json(runner, data, "projections", "run")
+    engine = sqlite_engine(str(data / "projections.sqlite"))
+    store = SqlProjectionStore(engine)
+    try:
+        before = _contents(store)
+        labels = {s.projection: s.label for s in store.table_sets() if s.status == "live"}
+        done = run(runner, data, "projections", "rebuild", "--workers", "2", "--batch-size", "500")
+        assert done.exit_code == 0, done.output
+        after = {s.projection: s.label for s in store.table_sets() if s.status == "live"}
+        assert all(after[p] != labels[p] for p in labels)  # every projection rebuilt
         assert _contents(store) == before
     finally:
         engine.dispose()

@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound
-from crm_ledger.projections.model import micros
-from crm_ledger.projections.runtime import BUILDING, LIVE, PositionConflict, Projector
+from crm_ledger.projections.model import Changes, micros
+from crm_ledger.projections.runtime import (
+    BUILDING,
+    LIVE,
+    PositionConflict,
+    Projector,
+    SetWrite,
+    _Target,
+)
 from crm_ledger.projections.views import Moment
 from tests.factories import AT, tp
 from tests.projections.conftest import dump
@@ -131,23 +138,25 @@ def test_catching_up_applies_each_event_once(
     assert all(s.lag == 0 for s in projector.status())
 
 
-def test_a_stale_writer_is_refused_and_writes_nothing(
+def test_a_stale_writer_is_refused_and_carries_on_from_the_stored_position(
     ledger: Ledger, projection_store: SqlProjectionStore
 ) -> None:
     ledger.record_many([order("C1", 100, days=d) for d in range(5)])
     first, second = Projector(ledger, projection_store), Projector(ledger, projection_store)
     first.catch_up()
-    stale = {s.projection: s for s in first.live().values()}
+    stale = first.live()
     ledger.record_many([order("C1", 100, days=d) for d in range(5, 8)])
     second.catch_up()
-    # The first projector still believes its sets are where they were.
-    from crm_ledger.projections.runtime import _Target
-
-    targets = [_Target(first.projections[n], s) for n, s in stale.items()]
+    # The first projector still believes its sets are where they were: its batch is refused
+    # (compare-and-set on the position) and it carries on from the stored position.
+    moved = [s.position for s in second.live().values()]
     with pytest.raises(PositionConflict):
-        first._run(targets, ledger.log_head(), None)
+        projection_store.write([SetWrite(s, Changes(()), 99) for s in stale.values()])
+    targets = [_Target(first.projections[n], s) for n, s in stale.items()]
+    assert first._run(targets, ledger.log_head(), None) == 0
     rows = dump(projection_store, first, first.live())
     assert len(rows["touches"]) == 8
+    assert [s.position for s in first.live().values()] == moved
 
 
 def test_rebuild_swaps_in_fresh_tables_and_an_interrupted_one_finishes(

@@ -439,18 +439,20 @@ def _merge(rule: Rule, old: Any, new: Any) -> Any:
 
 def sqlite_engine(path: str) -> Engine:
     """An engine on the read-model file at ``path`` (WAL, so readers never wait)."""
-    # The projector writes from a worker thread (one at a time), so connections may move.
-    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
+    engine = sa.create_engine(f"sqlite:///{path}")
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
+        # Big pages: the timeline is appended in bulk (only takes effect on a new file).
+        cursor.execute("PRAGMA page_size=16384")
         cursor.execute("PRAGMA journal_mode=WAL")
         # Read models can be rebuilt from the log; a crash loses at most the last batches,
         # and their positions with them.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA cache_size=-16384")
+        cursor.execute("PRAGMA wal_autocheckpoint=4096")
         cursor.close()
 
     return engine

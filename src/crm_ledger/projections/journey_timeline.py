@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from crm_ledger.projections.model import Column, Rule, Table, moment, week_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Sequence
     from datetime import datetime
 
     from crm_ledger.application import LogRecord
@@ -62,36 +62,34 @@ class JourneyTimeline:
     tables: tuple[Table, ...] = (TOUCHES,)
     kinds: frozenset[str] | None = None  # every touch; bookkeeping is skipped in contribute
 
-    def contribute(self, record: LogRecord) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    def contribute(self, record: LogRecord) -> Sequence[tuple[str, tuple[Any, ...]]]:
         """The touch ``record`` is (a row of TOUCHES' columns), unless it is bookkeeping."""
         kind = record.kind
         if kind in NOT_TOUCHES:
-            return
-        data = record.data
-        amount = data.get("amount_minor")
+            return ()
+        get = record.data.get
+        amount = get("amount_minor")
         if kind == "OrderRefunded" and amount is not None:
             amount = -amount
         detail = _DETAIL.get(kind)
         occurred = record.occurred
-        yield (
-            "touches",
-            (
-                record.stream,
-                occurred,
-                record.event_id,
-                record.recorded,
-                week_of(occurred) if occurred is not None else None,
-                kind,
-                data.get("channel"),
-                data.get("device"),
-                data.get(detail) if detail else None,
-                data.get("direction"),
-                data.get("campaign"),
-                amount,
-                data.get("currency"),
-                data.get("score", data.get("satisfaction")),
-            ),
+        row = (
+            record.stream,
+            occurred,
+            record.event_id,
+            record.recorded,
+            week_of(occurred) if occurred is not None else None,
+            kind,
+            get("channel"),
+            get("device"),
+            get(detail) if detail else None,
+            get("direction"),
+            get("campaign"),
+            amount,
+            get("currency"),
+            get("score", get("satisfaction")),
         )
+        return (("touches", row),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,7 +183,7 @@ class Projector:
         """Build the named projections (all when none are named) into fresh tables in one
         pass over the log, and swap each in when caught up. A rebuild that was interrupted
         carries on where it stopped. Returns the records applied."""
-        chosen = [self._projection(n) for n in (names or list(self.projections))]
+        chosen = [self.projection(n) for n in (names or list(self.projections))]
         self._drop_retired()
         sets = self._sets()
         targets = []
@@ -274,7 +274,7 @@ class Projector:
             page = self.log.read_log(position, min(self.batch_size, head - position))
             if page.last <= position:
                 break
-            writes = []
+            writes, in_batch = [], 0
             for target in targets:
                 current = positions[target.projection.name]
                 if current.position >= page.last:
@@ -290,8 +290,21 @@ class Projector:
                 changes.add_all(target.projection, records)
                 writes.append(SetWrite(current, changes, page.last))
                 positions[target.projection.name] = _moved(current, page.last)
-                applied += len(records)
-            self.store.write(writes)
+                in_batch += len(records)
+            try:
+                self.store.write(writes)
+            except PositionConflict:
+                # Another process moved these sets on (it applied the batch, or more):
+                # carry on from where the store says they are.
+                stored = {(s.projection, s.label): s for s in self.store.table_sets()}
+                for target in targets:
+                    name, label = target.projection.name, target.table_set.label
+                    if (name, label) not in stored:
+                        raise  # the set was dropped under us
+                    positions[name] = stored[name, label]
+                position = min(s.position for s in positions.values())
+                continue
+            applied += in_batch
             position = page.last
             if progress is not None:
                 progress(position, head)
@@ -300,7 +313,7 @@ class Projector:
     def _sets(self) -> list[TableSet]:
         return [s for s in self.store.table_sets() if s.projection in self.projections]
 
-    def _projection(self, name: str) -> Projection:
+    def projection(self, name: str) -> Projection:
         if name not in self.projections:
             known = ", ".join(sorted(self.projections))
             msg = f"no projection named {name!r}; the projections are {known}"
