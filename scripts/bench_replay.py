@@ -264,7 +264,7 @@ def main() -> None:
 
         with bootstrap.open_ledger(settings) as ledger:
             grow(ledger, args.grow_to, [], "growing")
-        third = rebuild(folder)
+        third = rebuild(folder, workers)
         replay_eps_3m = third["notifications"] / third["seconds"]
         print(
             f"replay at {third['notifications']:,}: {replay_eps_3m:,.0f} notifications/s, "
