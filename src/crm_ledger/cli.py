@@ -221,9 +221,16 @@ def init(ctx: Context) -> None:
     """Create the ledger's store (SQLite file or PostgreSQL tables)."""
     with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
         where = ctx.settings.database_url or str(ctx.settings.sqlite_path)
+        created = bootstrap.create_signing_key(ctx.settings)
         emit_record(
             ctx,
-            {"store": ctx.settings.store_name, "location": where, "events": ledger.count_events()},
+            {
+                "store": ctx.settings.store_name,
+                "location": where,
+                "events": ledger.count_events(),
+                "signing_key": str(bootstrap.audit_keys_dir(ctx.settings))
+                + (" (created)" if created else ""),
+            },
             title="ledger ready",
         )
 
@@ -1068,6 +1075,90 @@ def clv_holdout(
         )
         if chart:
             ctx.out.print(f"chart written to {chart}")
+
+
+@cli.group()
+def audit() -> None:
+    """Tamper-evident history: signed checkpoints and verification."""
+
+
+@audit.command("checkpoint")
+@pass_context
+def audit_checkpoint(ctx: Context) -> None:
+    """Sign (Ed25519) the current head of every stream's hash chain into a checkpoint."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        cp = bootstrap.open_auditor(ctx.settings, ledger).checkpoint()
+    emit_record(
+        ctx,
+        {
+            "checkpoint": cp.checkpoint_id,
+            "created_at": cp.created_at,
+            "position": cp.position,
+            "streams": cp.streams,
+            "digest": cp.digest.hex(),
+        },
+        title="checkpoint signed",
+    )
+
+
+@audit.command("verify")
+@click.option(
+    "--since",
+    type=click.IntRange(1),
+    metavar="CHECKPOINT",
+    help="Check only against checkpoints from this one on.",
+)
+@pass_context
+def audit_verify(ctx: Context, since: int | None) -> None:
+    """Recompute every event's hash and every stream's chain from the stored bytes, compare
+    them with the stored chain and the signed checkpoints, and report each modified,
+    deleted, reordered or inserted event by stream and version. Exits 1 if anything is wrong."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        started = time.perf_counter()
+        result = bootstrap.open_auditor(ctx.settings, ledger).verify(since=since)
+        seconds = time.perf_counter() - started
+        names = {f.stream: ledger.stream_name(f.stream) for f in result.findings if f.stream}
+    rows = [
+        {
+            "stream": f.stream.hex() if f.stream else "",
+            "subject": names.get(f.stream) or "",
+            "version": f.version,
+            "problem": f.problem,
+            "detail": f.detail,
+        }
+        for f in result.findings
+    ]
+    summary = (
+        f"{result.events:,} events in {result.streams:,} streams, {result.checkpoints} "
+        f"checkpoints checked in {seconds:.1f} s: "
+        + ("intact" if result.ok else f"{len(result.findings)} problems")
+    )
+    if ctx.output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "events": result.events,
+                    "streams": result.streams,
+                    "checkpoints": result.checkpoints,
+                    "findings": rows,
+                },
+                indent=2,
+            )
+        )
+    elif rows:
+        emit(ctx, rows, title=summary)
+    else:
+        ctx.out.print(summary)
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@audit.command("public-key")
+@pass_context
+def audit_public_key(ctx: Context) -> None:
+    """Print the public key that verifies this ledger's checkpoints (PEM)."""
+    click.echo(bootstrap.open_signer(ctx.settings).public_pem(), nl=False)
 
 
 def _pairs(values: Sequence[str]) -> dict[str, str]:

@@ -22,10 +22,18 @@ from psycopg.sql import SQL, Identifier
 from crm_ledger.aggregates import Customer
 from crm_ledger.aggregates.envelope import Touched, own_fields
 from crm_ledger.application import LogRecord
+from crm_ledger.audit import (
+    GENESIS,
+    ChainLink,
+    Checkpoint,
+    StoredRecord,
+    chain_hash,
+    content_hash,
+)
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from eventsourcing.domain import DomainEventProtocol
     from eventsourcing.postgres import PostgresDatastore
@@ -47,6 +55,44 @@ def _chunks(items: Sequence[UUID]) -> Iterable[Sequence[UUID]]:
         yield items[start : start + LOOKUP_CHUNK]
 
 
+def _raw(cursor: Any) -> Any:
+    """The sqlite3 cursor inside eventsourcing's wrapper (for row_factory, fetchmany)."""
+    return getattr(cursor, "sqlite_cursor", cursor)
+
+
+def _stream_bytes(originator_id: UUID | str) -> bytes:
+    return originator_id.bytes if isinstance(originator_id, UUID) else bytes.fromhex(originator_id)
+
+
+def _byte_chunks(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
+    for start in range(0, len(items), LOOKUP_CHUNK):
+        yield items[start : start + LOOKUP_CHUNK]
+
+
+def chain_links(
+    stored_events: Sequence[StoredEvent], heads: dict[bytes, tuple[int, bytes]]
+) -> tuple[list[tuple[bytes, int, bytes, bytes]], list[tuple[bytes, int, bytes]]]:
+    """Chain rows for a batch's events, continuing each stream from its stored ``heads``,
+    and the streams' new heads."""
+    links = []
+    current = dict(heads)
+    for s in stored_events:
+        stream = _stream_bytes(s.originator_id)
+        version, previous = current.get(stream, (0, GENESIS))
+        if s.originator_version != version + 1:
+            msg = (
+                f"the hash chain of stream {stream.hex()} is at version {version}, but the next "
+                f"event is version {s.originator_version}: run `crm-ledger audit verify`"
+            )
+            raise StoreUnavailable(msg)
+        content = content_hash(stream, s.originator_version, s.topic, s.state)
+        chained = chain_hash(previous, content)
+        links.append((stream, s.originator_version, content, chained))
+        current[stream] = (s.originator_version, chained)
+    moved = [(stream, v, h) for stream, (v, h) in current.items() if heads.get(stream) != (v, h)]
+    return links, moved
+
+
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     """SQLite recorder that also writes receipts and positions with the events."""
 
@@ -60,6 +106,21 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "CREATE TABLE IF NOT EXISTS ledger_positions ("
             "source TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, "
             "PRIMARY KEY (source, partition)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_chain ("
+            "originator_id BLOB NOT NULL, originator_version INTEGER NOT NULL, "
+            "content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL, "
+            "PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_chain_heads ("
+            "originator_id BLOB PRIMARY KEY, originator_version INTEGER NOT NULL, "
+            "chain_hash BLOB NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_checkpoints ("
+            "checkpoint_id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, "
+            "position INTEGER NOT NULL, streams INTEGER NOT NULL, digest BLOB NOT NULL, "
+            "signature BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS ledger_checkpoint_heads ("
+            "checkpoint_id INTEGER NOT NULL, originator_id BLOB NOT NULL, "
+            "originator_version INTEGER NOT NULL, chain_hash BLOB NOT NULL, "
+            "PRIMARY KEY (checkpoint_id, originator_id)) WITHOUT ROWID",
         ]
 
     def _insert_events(
@@ -82,6 +143,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 for s in stored_events
             ],
         )
+        self._chain(c, stored_events)
         receipts: Sequence[Receipt] = kwargs.get("receipts", ())
         c.executemany(
             "INSERT INTO ledger_receipts VALUES (?,?,?)",
@@ -96,6 +158,98 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             [(p.source, p.partition, p.next_offset) for p in positions],
         )
         return None
+
+    def _chain(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
+        """Write each event's content and chain hash, and move the streams' heads."""
+        streams = list({_stream_bytes(s.originator_id): None for s in stored_events})
+        heads: dict[bytes, tuple[int, bytes]] = {}
+        for chunk in _byte_chunks(streams):
+            c.execute(
+                "SELECT originator_id, originator_version, chain_hash FROM ledger_chain_heads "
+                f"WHERE originator_id IN ({','.join('?' * len(chunk))})",
+                list(chunk),
+            )
+            heads.update((row[0], (row[1], row[2])) for row in c.fetchall())
+        links, moved = chain_links(stored_events, heads)
+        c.executemany("INSERT INTO ledger_chain VALUES (?,?,?,?)", links)
+        c.executemany(
+            "INSERT INTO ledger_chain_heads VALUES (?,?,?) ON CONFLICT (originator_id) "
+            "DO UPDATE SET originator_version = excluded.originator_version, "
+            "chain_hash = excluded.chain_hash",
+            moved,
+        )
+
+    def stored_records(self) -> Iterator[StoredRecord]:
+        """Every stored event, by stream then version (for verification)."""
+        with self.datastore.transaction(commit=False) as c:
+            raw = _raw(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
+                "SELECT originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} ORDER BY originator_id, originator_version"
+            )
+            while rows := raw.fetchmany(10_000):
+                for stream, version, topic, state in rows:
+                    yield StoredRecord(bytes.fromhex(stream), version, topic, state)
+
+    def chain_links(self) -> Iterator[ChainLink]:
+        """Every chain row, by stream then version."""
+        with self.datastore.transaction(commit=False) as c:
+            raw = _raw(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute("SELECT * FROM ledger_chain ORDER BY originator_id, originator_version")
+            while rows := raw.fetchmany(10_000):
+                for row in rows:
+                    yield ChainLink(*row)
+
+    def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
+        """(stream, version, chain hash) of every stream's newest event."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT originator_id, originator_version, chain_hash FROM ledger_chain_heads"
+            )
+            return [(r[0], r[1], r[2]) for r in c.fetchall()]
+
+    def save_checkpoint(
+        self,
+        position: int,
+        digest: bytes,
+        signature: bytes,
+        heads: Sequence[tuple[bytes, int, bytes]],
+    ) -> Checkpoint:
+        """Store a checkpoint and the heads it signed."""
+        created = datetime.now(UTC)
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "INSERT INTO ledger_checkpoints (created_at, position, streams, digest, signature)"
+                " VALUES (?,?,?,?,?)",
+                [created.isoformat(), position, len(heads), digest, signature],
+            )
+            checkpoint_id = int(_raw(c).lastrowid)
+            c.executemany(
+                "INSERT INTO ledger_checkpoint_heads VALUES (?,?,?,?)",
+                [(checkpoint_id, *h) for h in heads],
+            )
+        return Checkpoint(checkpoint_id, created, position, len(heads), digest, signature)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, oldest first."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT * FROM ledger_checkpoints ORDER BY checkpoint_id")
+            return [
+                Checkpoint(r[0], datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5])
+                for r in c.fetchall()
+            ]
+
+    def checkpoint_heads(self, checkpoint_id: int) -> list[tuple[bytes, int, bytes]]:
+        """The heads a checkpoint signed."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT originator_id, originator_version, chain_hash "
+                "FROM ledger_checkpoint_heads WHERE checkpoint_id=?",
+                [checkpoint_id],
+            )
+            return [(r[0], r[1], r[2]) for r in c.fetchall()]
 
     def existing_ids(self, originator_ids: Sequence[UUID]) -> set[UUID]:
         """The subset of ``originator_ids`` that have stored events."""
@@ -136,25 +290,27 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         """(position, originator id, version, topic, state) of up to ``limit`` notifications
         after ``after``: the notification log without building library objects."""
         with self.datastore.transaction(commit=False) as c:
-            cast("Any", c).row_factory = None  # plain tuples, not sqlite3.Row
-            c.execute(
+            raw = _raw(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
                 "SELECT rowid, originator_id, originator_version, topic, state "
                 f"FROM {self.events_table_name} WHERE rowid>? ORDER BY rowid LIMIT ?",
                 [after, limit],
             )
-            return cast("list[tuple[Any, ...]]", c.fetchall())
+            return cast("list[tuple[Any, ...]]", raw.fetchall())
 
     def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
         """(0, originator id, version, topic, state) of one stream's events, in order."""
         with self.datastore.transaction(commit=False) as c:
-            cast("Any", c).row_factory = None
-            c.execute(
+            raw = _raw(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
                 "SELECT 0, originator_id, originator_version, topic, state "
                 f"FROM {self.events_table_name} WHERE originator_id=? "
                 "ORDER BY originator_version",
                 [originator_id.hex],
             )
-            return cast("list[tuple[Any, ...]]", c.fetchall())
+            return cast("list[tuple[Any, ...]]", raw.fetchall())
 
     def count_receipts(self) -> int:
         """How many distinct events the ledger holds."""
@@ -188,12 +344,30 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "ON CONFLICT (source, partition) "
             "DO UPDATE SET next_offset = GREATEST(p.next_offset, excluded.next_offset)"
         ).format(schema)
+        self.sql_create_statements += [
+            SQL(statement).format(schema)
+            for statement in (
+                "CREATE TABLE IF NOT EXISTS {}.ledger_chain (originator_id bytea NOT NULL, "
+                "originator_version bigint NOT NULL, content_hash bytea NOT NULL, "
+                "chain_hash bytea NOT NULL, PRIMARY KEY (originator_id, originator_version))",
+                "CREATE TABLE IF NOT EXISTS {}.ledger_chain_heads ("
+                "originator_id bytea PRIMARY KEY, originator_version bigint NOT NULL, "
+                "chain_hash bytea NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoints (checkpoint_id bigserial PRIMARY "
+                "KEY, created_at timestamptz NOT NULL, position bigint NOT NULL, streams bigint "
+                "NOT NULL, digest bytea NOT NULL, signature bytea NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoint_heads (checkpoint_id bigint NOT "
+                "NULL, originator_id bytea NOT NULL, originator_version bigint NOT NULL, "
+                "chain_hash bytea NOT NULL, PRIMARY KEY (checkpoint_id, originator_id))",
+            )
+        ]
         self._schema = schema
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
+        self._chain(curs, stored_events)
         receipts: Sequence[Receipt] = kwargs.get("receipts", ())
         if receipts:
             curs.executemany(
@@ -206,6 +380,131 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 self._upsert_position,
                 [(p.source, p.partition, p.next_offset) for p in positions],
             )
+
+    def _chain(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
+        """Write each event's content and chain hash, and move the streams' heads."""
+        streams = list({_stream_bytes(s.originator_id): None for s in stored_events})
+        curs.execute(
+            SQL(
+                "SELECT originator_id, originator_version, chain_hash FROM {}.ledger_chain_heads "
+                "WHERE originator_id = ANY(%s)"
+            ).format(self._schema),
+            [streams],
+        )
+        heads = {
+            bytes(r["originator_id"]): (r["originator_version"], bytes(r["chain_hash"]))
+            for r in curs.fetchall()
+        }
+        links, moved = chain_links(stored_events, heads)
+        curs.executemany(
+            SQL("INSERT INTO {}.ledger_chain VALUES (%s,%s,%s,%s)").format(self._schema), links
+        )
+        curs.executemany(
+            SQL(
+                "INSERT INTO {}.ledger_chain_heads VALUES (%s,%s,%s) ON CONFLICT (originator_id) "
+                "DO UPDATE SET originator_version = excluded.originator_version, "
+                "chain_hash = excluded.chain_hash"
+            ).format(self._schema),
+            moved,
+        )
+
+    def stored_records(self) -> Iterator[StoredRecord]:
+        """Every stored event, by stream then version (for verification)."""
+        query = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {}.{events} "
+            "ORDER BY originator_id, originator_version"
+        ).format(self._schema, events=Identifier(self.events_table_name))
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query)
+            while rows := curs.fetchmany(10_000):
+                for r in rows:
+                    yield StoredRecord(
+                        r["originator_id"].bytes,
+                        r["originator_version"],
+                        r["topic"],
+                        bytes(r["state"]),
+                    )
+
+    def chain_links(self) -> Iterator[ChainLink]:
+        """Every chain row, by stream then version."""
+        query = SQL(
+            "SELECT * FROM {}.ledger_chain ORDER BY originator_id, originator_version"
+        ).format(self._schema)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query)
+            while rows := curs.fetchmany(10_000):
+                for r in rows:
+                    yield ChainLink(
+                        bytes(r["originator_id"]),
+                        r["originator_version"],
+                        bytes(r["content_hash"]),
+                        bytes(r["chain_hash"]),
+                    )
+
+    def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
+        """(stream, version, chain hash) of every stream's newest event."""
+        rows = self._select(SQL("SELECT * FROM {}.ledger_chain_heads"), [])
+        return [
+            (bytes(r["originator_id"]), r["originator_version"], bytes(r["chain_hash"]))
+            for r in rows
+        ]
+
+    def save_checkpoint(
+        self,
+        position: int,
+        digest: bytes,
+        signature: bytes,
+        heads: Sequence[tuple[bytes, int, bytes]],
+    ) -> Checkpoint:
+        """Store a checkpoint and the heads it signed."""
+        created = datetime.now(UTC)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {}.ledger_checkpoints (created_at, position, streams, digest, "
+                    "signature) VALUES (%s,%s,%s,%s,%s) RETURNING checkpoint_id"
+                ).format(self._schema),
+                [created, position, len(heads), digest, signature],
+            )
+            row = curs.fetchone()
+            assert row is not None  # RETURNING gives the row
+            checkpoint_id = int(row["checkpoint_id"])
+            curs.executemany(
+                SQL("INSERT INTO {}.ledger_checkpoint_heads VALUES (%s,%s,%s,%s)").format(
+                    self._schema
+                ),
+                [(checkpoint_id, *h) for h in heads],
+            )
+        return Checkpoint(checkpoint_id, created, position, len(heads), digest, signature)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, oldest first."""
+        rows = self._select(SQL("SELECT * FROM {}.ledger_checkpoints ORDER BY checkpoint_id"), [])
+        return [
+            Checkpoint(
+                int(r["checkpoint_id"]),
+                r["created_at"],
+                r["position"],
+                r["streams"],
+                bytes(r["digest"]),
+                bytes(r["signature"]),
+            )
+            for r in rows
+        ]
+
+    def checkpoint_heads(self, checkpoint_id: int) -> list[tuple[bytes, int, bytes]]:
+        """The heads a checkpoint signed."""
+        rows = self._select(
+            SQL(
+                "SELECT originator_id, originator_version, chain_hash "
+                "FROM {}.ledger_checkpoint_heads WHERE checkpoint_id=%s"
+            ),
+            [checkpoint_id],
+        )
+        return [
+            (bytes(r["originator_id"]), r["originator_version"], bytes(r["chain_hash"]))
+            for r in rows
+        ]
 
     def _select(self, statement: SQL, params: Sequence[Any]) -> list[DictRow]:
         """Run ``statement`` with ``{}`` as the schema and ``{events}`` as the events table."""
