@@ -120,6 +120,10 @@ class AuditStore(Protocol):
         """(stream, version, chain hash) of every stream's newest event."""
         ...
 
+    def stream_chain(self, stream: bytes) -> list[ChainLink]:
+        """One stream's chain rows, in version order."""
+        ...
+
     def save_checkpoint(
         self,
         position: int,

@@ -26,6 +26,7 @@ from crm_ledger.adapters import sources
 from crm_ledger.adapters.avro import to_json
 from crm_ledger.adapters.charts import impact_chart, tracking_chart
 from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
+from crm_ledger.aggregates import customer_uuid
 from crm_ledger.application import BatchResult, Rejection
 from crm_ledger.config import Settings
 from crm_ledger.errors import (
@@ -581,6 +582,7 @@ def _touch_row(ctx: Context, t: Touch) -> dict[str, Any]:
             "score": t.score,
             "gap": _gap(t.gap_seconds),
             "switch": "yes" if t.channel_switch else "",
+            "consent": "VIOLATION" if t.consent_violation else "",
         }
     return dataclasses.asdict(t)
 
@@ -1078,6 +1080,29 @@ def clv_holdout(
 
 
 @cli.group()
+def consent() -> None:
+    """Marketing consent: touches made after the customer withdrew it."""
+
+
+@consent.command("violations")
+@click.option("--snapshot", metavar="NAME", help="Within a replayed snapshot.")
+@pass_context
+def consent_violations_(ctx: Context, snapshot: str | None) -> None:
+    """Every marketing touch (an outbound campaign interaction) that occurred while the
+    customer's marketing consent for its channel (or for all channels) stood withdrawn,
+    by the latest decision in business time. Exits 0; the list is the answer."""
+    with _read_models(ctx) as models:
+        found = models.consent_violations(Moment(snapshot=snapshot))
+    rows = [dataclasses.asdict(v) for v in found]
+    if ctx.output == "table":
+        for row in rows:
+            for name in ("occurred_at", "recorded_at", "withdrawn_at"):
+                row[name] = f"{row[name]:%Y-%m-%d %H:%M}"
+            del row["event_id"]
+    emit(ctx, rows, title=f"{len(rows)} marketing touches after consent was withdrawn")
+
+
+@cli.group()
 def audit() -> None:
     """Tamper-evident history: signed checkpoints and verification."""
 
@@ -1152,6 +1177,46 @@ def audit_verify(ctx: Context, since: int | None) -> None:
         ctx.out.print(summary)
     if not result.ok:
         raise SystemExit(1)
+
+
+@audit.command("history")
+@click.argument("customer_id")
+@click.option("--as-of", "as_of", metavar="TIME", help="Only facts recorded by TIME.")
+@pass_context
+def audit_history(ctx: Context, customer_id: str, as_of: str | None) -> None:
+    """Every fact about CUSTOMER_ID: who (actor), which service (source), when it occurred
+    and when it was recorded, with the event's content and chain hash."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        entries = ledger.history(customer_id, as_of=_when(as_of))
+        auditor = bootstrap.open_auditor(ctx.settings, ledger)
+        links = {
+            link.version: link
+            for link in auditor.store.stream_chain(customer_uuid(customer_id).bytes)
+        }
+    rows: list[dict[str, Any]] = []
+    for e in entries:
+        link = links.get(e.version)
+        rows.append(
+            {
+                "version": e.version,
+                "fact": e.event_type,
+                "actor": e.actor,
+                "source": e.source,
+                "occurred_at": e.occurred_at,
+                "recorded_at": e.recorded_at,
+                "event_id": str(e.event_id),
+                "content_hash": link.content.hex() if link else None,
+                "chain_hash": link.chained.hex() if link else None,
+            }
+        )
+    if ctx.output == "table":
+        for row in rows:
+            row["occurred_at"] = f"{row['occurred_at']:%Y-%m-%d %H:%M:%S}"
+            row["recorded_at"] = f"{row['recorded_at']:%Y-%m-%d %H:%M:%S}"
+            row["content_hash"] = (row["content_hash"] or "")[:12]
+            row["chain_hash"] = (row["chain_hash"] or "")[:12]
+            del row["event_id"]
+    emit(ctx, rows, title=f"audit history of {customer_id}{' as of ' + as_of if as_of else ''}")
 
 
 @audit.command("public-key")

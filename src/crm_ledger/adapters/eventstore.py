@@ -55,6 +55,11 @@ def _chunks(items: Sequence[UUID]) -> Iterable[Sequence[UUID]]:
         yield items[start : start + LOOKUP_CHUNK]
 
 
+def _blob(value: Any) -> bytes:
+    """Stored bytes, also when a row was rewritten with another type (SQLite allows it)."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 def _raw(cursor: Any) -> Any:
     """The sqlite3 cursor inside eventsourcing's wrapper (for row_factory, fetchmany)."""
     return getattr(cursor, "sqlite_cursor", cursor)
@@ -190,7 +195,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             )
             while rows := raw.fetchmany(10_000):
                 for stream, version, topic, state in rows:
-                    yield StoredRecord(bytes.fromhex(stream), version, topic, state)
+                    yield StoredRecord(bytes.fromhex(stream), version, str(topic), _blob(state))
 
     def chain_links(self) -> Iterator[ChainLink]:
         """Every chain row, by stream then version."""
@@ -201,6 +206,15 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             while rows := raw.fetchmany(10_000):
                 for row in rows:
                     yield ChainLink(*row)
+
+    def stream_chain(self, stream: bytes) -> list[ChainLink]:
+        """One stream's chain rows, in version order."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT * FROM ledger_chain WHERE originator_id=? ORDER BY originator_version",
+                [stream],
+            )
+            return [ChainLink(*row) for row in c.fetchall()]
 
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
         """(stream, version, chain hash) of every stream's newest event."""
@@ -440,6 +454,22 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                         bytes(r["content_hash"]),
                         bytes(r["chain_hash"]),
                     )
+
+    def stream_chain(self, stream: bytes) -> list[ChainLink]:
+        """One stream's chain rows, in version order."""
+        rows = self._select(
+            SQL("SELECT * FROM {}.ledger_chain WHERE originator_id=%s ORDER BY originator_version"),
+            [stream],
+        )
+        return [
+            ChainLink(
+                bytes(r["originator_id"]),
+                r["originator_version"],
+                bytes(r["content_hash"]),
+                bytes(r["chain_hash"]),
+            )
+            for r in rows
+        ]
 
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
         """(stream, version, chain hash) of every stream's newest event."""
