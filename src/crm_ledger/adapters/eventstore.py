@@ -13,7 +13,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic, resolve_topic
@@ -84,6 +84,10 @@ def chain_links(
     for s in stored_events:
         stream = _stream_bytes(s.originator_id)
         version, previous = current.get(stream, (0, GENESIS))
+        if s.originator_version <= version:
+            # Another writer appended to this stream first: the batch is retried.
+            msg = f"stream {stream.hex()} moved on to version {version}"
+            raise IntegrityError(msg)
         if s.originator_version != version + 1:
             msg = (
                 f"the hash chain of stream {stream.hex()} is at version {version}, but the next "
