@@ -74,36 +74,90 @@ def _byte_chunks(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
         yield items[start : start + LOOKUP_CHUNK]
 
 
-def chain_links(
-    stored_events: Sequence[StoredEvent], heads: dict[bytes, tuple[int, bytes]]
-) -> tuple[list[tuple[bytes, int, bytes, bytes]], list[tuple[bytes, int, bytes]]]:
-    """Chain rows for a batch's events, continuing each stream from its stored ``heads``,
-    and the streams' new heads."""
-    links = []
-    current = dict(heads)
-    for s in stored_events:
-        stream = _stream_bytes(s.originator_id)
-        version, previous = current.get(stream, (0, GENESIS))
-        if s.originator_version <= version:
-            # Another writer appended to this stream first: the batch is retried.
-            msg = f"stream {stream.hex()} moved on to version {version}"
-            raise IntegrityError(msg)
-        if s.originator_version != version + 1:
-            msg = (
-                f"the hash chain of stream {stream.hex()} is at version {version}, but the next "
-                f"event is version {s.originator_version}: run `crm-ledger audit verify`"
-            )
-            raise StoreUnavailable(msg)
-        content = content_hash(stream, s.originator_version, s.topic, s.state)
-        chained = chain_hash(previous, content)
-        links.append((stream, s.originator_version, content, chained))
-        current[stream] = (s.originator_version, chained)
-    moved = [(stream, v, h) for stream, (v, h) in current.items() if heads.get(stream) != (v, h)]
-    return links, moved
+#: Every stream's newest chain row (for checkpoints).
+_HEADS_QUERY = (
+    "SELECT c.originator_id, c.originator_version, c.chain_hash FROM {schema}ledger_chain c "
+    "JOIN (SELECT originator_id, MAX(originator_version) AS v FROM {schema}ledger_chain "
+    "GROUP BY originator_id) m ON m.originator_id = c.originator_id "
+    "AND m.v = c.originator_version"
+)
+
+#: Chain heads kept in memory, so that most batches need no look-up.
+HEADS_CACHE_SIZE = 200_000
+
+
+class ChainHeads:
+    """The newest chain hash of recently written streams.
+
+    A head enters the cache only after its transaction committed, and is used only when its
+    version is exactly the one before a batch's first event of that stream; anything else is
+    looked up in the chain table. So a stale entry (another writer moved the stream on) is
+    never used: its version no longer fits.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[bytes, tuple[int, bytes]] = {}
+        self.pending: dict[bytes, tuple[int, bytes]] = {}
+
+    def missing(self, stored_events: Sequence[StoredEvent]) -> dict[bytes, int]:
+        """Streams whose previous head must be read: stream -> the version needed."""
+        firsts: dict[bytes, int] = {}
+        for s in stored_events:
+            firsts.setdefault(_stream_bytes(s.originator_id), s.originator_version)
+        return {
+            stream: version - 1
+            for stream, version in firsts.items()
+            if version > 1 and self.known.get(stream, (0, b""))[0] != version - 1
+        }
+
+    def chain(
+        self, stored_events: Sequence[StoredEvent], found: dict[bytes, tuple[int, bytes]]
+    ) -> list[tuple[bytes, int, bytes, bytes]]:
+        """Chain rows for a batch's events; their heads wait for the commit."""
+        links = []
+        current: dict[bytes, tuple[int, bytes]] = {}
+        for s in stored_events:
+            stream = _stream_bytes(s.originator_id)
+            head = current.get(stream) or found.get(stream) or self.known.get(stream)
+            version, previous = head if head is not None else (0, GENESIS)
+            if s.originator_version <= version:
+                # Another writer appended to this stream first: the batch is retried.
+                msg = f"stream {stream.hex()} moved on to version {version}"
+                raise IntegrityError(msg)
+            if s.originator_version != version + 1:
+                msg = (
+                    f"the hash chain of stream {stream.hex()} ends at version {version}, but "
+                    f"the next event is version {s.originator_version}: run "
+                    "`crm-ledger audit verify`"
+                )
+                raise StoreUnavailable(msg)
+            content = content_hash(stream, s.originator_version, s.topic, s.state)
+            chained = chain_hash(previous, content)
+            links.append((stream, s.originator_version, content, chained))
+            current[stream] = (s.originator_version, chained)
+        self.pending = current
+        return links
+
+    def discard(self) -> None:
+        """Forget the heads of a transaction that did not commit."""
+        self.pending = {}
+
+    def settle(self) -> None:
+        """Keep the heads of the transaction that just committed."""
+        pending, self.pending = self.pending, {}
+        self.known.update(pending)
+        if len(self.known) > HEADS_CACHE_SIZE:
+            for stream in list(self.known)[: HEADS_CACHE_SIZE // 2]:
+                del self.known[stream]
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
-    """SQLite recorder that also writes receipts and positions with the events."""
+    """SQLite recorder that also writes receipts, positions and the hash chain with the
+    events."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heads = ChainHeads()
 
     def construct_create_table_statements(self) -> list[str]:
         """Add the receipts and positions tables to eventsourcing's own."""
@@ -119,9 +173,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "originator_id BLOB NOT NULL, originator_version INTEGER NOT NULL, "
             "content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL, "
             "PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID",
-            "CREATE TABLE IF NOT EXISTS ledger_chain_heads ("
-            "originator_id BLOB PRIMARY KEY, originator_version INTEGER NOT NULL, "
-            "chain_hash BLOB NOT NULL) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS ledger_checkpoints ("
             "checkpoint_id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, "
             "position INTEGER NOT NULL, streams INTEGER NOT NULL, digest BLOB NOT NULL, "
@@ -168,25 +219,35 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         )
         return None
 
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """eventsourcing's insert, then the chain heads it wrote become known (only once
+        the transaction committed)."""
+        try:
+            result: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        except BaseException:
+            self.heads.discard()
+            raise
+        self.heads.settle()
+        return result
+
     def _chain(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
-        """Write each event's content and chain hash, and move the streams' heads."""
-        streams = list({_stream_bytes(s.originator_id): None for s in stored_events})
-        heads: dict[bytes, tuple[int, bytes]] = {}
-        for chunk in _byte_chunks(streams):
+        """Write each event's content and chain hash."""
+        wanted = self.heads.missing(stored_events)
+        found: dict[bytes, tuple[int, bytes]] = {}
+        pairs = list(wanted.items())
+        for start in range(0, len(pairs), LOOKUP_CHUNK // 2):
+            chunk = pairs[start : start + LOOKUP_CHUNK // 2]
             c.execute(
-                "SELECT originator_id, originator_version, chain_hash FROM ledger_chain_heads "
-                f"WHERE originator_id IN ({','.join('?' * len(chunk))})",
-                list(chunk),
+                "SELECT originator_id, originator_version, chain_hash FROM ledger_chain "
+                "WHERE (originator_id, originator_version) IN "
+                f"(VALUES {','.join(['(?,?)'] * len(chunk))})",
+                [value for pair in chunk for value in pair],
             )
-            heads.update((row[0], (row[1], row[2])) for row in c.fetchall())
-        links, moved = chain_links(stored_events, heads)
+            found.update((row[0], (row[1], row[2])) for row in c.fetchall())
+        links = self.heads.chain(stored_events, found)
         c.executemany("INSERT INTO ledger_chain VALUES (?,?,?,?)", links)
-        c.executemany(
-            "INSERT INTO ledger_chain_heads VALUES (?,?,?) ON CONFLICT (originator_id) "
-            "DO UPDATE SET originator_version = excluded.originator_version, "
-            "chain_hash = excluded.chain_hash",
-            moved,
-        )
 
     def stored_records(self) -> Iterator[StoredRecord]:
         """Every stored event, by stream then version (for verification)."""
@@ -223,9 +284,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
         """(stream, version, chain hash) of every stream's newest event."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                "SELECT originator_id, originator_version, chain_hash FROM ledger_chain_heads"
-            )
+            c.execute(_HEADS_QUERY.format(schema=""))
             return [(r[0], r[1], r[2]) for r in c.fetchall()]
 
     def save_checkpoint(
@@ -342,6 +401,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
+        self.heads = ChainHeads()
         schema = Identifier(self.datastore.schema)
         self.sql_create_statements += [
             SQL(
@@ -368,9 +428,6 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 "CREATE TABLE IF NOT EXISTS {}.ledger_chain (originator_id bytea NOT NULL, "
                 "originator_version bigint NOT NULL, content_hash bytea NOT NULL, "
                 "chain_hash bytea NOT NULL, PRIMARY KEY (originator_id, originator_version))",
-                "CREATE TABLE IF NOT EXISTS {}.ledger_chain_heads ("
-                "originator_id bytea PRIMARY KEY, originator_version bigint NOT NULL, "
-                "chain_hash bytea NOT NULL)",
                 "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoints (checkpoint_id bigserial PRIMARY "
                 "KEY, created_at timestamptz NOT NULL, position bigint NOT NULL, streams bigint "
                 "NOT NULL, digest bytea NOT NULL, signature bytea NOT NULL)",
@@ -399,31 +456,39 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 [(p.source, p.partition, p.next_offset) for p in positions],
             )
 
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """eventsourcing's insert, then the chain heads it wrote become known (only once
+        the transaction committed)."""
+        try:
+            result: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        except BaseException:
+            self.heads.discard()
+            raise
+        self.heads.settle()
+        return result
+
     def _chain(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
-        """Write each event's content and chain hash, and move the streams' heads."""
-        streams = list({_stream_bytes(s.originator_id): None for s in stored_events})
-        curs.execute(
-            SQL(
-                "SELECT originator_id, originator_version, chain_hash FROM {}.ledger_chain_heads "
-                "WHERE originator_id = ANY(%s)"
-            ).format(self._schema),
-            [streams],
-        )
-        heads = {
-            bytes(r["originator_id"]): (r["originator_version"], bytes(r["chain_hash"]))
-            for r in curs.fetchall()
-        }
-        links, moved = chain_links(stored_events, heads)
+        """Write each event's content and chain hash."""
+        wanted = self.heads.missing(stored_events)
+        found: dict[bytes, tuple[int, bytes]] = {}
+        if wanted:
+            curs.execute(
+                SQL(
+                    "SELECT originator_id, originator_version, chain_hash FROM {}.ledger_chain "
+                    "WHERE (originator_id, originator_version) IN "
+                    "(SELECT * FROM unnest(%s::bytea[], %s::bigint[]))"
+                ).format(self._schema),
+                [list(wanted), list(wanted.values())],
+            )
+            found = {
+                bytes(r["originator_id"]): (r["originator_version"], bytes(r["chain_hash"]))
+                for r in curs.fetchall()
+            }
+        links = self.heads.chain(stored_events, found)
         curs.executemany(
             SQL("INSERT INTO {}.ledger_chain VALUES (%s,%s,%s,%s)").format(self._schema), links
-        )
-        curs.executemany(
-            SQL(
-                "INSERT INTO {}.ledger_chain_heads VALUES (%s,%s,%s) ON CONFLICT (originator_id) "
-                "DO UPDATE SET originator_version = excluded.originator_version, "
-                "chain_hash = excluded.chain_hash"
-            ).format(self._schema),
-            moved,
         )
 
     def stored_records(self) -> Iterator[StoredRecord]:
@@ -477,7 +542,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
 
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
         """(stream, version, chain hash) of every stream's newest event."""
-        rows = self._select(SQL("SELECT * FROM {}.ledger_chain_heads"), [])
+        query = SQL(_HEADS_QUERY.format(schema="{schema}.")).format(schema=self._schema)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query)
+            rows = curs.fetchall()
         return [
             (bytes(r["originator_id"]), r["originator_version"], bytes(r["chain_hash"]))
             for r in rows
