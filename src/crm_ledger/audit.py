@@ -25,12 +25,9 @@ GENESIS = bytes(32)
 
 def content_hash(stream: bytes, version: int, topic: str, state: bytes) -> bytes:
     """SHA-256 of an event exactly as stored."""
-    h = hashlib.sha256(stream)
-    h.update(version.to_bytes(8, "big"))
-    h.update(topic.encode())
-    h.update(b"\x00")
-    h.update(state)
-    return h.digest()
+    return hashlib.sha256(
+        b"".join((stream, version.to_bytes(8, "big"), topic.encode(), b"\x00", state))
+    ).digest()
 
 
 def chain_hash(previous: bytes, content: bytes) -> bytes:

@@ -98,12 +98,14 @@ class ChainHeads:
     def __init__(self) -> None:
         self.known: dict[bytes, tuple[int, bytes]] = {}
         self.pending: dict[bytes, tuple[int, bytes]] = {}
+        self.streams: list[bytes] = []  # the batch's stream of each event, from missing()
 
     def missing(self, stored_events: Sequence[StoredEvent]) -> dict[bytes, int]:
         """Streams whose previous head must be read: stream -> the version needed."""
+        self.streams = [_stream_bytes(s.originator_id) for s in stored_events]
         firsts: dict[bytes, int] = {}
-        for s in stored_events:
-            firsts.setdefault(_stream_bytes(s.originator_id), s.originator_version)
+        for stream, s in zip(self.streams, stored_events, strict=True):
+            firsts.setdefault(stream, s.originator_version)
         return {
             stream: version - 1
             for stream, version in firsts.items()
@@ -116,8 +118,7 @@ class ChainHeads:
         """Chain rows for a batch's events; their heads wait for the commit."""
         links = []
         current: dict[bytes, tuple[int, bytes]] = {}
-        for s in stored_events:
-            stream = _stream_bytes(s.originator_id)
+        for stream, s in zip(self.streams, stored_events, strict=True):
             head = current.get(stream) or found.get(stream) or self.known.get(stream)
             version, previous = head if head is not None else (0, GENESIS)
             if s.originator_version <= version:
