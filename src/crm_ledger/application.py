@@ -368,6 +368,18 @@ class Ledger(Application[UUID]):
         to_record = cast("LogMapper", self.mapper).to_record
         return [r for row in rows if (r := to_record(*row)) is not None]
 
+    def stream_name(self, stream: bytes) -> str | None:
+        """The id sources use for the customer, organisation or initiative of ``stream``."""
+        try:
+            stored = self.recorder.select_events(UUID(bytes=stream), lte=1)
+            opened: Any = self.mapper.to_domain_event(stored[0]) if stored else None
+        except Exception:
+            return None
+        for name in ("customer_id", "organisation_id", "initiative_id"):
+            if opened is not None and hasattr(opened, name):
+                return str(getattr(opened, name))
+        return None
+
     def log_head(self) -> int:
         """The position of the newest notification (0 when the log is empty)."""
         return self.recorder.max_notification_id() or 0

@@ -10,10 +10,12 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
+from crm_ledger.adapters.crypto import Ed25519Signer, create_key_pair, load_signer
 from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
 from crm_ledger.adapters.kafka import IngestWorker, KafkaSettings, Publisher
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.application import Ledger
+from crm_ledger.audit import Auditor
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
 from crm_ledger.projections.predictive import Predictions
 from crm_ledger.projections.runtime import BUILDING, Projector
@@ -21,7 +23,9 @@ from crm_ledger.projections.views import ReadModels
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
+    from crm_ledger.audit import AuditStore
     from crm_ledger.config import Settings
     from crm_ledger.projections.runtime import TableSet
 
@@ -215,3 +219,24 @@ def _rebuild_worker(settings: Settings, names: list[str], batch_size: int | None
 def _slowest(sets: Sequence[TableSet], names: Sequence[str], head: int) -> int:
     building = [s.position for s in sets if s.projection in names and s.status == BUILDING]
     return min(building, default=head)
+
+
+def audit_keys_dir(settings: Settings) -> Path:
+    """Where the ledger's checkpoint signing keys live."""
+    return settings.data_dir / "audit"
+
+
+def create_signing_key(settings: Settings) -> bool:
+    """Create the checkpoint signing key pair unless it exists; True if created."""
+    return create_key_pair(audit_keys_dir(settings))
+
+
+def open_signer(settings: Settings) -> Ed25519Signer:
+    """The checkpoint signer (or verifier, without the private key)."""
+    return load_signer(audit_keys_dir(settings))
+
+
+def open_auditor(settings: Settings, ledger: Ledger) -> Auditor:
+    """Checkpoints and verification over ``ledger``'s event store."""
+    store = cast("AuditStore", ledger.recorder)
+    return Auditor(store, load_signer(audit_keys_dir(settings)), ledger.log_head())

@@ -26,6 +26,7 @@ from crm_ledger.adapters import sources
 from crm_ledger.adapters.avro import to_json
 from crm_ledger.adapters.charts import impact_chart, tracking_chart
 from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
+from crm_ledger.aggregates import customer_uuid
 from crm_ledger.application import BatchResult, Rejection
 from crm_ledger.config import Settings
 from crm_ledger.errors import (
@@ -221,9 +222,16 @@ def init(ctx: Context) -> None:
     """Create the ledger's store (SQLite file or PostgreSQL tables)."""
     with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
         where = ctx.settings.database_url or str(ctx.settings.sqlite_path)
+        created = bootstrap.create_signing_key(ctx.settings)
         emit_record(
             ctx,
-            {"store": ctx.settings.store_name, "location": where, "events": ledger.count_events()},
+            {
+                "store": ctx.settings.store_name,
+                "location": where,
+                "events": ledger.count_events(),
+                "signing_key": str(bootstrap.audit_keys_dir(ctx.settings))
+                + (" (created)" if created else ""),
+            },
             title="ledger ready",
         )
 
@@ -574,6 +582,7 @@ def _touch_row(ctx: Context, t: Touch) -> dict[str, Any]:
             "score": t.score,
             "gap": _gap(t.gap_seconds),
             "switch": "yes" if t.channel_switch else "",
+            "consent": "VIOLATION" if t.consent_violation else "",
         }
     return dataclasses.asdict(t)
 
@@ -1068,6 +1077,153 @@ def clv_holdout(
         )
         if chart:
             ctx.out.print(f"chart written to {chart}")
+
+
+@cli.group()
+def consent() -> None:
+    """Marketing consent: touches made after the customer withdrew it."""
+
+
+@consent.command("violations")
+@click.option("--snapshot", metavar="NAME", help="Within a replayed snapshot.")
+@pass_context
+def consent_violations_(ctx: Context, snapshot: str | None) -> None:
+    """Every marketing touch (an outbound campaign interaction) that occurred while the
+    customer's marketing consent for its channel (or for all channels) stood withdrawn,
+    by the latest decision in business time. Exits 0; the list is the answer."""
+    with _read_models(ctx) as models:
+        found = models.consent_violations(Moment(snapshot=snapshot))
+    rows = [dataclasses.asdict(v) for v in found]
+    if ctx.output == "table":
+        for row in rows:
+            for name in ("occurred_at", "recorded_at", "withdrawn_at"):
+                row[name] = f"{row[name]:%Y-%m-%d %H:%M}"
+            del row["event_id"]
+    emit(ctx, rows, title=f"{len(rows)} marketing touches after consent was withdrawn")
+
+
+@cli.group()
+def audit() -> None:
+    """Tamper-evident history: signed checkpoints and verification."""
+
+
+@audit.command("checkpoint")
+@pass_context
+def audit_checkpoint(ctx: Context) -> None:
+    """Sign (Ed25519) the current head of every stream's hash chain into a checkpoint."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        cp = bootstrap.open_auditor(ctx.settings, ledger).checkpoint()
+    emit_record(
+        ctx,
+        {
+            "checkpoint": cp.checkpoint_id,
+            "created_at": cp.created_at,
+            "position": cp.position,
+            "streams": cp.streams,
+            "digest": cp.digest.hex(),
+        },
+        title="checkpoint signed",
+    )
+
+
+@audit.command("verify")
+@click.option(
+    "--since",
+    type=click.IntRange(1),
+    metavar="CHECKPOINT",
+    help="Check only against checkpoints from this one on.",
+)
+@pass_context
+def audit_verify(ctx: Context, since: int | None) -> None:
+    """Recompute every event's hash and every stream's chain from the stored bytes, compare
+    them with the stored chain and the signed checkpoints, and report each modified,
+    deleted, reordered or inserted event by stream and version. Exits 1 if anything is wrong."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        started = time.perf_counter()
+        result = bootstrap.open_auditor(ctx.settings, ledger).verify(since=since)
+        seconds = time.perf_counter() - started
+        names = {f.stream: ledger.stream_name(f.stream) for f in result.findings if f.stream}
+    rows = [
+        {
+            "stream": f.stream.hex() if f.stream else "",
+            "subject": names.get(f.stream) or "",
+            "version": f.version,
+            "problem": f.problem,
+            "detail": f.detail,
+        }
+        for f in result.findings
+    ]
+    summary = (
+        f"{result.events:,} events in {result.streams:,} streams, {result.checkpoints} "
+        f"checkpoints checked in {seconds:.1f} s: "
+        + ("intact" if result.ok else f"{len(result.findings)} problems")
+    )
+    if ctx.output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "events": result.events,
+                    "streams": result.streams,
+                    "checkpoints": result.checkpoints,
+                    "findings": rows,
+                },
+                indent=2,
+            )
+        )
+    elif rows:
+        emit(ctx, rows, title=summary)
+    else:
+        ctx.out.print(summary)
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@audit.command("history")
+@click.argument("customer_id")
+@click.option("--as-of", "as_of", metavar="TIME", help="Only facts recorded by TIME.")
+@pass_context
+def audit_history(ctx: Context, customer_id: str, as_of: str | None) -> None:
+    """Every fact about CUSTOMER_ID: who (actor), which service (source), when it occurred
+    and when it was recorded, with the event's content and chain hash."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        entries = ledger.history(customer_id, as_of=_when(as_of))
+        auditor = bootstrap.open_auditor(ctx.settings, ledger)
+        links = {
+            link.version: link
+            for link in auditor.store.stream_chain(customer_uuid(customer_id).bytes)
+        }
+    rows: list[dict[str, Any]] = []
+    for e in entries:
+        link = links.get(e.version)
+        rows.append(
+            {
+                "version": e.version,
+                "fact": e.event_type,
+                "actor": e.actor,
+                "source": e.source,
+                "occurred_at": e.occurred_at,
+                "recorded_at": e.recorded_at,
+                "event_id": str(e.event_id),
+                "content_hash": link.content.hex() if link else None,
+                "chain_hash": link.chained.hex() if link else None,
+            }
+        )
+    if ctx.output == "table":
+        for row in rows:
+            row["occurred_at"] = f"{row['occurred_at']:%Y-%m-%d %H:%M:%S}"
+            row["recorded_at"] = f"{row['recorded_at']:%Y-%m-%d %H:%M:%S}"
+            row["content_hash"] = (row["content_hash"] or "")[:12]
+            row["chain_hash"] = (row["chain_hash"] or "")[:12]
+            del row["event_id"]
+    emit(ctx, rows, title=f"audit history of {customer_id}{' as of ' + as_of if as_of else ''}")
+
+
+@audit.command("public-key")
+@pass_context
+def audit_public_key(ctx: Context) -> None:
+    """Print the public key that verifies this ledger's checkpoints (PEM)."""
+    click.echo(bootstrap.open_signer(ctx.settings).public_pem(), nl=False)
 
 
 def _pairs(values: Sequence[str]) -> dict[str, str]:

@@ -24,6 +24,7 @@ from tests.projections.conftest import dump
 
 if TYPE_CHECKING:
     from crm_ledger.adapters.sql import SqlProjectionStore
+    from crm_ledger.aggregates import Touchpoint
     from crm_ledger.application import Ledger
     from crm_ledger.projections.views import ReadModels
 
@@ -281,3 +282,61 @@ def test_initiative_impact_difference_in_differences(ledger: Ledger, models: Rea
         models.compare("I1", control={"planet": "mars"})
     with pytest.raises(NotFound):
         models.compare("nope")
+
+
+def test_marketing_after_a_withdrawal_is_flagged_whatever_the_arrival_order(
+    ledger: Ledger, models: ReadModels
+) -> None:
+    def campaign(days: int, channel: str) -> Touchpoint:
+        return tp(
+            "InteractionRecorded",
+            "C1",
+            at=AT + days * DAY,
+            channel=channel,
+            direction="outbound",
+            kind=f"{channel}_open",
+            campaign="spring",
+        )
+
+    def consent(days: int, granted: bool, channel: str | None = None) -> Touchpoint:
+        return tp(
+            "ConsentChanged",
+            "C1",
+            at=AT + days * DAY,
+            purpose="marketing",
+            channel=channel,
+            granted=granted,
+        )
+
+    ledger.record_many(
+        [
+            campaign(5, "sms"),  # arrives first, happened after the withdrawal below
+            consent(0, True),
+            campaign(1, "email"),  # consent granted: fine
+            consent(2, False, "sms"),  # withdrawn for sms only
+            campaign(3, "email"),  # still fine
+            consent(6, False),  # withdrawn everywhere
+            campaign(7, "email"),  # violation
+            consent(8, True, "email"),  # granted again for email
+            campaign(9, "email"),  # fine
+            campaign(9, "sms"),  # violation (sms still withdrawn)
+            tp(
+                "InteractionRecorded",
+                "C1",
+                at=AT + 10 * DAY,
+                channel="sms",
+                direction="inbound",
+                kind="sms_reply",
+            ),  # not marketing
+        ]
+    )
+    flagged = [(s.occurred_at, s.channel) for s in models.timeline("C1") if s.consent_violation]
+    assert flagged == [(AT + 5 * DAY, "sms"), (AT + 7 * DAY, "email"), (AT + 9 * DAY, "sms")]
+    listed = models.consent_violations()
+    assert [(v.customer_id, v.occurred_at, v.channel) for v in listed] == [
+        ("C1", AT + 5 * DAY, "sms"),
+        ("C1", AT + 7 * DAY, "email"),
+        ("C1", AT + 9 * DAY, "sms"),
+    ]
+    assert listed[0].withdrawn_at == AT + 2 * DAY
+    assert listed[1].withdrawn_at == AT + 6 * DAY

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic, resolve_topic
@@ -22,10 +22,18 @@ from psycopg.sql import SQL, Identifier
 from crm_ledger.aggregates import Customer
 from crm_ledger.aggregates.envelope import Touched, own_fields
 from crm_ledger.application import LogRecord
+from crm_ledger.audit import (
+    GENESIS,
+    ChainLink,
+    Checkpoint,
+    StoredRecord,
+    chain_hash,
+    content_hash,
+)
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from eventsourcing.domain import DomainEventProtocol
     from eventsourcing.postgres import PostgresDatastore
@@ -47,8 +55,110 @@ def _chunks(items: Sequence[UUID]) -> Iterable[Sequence[UUID]]:
         yield items[start : start + LOOKUP_CHUNK]
 
 
+def _blob(value: Any) -> bytes:
+    """Stored bytes, also when a row was rewritten with another type (SQLite allows it)."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _raw(cursor: Any) -> Any:
+    """The sqlite3 cursor inside eventsourcing's wrapper (for row_factory, fetchmany)."""
+    return getattr(cursor, "sqlite_cursor", cursor)
+
+
+def _stream_bytes(originator_id: UUID | str) -> bytes:
+    return originator_id.bytes if isinstance(originator_id, UUID) else bytes.fromhex(originator_id)
+
+
+def _byte_chunks(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
+    for start in range(0, len(items), LOOKUP_CHUNK):
+        yield items[start : start + LOOKUP_CHUNK]
+
+
+#: Every stream's newest chain row (for checkpoints).
+_HEADS_QUERY = (
+    "SELECT c.originator_id, c.originator_version, c.chain_hash FROM {schema}ledger_chain c "
+    "JOIN (SELECT originator_id, MAX(originator_version) AS v FROM {schema}ledger_chain "
+    "GROUP BY originator_id) m ON m.originator_id = c.originator_id "
+    "AND m.v = c.originator_version"
+)
+
+#: Chain heads kept in memory, so that most batches need no look-up.
+HEADS_CACHE_SIZE = 200_000
+
+
+class ChainHeads:
+    """The newest chain hash of recently written streams.
+
+    A head enters the cache only after its transaction committed, and is used only when its
+    version is exactly the one before a batch's first event of that stream; anything else is
+    looked up in the chain table. So a stale entry (another writer moved the stream on) is
+    never used: its version no longer fits.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[bytes, tuple[int, bytes]] = {}
+        self.pending: dict[bytes, tuple[int, bytes]] = {}
+        self.streams: list[bytes] = []  # the batch's stream of each event, from missing()
+
+    def missing(self, stored_events: Sequence[StoredEvent]) -> dict[bytes, int]:
+        """Streams whose previous head must be read: stream -> the version needed."""
+        self.streams = [_stream_bytes(s.originator_id) for s in stored_events]
+        firsts: dict[bytes, int] = {}
+        for stream, s in zip(self.streams, stored_events, strict=True):
+            firsts.setdefault(stream, s.originator_version)
+        return {
+            stream: version - 1
+            for stream, version in firsts.items()
+            if version > 1 and self.known.get(stream, (0, b""))[0] != version - 1
+        }
+
+    def chain(
+        self, stored_events: Sequence[StoredEvent], found: dict[bytes, tuple[int, bytes]]
+    ) -> list[tuple[bytes, int, bytes, bytes]]:
+        """Chain rows for a batch's events; their heads wait for the commit."""
+        links = []
+        current: dict[bytes, tuple[int, bytes]] = {}
+        for stream, s in zip(self.streams, stored_events, strict=True):
+            head = current.get(stream) or found.get(stream) or self.known.get(stream)
+            version, previous = head if head is not None else (0, GENESIS)
+            if s.originator_version <= version:
+                # Another writer appended to this stream first: the batch is retried.
+                msg = f"stream {stream.hex()} moved on to version {version}"
+                raise IntegrityError(msg)
+            if s.originator_version != version + 1:
+                msg = (
+                    f"the hash chain of stream {stream.hex()} ends at version {version}, but "
+                    f"the next event is version {s.originator_version}: run "
+                    "`crm-ledger audit verify`"
+                )
+                raise StoreUnavailable(msg)
+            content = content_hash(stream, s.originator_version, s.topic, s.state)
+            chained = chain_hash(previous, content)
+            links.append((stream, s.originator_version, content, chained))
+            current[stream] = (s.originator_version, chained)
+        self.pending = current
+        return links
+
+    def discard(self) -> None:
+        """Forget the heads of a transaction that did not commit."""
+        self.pending = {}
+
+    def settle(self) -> None:
+        """Keep the heads of the transaction that just committed."""
+        pending, self.pending = self.pending, {}
+        self.known.update(pending)
+        if len(self.known) > HEADS_CACHE_SIZE:
+            for stream in list(self.known)[: HEADS_CACHE_SIZE // 2]:
+                del self.known[stream]
+
+
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
-    """SQLite recorder that also writes receipts and positions with the events."""
+    """SQLite recorder that also writes receipts, positions and the hash chain with the
+    events."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heads = ChainHeads()
 
     def construct_create_table_statements(self) -> list[str]:
         """Add the receipts and positions tables to eventsourcing's own."""
@@ -60,6 +170,18 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "CREATE TABLE IF NOT EXISTS ledger_positions ("
             "source TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, "
             "PRIMARY KEY (source, partition)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_chain ("
+            "originator_id BLOB NOT NULL, originator_version INTEGER NOT NULL, "
+            "content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL, "
+            "PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_checkpoints ("
+            "checkpoint_id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, "
+            "position INTEGER NOT NULL, streams INTEGER NOT NULL, digest BLOB NOT NULL, "
+            "signature BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS ledger_checkpoint_heads ("
+            "checkpoint_id INTEGER NOT NULL, originator_id BLOB NOT NULL, "
+            "originator_version INTEGER NOT NULL, chain_hash BLOB NOT NULL, "
+            "PRIMARY KEY (checkpoint_id, originator_id)) WITHOUT ROWID",
         ]
 
     def _insert_events(
@@ -82,6 +204,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 for s in stored_events
             ],
         )
+        self._chain(c, stored_events)
         receipts: Sequence[Receipt] = kwargs.get("receipts", ())
         c.executemany(
             "INSERT INTO ledger_receipts VALUES (?,?,?)",
@@ -96,6 +219,115 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             [(p.source, p.partition, p.next_offset) for p in positions],
         )
         return None
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """eventsourcing's insert, then the chain heads it wrote become known (only once
+        the transaction committed)."""
+        try:
+            result: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        except BaseException:
+            self.heads.discard()
+            raise
+        self.heads.settle()
+        return result
+
+    def _chain(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
+        """Write each event's content and chain hash."""
+        wanted = self.heads.missing(stored_events)
+        found: dict[bytes, tuple[int, bytes]] = {}
+        pairs = list(wanted.items())
+        for start in range(0, len(pairs), LOOKUP_CHUNK // 2):
+            chunk = pairs[start : start + LOOKUP_CHUNK // 2]
+            c.execute(
+                "SELECT originator_id, originator_version, chain_hash FROM ledger_chain "
+                "WHERE (originator_id, originator_version) IN "
+                f"(VALUES {','.join(['(?,?)'] * len(chunk))})",
+                [value for pair in chunk for value in pair],
+            )
+            found.update((row[0], (row[1], row[2])) for row in c.fetchall())
+        links = self.heads.chain(stored_events, found)
+        c.executemany("INSERT INTO ledger_chain VALUES (?,?,?,?)", links)
+
+    def stored_records(self) -> Iterator[StoredRecord]:
+        """Every stored event, by stream then version (for verification)."""
+        with self.datastore.transaction(commit=False) as c:
+            raw = _raw(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
+                "SELECT originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} ORDER BY originator_id, originator_version"
+            )
+            while rows := raw.fetchmany(10_000):
+                for stream, version, topic, state in rows:
+                    yield StoredRecord(bytes.fromhex(stream), version, str(topic), _blob(state))
+
+    def chain_links(self) -> Iterator[ChainLink]:
+        """Every chain row, by stream then version."""
+        with self.datastore.transaction(commit=False) as c:
+            raw = _raw(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute("SELECT * FROM ledger_chain ORDER BY originator_id, originator_version")
+            while rows := raw.fetchmany(10_000):
+                for row in rows:
+                    yield ChainLink(*row)
+
+    def stream_chain(self, stream: bytes) -> list[ChainLink]:
+        """One stream's chain rows, in version order."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT * FROM ledger_chain WHERE originator_id=? ORDER BY originator_version",
+                [stream],
+            )
+            return [ChainLink(*row) for row in c.fetchall()]
+
+    def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
+        """(stream, version, chain hash) of every stream's newest event."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(_HEADS_QUERY.format(schema=""))
+            return [(r[0], r[1], r[2]) for r in c.fetchall()]
+
+    def save_checkpoint(
+        self,
+        position: int,
+        digest: bytes,
+        signature: bytes,
+        heads: Sequence[tuple[bytes, int, bytes]],
+    ) -> Checkpoint:
+        """Store a checkpoint and the heads it signed."""
+        created = datetime.now(UTC)
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "INSERT INTO ledger_checkpoints (created_at, position, streams, digest, signature)"
+                " VALUES (?,?,?,?,?)",
+                [created.isoformat(), position, len(heads), digest, signature],
+            )
+            checkpoint_id = int(_raw(c).lastrowid)
+            c.executemany(
+                "INSERT INTO ledger_checkpoint_heads VALUES (?,?,?,?)",
+                [(checkpoint_id, *h) for h in heads],
+            )
+        return Checkpoint(checkpoint_id, created, position, len(heads), digest, signature)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, oldest first."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT * FROM ledger_checkpoints ORDER BY checkpoint_id")
+            return [
+                Checkpoint(r[0], datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5])
+                for r in c.fetchall()
+            ]
+
+    def checkpoint_heads(self, checkpoint_id: int) -> list[tuple[bytes, int, bytes]]:
+        """The heads a checkpoint signed."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT originator_id, originator_version, chain_hash "
+                "FROM ledger_checkpoint_heads WHERE checkpoint_id=?",
+                [checkpoint_id],
+            )
+            return [(r[0], r[1], r[2]) for r in c.fetchall()]
 
     def existing_ids(self, originator_ids: Sequence[UUID]) -> set[UUID]:
         """The subset of ``originator_ids`` that have stored events."""
@@ -136,25 +368,27 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         """(position, originator id, version, topic, state) of up to ``limit`` notifications
         after ``after``: the notification log without building library objects."""
         with self.datastore.transaction(commit=False) as c:
-            cast("Any", c).row_factory = None  # plain tuples, not sqlite3.Row
-            c.execute(
+            raw = _raw(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
                 "SELECT rowid, originator_id, originator_version, topic, state "
                 f"FROM {self.events_table_name} WHERE rowid>? ORDER BY rowid LIMIT ?",
                 [after, limit],
             )
-            return cast("list[tuple[Any, ...]]", c.fetchall())
+            return cast("list[tuple[Any, ...]]", raw.fetchall())
 
     def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
         """(0, originator id, version, topic, state) of one stream's events, in order."""
         with self.datastore.transaction(commit=False) as c:
-            cast("Any", c).row_factory = None
-            c.execute(
+            raw = _raw(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
                 "SELECT 0, originator_id, originator_version, topic, state "
                 f"FROM {self.events_table_name} WHERE originator_id=? "
                 "ORDER BY originator_version",
                 [originator_id.hex],
             )
-            return cast("list[tuple[Any, ...]]", c.fetchall())
+            return cast("list[tuple[Any, ...]]", raw.fetchall())
 
     def count_receipts(self) -> int:
         """How many distinct events the ledger holds."""
@@ -168,6 +402,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
+        self.heads = ChainHeads()
         schema = Identifier(self.datastore.schema)
         self.sql_create_statements += [
             SQL(
@@ -188,12 +423,27 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "ON CONFLICT (source, partition) "
             "DO UPDATE SET next_offset = GREATEST(p.next_offset, excluded.next_offset)"
         ).format(schema)
+        self.sql_create_statements += [
+            SQL(statement).format(schema)
+            for statement in (
+                "CREATE TABLE IF NOT EXISTS {}.ledger_chain (originator_id bytea NOT NULL, "
+                "originator_version bigint NOT NULL, content_hash bytea NOT NULL, "
+                "chain_hash bytea NOT NULL, PRIMARY KEY (originator_id, originator_version))",
+                "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoints (checkpoint_id bigserial PRIMARY "
+                "KEY, created_at timestamptz NOT NULL, position bigint NOT NULL, streams bigint "
+                "NOT NULL, digest bytea NOT NULL, signature bytea NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoint_heads (checkpoint_id bigint NOT "
+                "NULL, originator_id bytea NOT NULL, originator_version bigint NOT NULL, "
+                "chain_hash bytea NOT NULL, PRIMARY KEY (checkpoint_id, originator_id))",
+            )
+        ]
         self._schema = schema
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
+        self._chain(curs, stored_events)
         receipts: Sequence[Receipt] = kwargs.get("receipts", ())
         if receipts:
             curs.executemany(
@@ -206,6 +456,158 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 self._upsert_position,
                 [(p.source, p.partition, p.next_offset) for p in positions],
             )
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """eventsourcing's insert, then the chain heads it wrote become known (only once
+        the transaction committed)."""
+        try:
+            result: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        except BaseException:
+            self.heads.discard()
+            raise
+        self.heads.settle()
+        return result
+
+    def _chain(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
+        """Write each event's content and chain hash."""
+        wanted = self.heads.missing(stored_events)
+        found: dict[bytes, tuple[int, bytes]] = {}
+        if wanted:
+            curs.execute(
+                SQL(
+                    "SELECT originator_id, originator_version, chain_hash FROM {}.ledger_chain "
+                    "WHERE (originator_id, originator_version) IN "
+                    "(SELECT * FROM unnest(%s::bytea[], %s::bigint[]))"
+                ).format(self._schema),
+                [list(wanted), list(wanted.values())],
+            )
+            found = {
+                bytes(r["originator_id"]): (r["originator_version"], bytes(r["chain_hash"]))
+                for r in curs.fetchall()
+            }
+        links = self.heads.chain(stored_events, found)
+        curs.executemany(
+            SQL("INSERT INTO {}.ledger_chain VALUES (%s,%s,%s,%s)").format(self._schema), links
+        )
+
+    def stored_records(self) -> Iterator[StoredRecord]:
+        """Every stored event, by stream then version (for verification)."""
+        query = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {}.{events} "
+            "ORDER BY originator_id, originator_version"
+        ).format(self._schema, events=Identifier(self.events_table_name))
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query)
+            while rows := curs.fetchmany(10_000):
+                for r in rows:
+                    yield StoredRecord(
+                        r["originator_id"].bytes,
+                        r["originator_version"],
+                        r["topic"],
+                        bytes(r["state"]),
+                    )
+
+    def chain_links(self) -> Iterator[ChainLink]:
+        """Every chain row, by stream then version."""
+        query = SQL(
+            "SELECT * FROM {}.ledger_chain ORDER BY originator_id, originator_version"
+        ).format(self._schema)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query)
+            while rows := curs.fetchmany(10_000):
+                for r in rows:
+                    yield ChainLink(
+                        bytes(r["originator_id"]),
+                        r["originator_version"],
+                        bytes(r["content_hash"]),
+                        bytes(r["chain_hash"]),
+                    )
+
+    def stream_chain(self, stream: bytes) -> list[ChainLink]:
+        """One stream's chain rows, in version order."""
+        rows = self._select(
+            SQL("SELECT * FROM {}.ledger_chain WHERE originator_id=%s ORDER BY originator_version"),
+            [stream],
+        )
+        return [
+            ChainLink(
+                bytes(r["originator_id"]),
+                r["originator_version"],
+                bytes(r["content_hash"]),
+                bytes(r["chain_hash"]),
+            )
+            for r in rows
+        ]
+
+    def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
+        """(stream, version, chain hash) of every stream's newest event."""
+        query = SQL(_HEADS_QUERY.format(schema="{schema}.")).format(schema=self._schema)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query)
+            rows = curs.fetchall()
+        return [
+            (bytes(r["originator_id"]), r["originator_version"], bytes(r["chain_hash"]))
+            for r in rows
+        ]
+
+    def save_checkpoint(
+        self,
+        position: int,
+        digest: bytes,
+        signature: bytes,
+        heads: Sequence[tuple[bytes, int, bytes]],
+    ) -> Checkpoint:
+        """Store a checkpoint and the heads it signed."""
+        created = datetime.now(UTC)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {}.ledger_checkpoints (created_at, position, streams, digest, "
+                    "signature) VALUES (%s,%s,%s,%s,%s) RETURNING checkpoint_id"
+                ).format(self._schema),
+                [created, position, len(heads), digest, signature],
+            )
+            row = curs.fetchone()
+            assert row is not None  # RETURNING gives the row
+            checkpoint_id = int(row["checkpoint_id"])
+            curs.executemany(
+                SQL("INSERT INTO {}.ledger_checkpoint_heads VALUES (%s,%s,%s,%s)").format(
+                    self._schema
+                ),
+                [(checkpoint_id, *h) for h in heads],
+            )
+        return Checkpoint(checkpoint_id, created, position, len(heads), digest, signature)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, oldest first."""
+        rows = self._select(SQL("SELECT * FROM {}.ledger_checkpoints ORDER BY checkpoint_id"), [])
+        return [
+            Checkpoint(
+                int(r["checkpoint_id"]),
+                r["created_at"],
+                r["position"],
+                r["streams"],
+                bytes(r["digest"]),
+                bytes(r["signature"]),
+            )
+            for r in rows
+        ]
+
+    def checkpoint_heads(self, checkpoint_id: int) -> list[tuple[bytes, int, bytes]]:
+        """The heads a checkpoint signed."""
+        rows = self._select(
+            SQL(
+                "SELECT originator_id, originator_version, chain_hash "
+                "FROM {}.ledger_checkpoint_heads WHERE checkpoint_id=%s"
+            ),
+            [checkpoint_id],
+        )
+        return [
+            (bytes(r["originator_id"]), r["originator_version"], bytes(r["chain_hash"]))
+            for r in rows
+        ]
 
     def _select(self, statement: SQL, params: Sequence[Any]) -> list[DictRow]:
         """Run ``statement`` with ``{}`` as the schema and ``{events}`` as the events table."""

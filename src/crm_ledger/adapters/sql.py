@@ -281,6 +281,17 @@ class SqlProjectionStore:
         with self._connect() as conn:
             return [tuple(r) for r in conn.execute(query)]
 
+    def consent_rows(self, touches: tuple[Table, str]) -> list[dict[str, Any]]:
+        """Timeline rows that marketing consent is about: consent changes and outbound
+        campaign touches."""
+        t = self.table(*touches)
+        query = sa.select(t).where(
+            (t.c.kind == "ConsentChanged")
+            | ((t.c.direction == "outbound") & t.c.campaign.is_not(None))
+        )
+        with self._connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
     def purchases(
         self, touches: tuple[Table, str], currency: str, *, until: int, as_of: int | None
     ) -> list[tuple[str, int, int]]:

@@ -30,6 +30,7 @@ TOUCHES = Table(
         Column("amount_minor", "int"),
         Column("currency", "text"),
         Column("score", "int"),
+        Column("granted", "int"),  # consent changes: 1 granted, 0 withdrawn
     ),
     key=("stream", "occurred", "event_id"),
     append_only=True,
@@ -88,6 +89,7 @@ class JourneyTimeline:
             amount,
             get("currency"),
             get("score", get("satisfaction")),
+            None if (granted := get("granted")) is None else int(granted),
         )
         return (("touches", row),)
 
@@ -110,11 +112,13 @@ class Touch:
     gap_seconds: float | None
     channel_switch: bool
     event_id: str
+    consent_violation: bool = False
 
 
 def journey(rows: Iterable[dict[str, Any]]) -> list[Touch]:
     """Touch rows as a journey in business-time order (ties by event id)."""
     ordered = sorted(rows, key=lambda r: (r["occurred"], r["event_id"]))
+    violations = consent_violations(ordered)
     steps: list[Touch] = []
     previous_at: int | None = None
     previous_channel: str | None = None
@@ -139,9 +143,38 @@ def journey(rows: Iterable[dict[str, Any]]) -> list[Touch]:
                 ),
                 channel_switch=switch,
                 event_id=row["event_id"],
+                consent_violation=row["event_id"] in violations,
             )
         )
         previous_at = row["occurred"]
         if channel is not None:
             previous_channel = channel
     return steps
+
+
+def is_marketing(row: dict[str, Any]) -> bool:
+    """An outbound touch from a campaign: what marketing consent governs."""
+    return (
+        row["kind"] == "InteractionRecorded"
+        and row["direction"] == "outbound"
+        and row["campaign"] is not None
+    )
+
+
+def consent_violations(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Marketing touches that occurred while marketing consent for their channel stood
+    withdrawn: event id -> when that withdrawal occurred. The latest decision by business
+    time counts, whether for the channel or for every channel, whatever the arrival order."""
+    ordered = sorted(rows, key=lambda r: (r["occurred"], r["event_id"]))
+    decisions: dict[str | None, tuple[int, bool]] = {}  # channel (None: all) -> (when, granted)
+    found: dict[str, int] = {}
+    for row in ordered:
+        if row["kind"] == "ConsentChanged" and row["detail"] == "marketing":
+            decisions[row["channel"]] = (row["occurred"], bool(row["granted"]))
+        elif is_marketing(row):
+            applicable = [d for d in (decisions.get(row["channel"]), decisions.get(None)) if d]
+            if applicable:
+                when, granted = max(applicable)
+                if not granted:
+                    found[row["event_id"]] = when
+    return found

@@ -23,7 +23,13 @@ from crm_ledger.projections.impact import (
     Impact,
     measure,
 )
-from crm_ledger.projections.journey_timeline import TOUCHES, JourneyTimeline, Touch, journey
+from crm_ledger.projections.journey_timeline import (
+    TOUCHES,
+    JourneyTimeline,
+    Touch,
+    consent_violations,
+    journey,
+)
 from crm_ledger.projections.lifetime_value import LTV, LifetimeValue, Value
 from crm_ledger.projections.model import merge_rows, micros, moment, project, week_of
 
@@ -46,6 +52,10 @@ class QueryStore(Protocol):
 
     def all_rows(self, spec: Table, label: str) -> list[dict[str, Any]]:
         """Every row of a table."""
+        ...
+
+    def consent_rows(self, touches: tuple[Table, str]) -> list[dict[str, Any]]:
+        """Consent changes and outbound campaign touches."""
         ...
 
     def top_values(
@@ -123,6 +133,20 @@ class Comparison:
     started_at: datetime
     ended_at: datetime | None
     impact: Impact
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A marketing touch sent while marketing consent for its channel was withdrawn."""
+
+    customer_id: str
+    occurred_at: datetime
+    recorded_at: datetime
+    channel: str | None
+    campaign: str | None
+    kind: str | None
+    withdrawn_at: datetime
+    event_id: str
 
 
 class ReadModels:
@@ -319,6 +343,36 @@ class ReadModels:
             elif control is None or all(row.get(k) == v for k, v in control.items()):
                 groups[stream] = CONTROL
         return groups, canonical
+
+    def consent_violations(self, at: Moment = LIVE) -> list[Violation]:
+        """Every marketing touch made while the customer's marketing consent for its channel
+        stood withdrawn, oldest first."""
+        sets = self.sets(at)
+        names = {
+            r["stream"]: r["customer_id"]
+            for r in self.store.all_rows(CUSTOMERS, sets["customer_360"].label)
+        }
+        by_stream: dict[str, list[dict[str, Any]]] = {}
+        for row in self.store.consent_rows((TOUCHES, sets["journey_timeline"].label)):
+            by_stream.setdefault(row["stream"], []).append(row)
+        found = []
+        for stream, rows in by_stream.items():
+            flagged = consent_violations(rows)
+            for row in rows:
+                if row["event_id"] in flagged:
+                    found.append(
+                        Violation(
+                            customer_id=names.get(stream, stream),
+                            occurred_at=moment(row["occurred"]),
+                            recorded_at=moment(row["recorded"]),
+                            channel=row["channel"],
+                            campaign=row["campaign"],
+                            kind=row["detail"],
+                            withdrawn_at=moment(flagged[row["event_id"]]),
+                            event_id=row["event_id"],
+                        )
+                    )
+        return sorted(found, key=lambda v: (v.occurred_at, v.customer_id))
 
     def canonical_ids(self, sets: Mapping[str, TableSet]) -> dict[str, str]:
         """Each customer stream's customer id, or its merge survivor's."""

@@ -1,0 +1,192 @@
+"""Tamper evidence on each real store: change the stored rows behind the ledger's back (a
+byte of a payload, a deleted event, two swapped, a forged one, an altered checkpoint) and
+`audit verify` finds and locates each one."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+from crm_ledger.adapters.crypto import create_key_pair, load_signer
+from crm_ledger.aggregates import customer_uuid
+from crm_ledger.audit import Auditor, chain_hash, content_hash
+from tests.factories import AT, tp
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from crm_ledger.application import Ledger
+
+
+class Rows:
+    """Raw access to the event store's tables, as someone with database access has."""
+
+    def __init__(self, store_env: dict[str, str], pg_url: str | None) -> None:
+        self.sqlite = "SQLITE_DBNAME" in store_env
+        if self.sqlite:
+            self.conn: Any = sqlite3.connect(store_env["SQLITE_DBNAME"])
+            self.events = "stored_events"
+        else:
+            self.conn = psycopg.connect(pg_url or "", autocommit=True)
+            schema = store_env["POSTGRES_SCHEMA"]
+            self.conn.execute(f"SET search_path TO {schema}")
+            self.events = "crmledger_events"
+
+    def run(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if not self.sqlite:
+            sql = sql.replace("?", "%s")
+        cursor = self.conn.execute(sql.format(events=self.events), params)
+        rows = cursor.fetchall() if cursor.description else []
+        if self.sqlite:
+            self.conn.commit()
+        return rows
+
+    def key(self, customer: str) -> Any:
+        stream = customer_uuid(customer)
+        return stream.hex if self.sqlite else stream
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def history(
+    ledger: Ledger, store_env: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path
+) -> Any:
+    """Three customers with a few events each, a signed checkpoint, then one more event each."""
+    for c in ("C1", "C2", "C3"):
+        ledger.record_many(
+            [tp("CustomerRegistered", c)]
+            + [tp("OrderPlaced", c, order_id=f"{c}-{i}", amount_minor=100 + i) for i in range(4)]
+        )
+    create_key_pair(tmp_path / "keys")
+    auditor = Auditor(ledger.recorder, load_signer(tmp_path / "keys"), ledger.log_head())  # type: ignore[arg-type]
+    auditor.checkpoint()
+    for c in ("C1", "C2", "C3"):
+        ledger.record(tp("InteractionRecorded", c, at=AT))
+    pg_url = None if "SQLITE_DBNAME" in store_env else request.getfixturevalue("pg_url")
+    rows = Rows(store_env, pg_url)
+    yield auditor, rows
+    rows.close()
+
+
+def found(auditor: Auditor) -> set[tuple[str, int | None, str]]:
+    result = auditor.verify()
+    return {(f.stream.hex(), f.version, f.problem) for f in result.findings}
+
+
+def stream(customer: str) -> str:
+    return customer_uuid(customer).hex
+
+
+def test_an_untouched_history_verifies(history: Any) -> None:
+    auditor, _ = history
+    result = auditor.verify()
+    assert result.ok, result.findings
+    assert (result.events, result.streams, result.checkpoints) == (21, 3, 1)
+
+
+def test_a_changed_byte_in_a_payload_is_found(history: Any) -> None:
+    auditor, rows = history
+    (state,) = rows.run(
+        "SELECT state FROM {events} WHERE originator_id=? AND originator_version=3", rows.key("C2")
+    )[0]
+    forged = bytes(state).replace(b'"amount_minor":100', b'"amount_minor":900')
+    assert forged != bytes(state)
+    rows.run(
+        "UPDATE {events} SET state=? WHERE originator_id=? AND originator_version=3",
+        forged,
+        rows.key("C2"),
+    )
+    assert found(auditor) == {
+        (stream("C2"), 3, "modified"),
+        (stream("C2"), 6, "history changed"),  # the signed head no longer follows
+    }
+
+
+def test_a_deleted_event_is_found(history: Any) -> None:
+    auditor, rows = history
+    rows.run("DELETE FROM {events} WHERE originator_id=? AND originator_version=7", rows.key("C1"))
+    assert found(auditor) == {(stream("C1"), 7, "deleted")}
+
+
+def test_two_swapped_events_are_found(history: Any) -> None:
+    auditor, rows = history
+    key = rows.key("C3")
+    ((s3,),) = rows.run(
+        "SELECT state FROM {events} WHERE originator_id=? AND originator_version=3", key
+    )
+    ((s4,),) = rows.run(
+        "SELECT state FROM {events} WHERE originator_id=? AND originator_version=4", key
+    )
+    rows.run("UPDATE {events} SET state=? WHERE originator_id=? AND originator_version=3", s4, key)
+    rows.run("UPDATE {events} SET state=? WHERE originator_id=? AND originator_version=4", s3, key)
+    assert found(auditor) == {
+        (stream("C3"), 3, "reordered"),
+        (stream("C3"), 4, "reordered"),
+        (stream("C3"), 6, "history changed"),
+    }
+
+
+def test_a_forged_event_is_found(history: Any) -> None:
+    auditor, rows = history
+    ((topic, state),) = rows.run(
+        "SELECT topic, state FROM {events} WHERE originator_id=? AND originator_version=7",
+        rows.key("C1"),
+    )
+    rows.run(
+        "INSERT INTO {events} (originator_id, originator_version, topic, state) VALUES (?,?,?,?)",
+        rows.key("C1"),
+        8,
+        topic,
+        state,
+    )
+    assert found(auditor) == {(stream("C1"), 8, "inserted")}
+
+
+def test_a_rewritten_event_with_a_recomputed_chain_is_found_by_the_checkpoint(
+    history: Any,
+) -> None:
+    auditor, rows = history
+    key = rows.key("C2")
+    ((_topic, state),) = rows.run(
+        "SELECT topic, state FROM {events} WHERE originator_id=? AND originator_version=2", key
+    )
+    forged = bytes(state).replace(b'"region":"north"', b'"region":"south"')
+    rows.run(
+        "UPDATE {events} SET state=? WHERE originator_id=? AND originator_version=2", forged, key
+    )
+    # The forger also rewrites the chain from there on, consistently.
+    raw = customer_uuid("C2").bytes
+    events = rows.run(
+        "SELECT originator_version, topic, state FROM {events} "
+        "WHERE originator_id=? ORDER BY originator_version",
+        key,
+    )
+    previous = bytes(32)
+    for version, t, s in events:
+        content = content_hash(raw, version, t, bytes(s))
+        previous = chain_hash(previous, content)
+        rows.run(
+            "UPDATE ledger_chain SET content_hash=?, chain_hash=? "
+            "WHERE originator_id=? AND originator_version=?",
+            content,
+            previous,
+            raw,
+            version,
+        )
+    assert found(auditor) == {(stream("C2"), 6, "history changed")}
+
+
+def test_an_altered_checkpoint_is_found(history: Any) -> None:
+    auditor, rows = history
+    rows.run(
+        "UPDATE ledger_checkpoint_heads SET chain_hash=? WHERE originator_id=?",
+        hashlib.sha256(b"forged").digest(),
+        customer_uuid("C1").bytes,
+    )
+    assert found(auditor) == {("", None, "checkpoint altered")}

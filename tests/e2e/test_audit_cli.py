@@ -1,0 +1,122 @@
+"""Auditor and privacy commands as a user meets them: checkpoint, verify (intact, then after
+tampering with the SQLite file), history, public key, consent violations."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from crm_ledger.aggregates import customer_uuid
+from crm_ledger.config import DB_FILE
+from tests.e2e.test_cli import run, write_jsonl
+from tests.factories import AT, tp
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+from crm_ledger.adapters.avro import to_json
+
+
+def test_checkpoint_verify_tamper_and_locate(runner: CliRunner, tmp_path: Path) -> None:
+    data = tmp_path / "ledger"
+    init = run(runner, data, "--format", "json", "init")
+    assert json.loads(init.stdout)["signing_key"].endswith("(created)")
+    events = [to_json(tp("CustomerRegistered", "C1", actor="agent-7"))] + [
+        to_json(tp("OrderPlaced", "C1", order_id=f"O{i}", amount_minor=100 + i)) for i in range(3)
+    ]
+    assert (
+        run(runner, data, "import", str(write_jsonl(tmp_path / "e.jsonl", events))).exit_code == 0
+    )
+    checkpoint = run(runner, data, "--format", "json", "audit", "checkpoint")
+    assert checkpoint.exit_code == 0, checkpoint.output
+    assert json.loads(checkpoint.stdout)["streams"] == 1
+
+    intact = run(runner, data, "--format", "json", "audit", "verify")
+    assert intact.exit_code == 0, intact.output
+    assert json.loads(intact.stdout) == {
+        "ok": True,
+        "events": 5,
+        "streams": 1,
+        "checkpoints": 1,
+        "findings": [],
+    }
+
+    history = run(runner, data, "--format", "json", "audit", "history", "C1")
+    facts = json.loads(history.stdout)
+    assert [f["fact"] for f in facts] == [
+        "CustomerRegistered",
+        "OrderPlaced",
+        "OrderPlaced",
+        "OrderPlaced",
+    ]
+    assert facts[0]["actor"] == "agent-7"
+    assert facts[0]["source"] == "test"
+    assert all(len(f["chain_hash"]) == 64 for f in facts)
+
+    with sqlite3.connect(data / DB_FILE) as conn:
+        conn.execute(
+            "UPDATE stored_events SET state = replace(state, '\"amount_minor\":101', "
+            "'\"amount_minor\":999') WHERE originator_id=? AND originator_version=4",
+            [customer_uuid("C1").hex],
+        )
+    tampered = run(runner, data, "--format", "json", "audit", "verify")
+    assert tampered.exit_code == 1
+    report = json.loads(tampered.stdout)
+    assert report["ok"] is False
+    assert {(f["subject"], f["version"], f["problem"]) for f in report["findings"]} == {
+        ("C1", 4, "modified"),
+        ("C1", 5, "history changed"),
+    }
+
+    key = run(runner, data, "audit", "public-key")
+    assert key.stdout.startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_verify_without_a_signing_key_says_how_to_get_one(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    data = tmp_path / "ledger"
+    assert run(runner, data, "init").exit_code == 0
+    for key in (data / "audit").iterdir():
+        key.unlink()
+    result = run(runner, data, "audit", "checkpoint")
+    assert result.exit_code == 1
+    assert "crm-ledger init" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_consent_violations_are_listed(runner: CliRunner, tmp_path: Path) -> None:
+    data = tmp_path / "ledger"
+    events = [
+        tp("ConsentChanged", "C1", at=AT, purpose="marketing", channel=None, granted=False),
+        tp(
+            "InteractionRecorded",
+            "C1",
+            at=AT + timedelta(days=1),
+            channel="email",
+            direction="outbound",
+            kind="email_open",
+            campaign="spring",
+        ),
+        tp(
+            "InteractionRecorded",
+            "C2",
+            channel="email",
+            direction="outbound",
+            kind="email_open",
+            campaign="spring",
+        ),
+    ]
+    path = write_jsonl(tmp_path / "e.jsonl", [to_json(e) for e in events])
+    assert run(runner, data, "init").exit_code == 0
+    assert run(runner, data, "import", str(path)).exit_code == 0
+    found = json.loads(run(runner, data, "--format", "json", "consent", "violations").stdout)
+    assert [(v["customer_id"], v["channel"], v["campaign"]) for v in found] == [
+        ("C1", "email", "spring")
+    ]
+    timeline = json.loads(run(runner, data, "--format", "json", "timeline", "C1").stdout)
+    assert [t["consent_violation"] for t in timeline] == [False, True]
