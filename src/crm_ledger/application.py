@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 #: Aggregates kept in memory between batches.
 DEFAULT_CACHE_SIZE = 100_000
+
+#: The source named on CustomerErased events the ledger records itself.
+ERASURE_SOURCE = "crm-ledger"
 
 #: A batch that loses a race with another writer is retried this many times.
 MAX_ATTEMPTS = 12
@@ -120,6 +123,10 @@ class LedgerRecorder(Protocol):
 
     def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
         """(0, originator id, version, topic, state) rows of one stream, in order."""
+        ...
+
+    def destroy_key(self, stream: bytes) -> None:
+        """Destroy a stream's data key for good."""
         ...
 
     def count_receipts(self) -> int:
@@ -220,6 +227,9 @@ class Ledger(Application[UUID]):
         except Exception as e:  # the library raises many kinds for an unusable store
             msg = f"cannot open the event store: {e}"
             raise StoreUnavailable(msg) from None
+        # Personal fields are sealed with per-customer keys the recorder keeps (and stores in
+        # the same transaction as the events that first need them).
+        cast("Any", self.mapper).data_keys = getattr(self.recorder, "data_keys", None)
 
     def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
         """Settings come only from bootstrap, never from the process environment."""
@@ -327,6 +337,29 @@ class Ledger(Application[UUID]):
                 )
             )
         return entries
+
+    def erase(self, customer_id: str, *, reason: str, actor: str | None = None) -> list[str]:
+        """Record CustomerErased and destroy the data keys of the customer and of everyone
+        merged into them: their personal data can no longer be read anywhere. Returns the
+        customer ids whose keys were destroyed."""
+        view = self.customer(customer_id)
+        now = self._clock()
+        self.record(
+            Touchpoint(
+                "CustomerErased",
+                uuid4(),
+                customer_id,
+                now,
+                ERASURE_SOURCE,
+                actor,
+                None,
+                {"reason": reason},
+            )
+        )
+        erased = [customer_id, *view.merged_from]
+        for member in erased:
+            self.ledger_recorder.destroy_key(customer_uuid(member).bytes)
+        return erased
 
     def customer_as_of(
         self,

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -1077,6 +1077,33 @@ def clv_holdout(
         )
         if chart:
             ctx.out.print(f"chart written to {chart}")
+
+
+@cli.command()
+@click.argument("customer_id")
+@click.option("--reason", required=True, help="Why (kept on the CustomerErased event).")
+@click.option("--actor", help="Who asked for it (kept on the event).")
+@pass_context
+def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> None:
+    """Erase CUSTOMER_ID's personal data: record CustomerErased and destroy the customer's
+    data key (and those of customers merged into them). Sealed personal fields become
+    unreadable everywhere; orders, amounts, times and channels remain, so totals stay true.
+    Kafka cannot delete single records: copies that services published expire with the
+    topics' retention, and the date is printed."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        erased = ledger.erase(customer_id, reason=reason, actor=actor)
+    expiry = datetime.now(UTC) + timedelta(days=ctx.settings.kafka_retention_days)
+    emit_record(
+        ctx,
+        {
+            "customer_id": customer_id,
+            "keys_destroyed": erased,
+            "reason": reason,
+            "kafka_copies_expire_by": expiry,
+            "kafka_topics": [ctx.settings.kafka_topic, ctx.settings.kafka_dlq_topic],
+        },
+        title="erased",
+    )
 
 
 @cli.group()

@@ -190,3 +190,60 @@ def test_an_altered_checkpoint_is_found(history: Any) -> None:
         customer_uuid("C1").bytes,
     )
     assert found(auditor) == {("", None, "checkpoint altered")}
+
+
+def test_erasure_leaves_no_personal_value_in_any_table(
+    ledger: Ledger, store_env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    personal = {
+        "name": "Ximena Oyelaran",
+        "email": "xo@example.org",
+        "phone": "+1 555 0100",
+        "address": "1 Elm St",
+    }
+    ledger.record_many(
+        [
+            tp("CustomerRegistered", "C7", **personal),
+            tp("InteractionRecorded", "C7", note="Ximena asked for a call back"),
+            tp("OrderPlaced", "C7", amount_minor=4200),
+            # enough events for a snapshot, which holds the profile too
+            *(tp("InteractionRecorded", "C7") for _ in range(200)),
+        ]
+    )
+    secrets = [*personal.values(), "Ximena asked for a call back"]
+    assert ledger.customer("C7").profile["name"] == personal["name"]
+    assert ledger.erase("C7", reason="request") == ["C7"]
+    assert ledger.customer("C7").profile == {}
+    details = next(h.details for h in ledger.history("C7") if h.event_type == "CustomerRegistered")
+    assert details["email"] is None
+    assert details["country"] == "DE"
+
+    pg_url = None if "SQLITE_DBNAME" in store_env else request.getfixturevalue("pg_url")
+    rows = Rows(store_env, pg_url)
+    try:
+        if rows.sqlite:
+            tables = [t for (t,) in rows.run("SELECT name FROM sqlite_master WHERE type='table'")]
+        else:
+            tables = [
+                t
+                for (t,) in rows.run(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema=?",
+                    store_env["POSTGRES_SCHEMA"],
+                )
+            ]
+        assert "ledger_keys" in tables
+        snapshots = next(t for t in tables if t.endswith("snapshots"))
+        assert rows.run(f"SELECT count(*) FROM {snapshots}")[0][0] >= 1  # noqa: S608
+        for table in tables:
+            for row in rows.run(f"SELECT * FROM {table}"):
+                text = b" ".join(
+                    bytes(v) if isinstance(v, bytes | memoryview) else str(v).encode() for v in row
+                )
+                for secret in secrets:
+                    assert secret.encode() not in text, (table, secret)
+        ((key,),) = rows.run(
+            "SELECT data_key FROM ledger_keys WHERE originator_id=?", customer_uuid("C7").bytes
+        )
+        assert key is None
+    finally:
+        rows.close()

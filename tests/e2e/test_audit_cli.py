@@ -120,3 +120,57 @@ def test_consent_violations_are_listed(runner: CliRunner, tmp_path: Path) -> Non
     ]
     timeline = json.loads(run(runner, data, "--format", "json", "timeline", "C1").stdout)
     assert [t["consent_violation"] for t in timeline] == [False, True]
+
+
+def test_erase_leaves_no_personal_data_and_keeps_the_totals(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    data = tmp_path / "ledger"
+    personal = {
+        "name": "Zelda Quintero-Vasquez",
+        "email": "zelda.qv@example.org",
+        "phone": "+34 611 222 333",
+        "address": "Calle Mayor 7, Madrid",
+    }
+    events = [
+        tp("CustomerRegistered", "C9", **personal),
+        tp("IdentityLinked", "C9", system="crm", value="ZQV-77-LOYALTY"),
+        tp("SupportTicketOpened", "C9", subject="Zelda's parcel never came"),
+        *(tp("OrderPlaced", "C9", order_id=f"O{i}", amount_minor=1000 * (i + 1)) for i in range(3)),
+        tp("OrderRefunded", "C9", amount_minor=500),
+    ]
+    secrets = [*personal.values(), "ZQV-77-LOYALTY", "Zelda's parcel never came"]
+    assert run(runner, data, "init").exit_code == 0
+    path = write_jsonl(tmp_path / "e.jsonl", [to_json(e) for e in events])
+    assert run(runner, data, "import", str(path)).exit_code == 0
+    assert run(runner, data, "audit", "checkpoint").exit_code == 0
+    before = json.loads(run(runner, data, "--format", "json", "ltv", "C9").stdout)
+    shown = json.loads(run(runner, data, "--format", "json", "customer", "show", "C9").stdout)
+    assert shown["profile.name"] == personal["name"]  # readable while the key exists
+    with sqlite3.connect(data / DB_FILE) as conn:
+        ((key,),) = conn.execute(
+            "SELECT data_key FROM ledger_keys WHERE originator_id=?", [customer_uuid("C9").bytes]
+        ).fetchall()
+
+    erased = run(runner, data, "--format", "json", "erase", "C9", "--reason", "request #42")
+    assert erased.exit_code == 0, erased.output
+    assert json.loads(erased.stdout)["keys_destroyed"] == ["C9"]
+
+    for file in sorted(data.iterdir()):
+        if file.is_file():
+            raw = file.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in raw, (file.name, secret)
+            assert key not in raw, f"the data key survives in {file.name}"
+    shown = json.loads(run(runner, data, "--format", "json", "customer", "show", "C9").stdout)
+    assert shown["erased"] is True
+    assert not any(k.startswith("profile.name") for k in shown)
+    history = json.loads(run(runner, data, "--format", "json", "history", "C9").stdout)
+    registered = next(h for h in history if h["type"] == "CustomerRegistered")
+    assert registered["details"]["name"] is None
+    assert registered["details"]["region"] == "north"  # not personal: kept
+    assert json.loads(run(runner, data, "--format", "json", "ltv", "C9").stdout) == before
+    assert run(runner, data, "audit", "verify").exit_code == 0
+    refused = run(runner, data, "erase", "nobody", "--reason", "x")
+    assert refused.exit_code == 1
+    assert "nobody" in refused.stderr

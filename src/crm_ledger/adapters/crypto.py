@@ -1,17 +1,21 @@
-"""Keys and signatures (the ``cryptography`` package): Ed25519 for signed checkpoints."""
+"""Keys and signatures (the ``cryptography`` package): Ed25519 for signed checkpoints,
+AES-256-GCM data keys for personal data (crypto-shredding)."""
 
 from __future__ import annotations
 
+import base64
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crm_ledger.errors import ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 PRIVATE_KEY_FILE = "signing-key.pem"
@@ -88,3 +92,72 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidInput("not an Ed25519 public key")
     return key
+
+
+#: Marks a sealed personal value in stored JSON.
+SEALED = "enc1:"
+
+
+class DataKeys:
+    """Per-customer data keys (AES-256-GCM) that seal personal fields.
+
+    A key is created the first time a stream has personal data to seal and is stored with
+    that batch (``pending`` until its transaction commits). Destroying a key leaves the sealed
+    values unreadable everywhere they were copied: that is the erasure.
+    """
+
+    def __init__(self, load: Callable[[bytes], bytes | None]) -> None:
+        self.load = load
+        self.keys: dict[bytes, bytes | None] = {}
+        self.pending: dict[bytes, bytes] = {}
+
+    def seal(self, stream: bytes, field: str, value: str) -> str:
+        """``value`` encrypted with the stream's key (created if it has none)."""
+        key = self._key(stream)
+        if key is None:
+            key = self.pending[stream] = self.keys[stream] = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(12)
+        sealed = AESGCM(key).encrypt(nonce, value.encode(), stream + field.encode())
+        return SEALED + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+    def open(self, stream: bytes, field: str, value: Any) -> Any:
+        """The plain value of a sealed one; None once the stream's key is destroyed."""
+        if not (isinstance(value, str) and value.startswith(SEALED)):
+            return value
+        key = self._key(stream)
+        if key is None:
+            return None
+        raw = base64.urlsafe_b64decode(value[len(SEALED) :])
+        try:
+            return AESGCM(key).decrypt(raw[:12], raw[12:], stream + field.encode()).decode()
+        except InvalidTag:
+            return None  # not this stream's value: never shown
+
+    def forget(self, stream: bytes) -> None:
+        """Drop a stream's key from memory (after it was destroyed)."""
+        self.keys[stream] = None
+        self.pending.pop(stream, None)
+
+    def take_pending(self) -> list[tuple[bytes, bytes]]:
+        """Keys created since the last commit, to store with the batch."""
+        return list(self.pending.items())
+
+    def settle(self, committed: bool) -> None:
+        """After a transaction: keep its new keys, or forget them (a retry makes new ones)."""
+        if not committed:
+            for stream in self.pending:
+                self.keys.pop(stream, None)
+        self.pending = {}
+        if len(self.keys) > KEY_CACHE_SIZE:
+            for stream in list(self.keys)[: KEY_CACHE_SIZE // 2]:
+                if stream not in self.pending:
+                    del self.keys[stream]
+
+    def _key(self, stream: bytes) -> bytes | None:
+        if stream not in self.keys:
+            self.keys[stream] = self.load(stream)
+        return self.keys[stream]
+
+
+#: Data keys kept in memory.
+KEY_CACHE_SIZE = 100_000

@@ -13,13 +13,15 @@ from uuid import UUID
 
 import orjson
 import psycopg
+from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg.sql import SQL, Identifier
 
-from crm_ledger.aggregates import Customer
+from crm_ledger.adapters.crypto import DataKeys
+from crm_ledger.aggregates import PERSONAL_FIELDS, Customer
 from crm_ledger.aggregates.envelope import Touched, own_fields
 from crm_ledger.application import LogRecord
 from crm_ledger.audit import (
@@ -159,6 +161,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = ChainHeads()
+        self.data_keys = DataKeys(self.load_key)
 
     def construct_create_table_statements(self) -> list[str]:
         """Add the receipts and positions tables to eventsourcing's own."""
@@ -174,6 +177,8 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "originator_id BLOB NOT NULL, originator_version INTEGER NOT NULL, "
             "content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL, "
             "PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_keys ("
+            "originator_id BLOB PRIMARY KEY, data_key BLOB, destroyed_at TEXT) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS ledger_checkpoints ("
             "checkpoint_id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, "
             "position INTEGER NOT NULL, streams INTEGER NOT NULL, digest BLOB NOT NULL, "
@@ -205,6 +210,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             ],
         )
         self._chain(c, stored_events)
+        c.executemany("INSERT INTO ledger_keys VALUES (?,?,NULL)", self.data_keys.take_pending())
         receipts: Sequence[Receipt] = kwargs.get("receipts", ())
         c.executemany(
             "INSERT INTO ledger_receipts VALUES (?,?,?)",
@@ -229,8 +235,10 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             result: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
         except BaseException:
             self.heads.discard()
+            self.data_keys.settle(committed=False)
             raise
         self.heads.settle()
+        self.data_keys.settle(committed=True)
         return result
 
     def _chain(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
@@ -249,6 +257,28 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             found.update((row[0], (row[1], row[2])) for row in c.fetchall())
         links = self.heads.chain(stored_events, found)
         c.executemany("INSERT INTO ledger_chain VALUES (?,?,?,?)", links)
+
+    def load_key(self, stream: bytes) -> bytes | None:
+        """The stream's data key; None if it has none or it was destroyed."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT data_key FROM ledger_keys WHERE originator_id=?", [stream])
+            row = c.fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def destroy_key(self, stream: bytes) -> None:
+        """Destroy the stream's data key, leaving no copy in the database files."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA secure_delete=ON")  # freed bytes are overwritten with zeros
+            c.execute(
+                "INSERT INTO ledger_keys VALUES (?,NULL,?) ON CONFLICT (originator_id) "
+                "DO UPDATE SET data_key=NULL, destroyed_at=excluded.destroyed_at",
+                [stream, datetime.now(UTC).isoformat()],
+            )
+        with self.datastore.transaction(commit=False) as c:
+            # Earlier page images in the write-ahead log still hold the key: fold the log
+            # into the database and empty it.
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.data_keys.forget(stream)
 
     def stored_records(self) -> Iterator[StoredRecord]:
         """Every stored event, by stream then version (for verification)."""
@@ -403,6 +433,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
         self.heads = ChainHeads()
+        self.data_keys = DataKeys(self.load_key)
         schema = Identifier(self.datastore.schema)
         self.sql_create_statements += [
             SQL(
@@ -429,6 +460,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 "CREATE TABLE IF NOT EXISTS {}.ledger_chain (originator_id bytea NOT NULL, "
                 "originator_version bigint NOT NULL, content_hash bytea NOT NULL, "
                 "chain_hash bytea NOT NULL, PRIMARY KEY (originator_id, originator_version))",
+                "CREATE TABLE IF NOT EXISTS {}.ledger_keys (originator_id bytea PRIMARY KEY, "
+                "data_key bytea, destroyed_at timestamptz)",
                 "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoints (checkpoint_id bigserial PRIMARY "
                 "KEY, created_at timestamptz NOT NULL, position bigint NOT NULL, streams bigint "
                 "NOT NULL, digest bytea NOT NULL, signature bytea NOT NULL)",
@@ -444,6 +477,11 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         self._chain(curs, stored_events)
+        keys = self.data_keys.take_pending()
+        if keys:
+            curs.executemany(
+                SQL("INSERT INTO {}.ledger_keys VALUES (%s,%s,NULL)").format(self._schema), keys
+            )
         receipts: Sequence[Receipt] = kwargs.get("receipts", ())
         if receipts:
             curs.executemany(
@@ -466,8 +504,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             result: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
         except BaseException:
             self.heads.discard()
+            self.data_keys.settle(committed=False)
             raise
         self.heads.settle()
+        self.data_keys.settle(committed=True)
         return result
 
     def _chain(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
@@ -491,6 +531,31 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         curs.executemany(
             SQL("INSERT INTO {}.ledger_chain VALUES (%s,%s,%s,%s)").format(self._schema), links
         )
+
+    def load_key(self, stream: bytes) -> bytes | None:
+        """The stream's data key; None if it has none or it was destroyed."""
+        rows = self._select(
+            SQL("SELECT data_key FROM {}.ledger_keys WHERE originator_id=%s"), [stream]
+        )
+        key = rows[0]["data_key"] if rows else None
+        return bytes(key) if key is not None else None
+
+    def destroy_key(self, stream: bytes) -> None:
+        """Destroy the stream's data key, and rewrite the key table so that no dead row
+        version keeps it."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {}.ledger_keys VALUES (%s,NULL,now()) ON CONFLICT "
+                    "(originator_id) DO UPDATE SET data_key=NULL, destroyed_at=now()"
+                ).format(self._schema),
+                [stream],
+            )
+        with self.datastore.get_connection() as conn:
+            conn.autocommit = True
+            conn.execute(SQL("VACUUM FULL {}.ledger_keys").format(self._schema))
+            conn.autocommit = False
+        self.data_keys.forget(stream)
 
     def stored_records(self) -> Iterator[StoredRecord]:
         """Every stored event, by stream then version (for verification)."""
@@ -741,11 +806,22 @@ class LedgerMapper(Mapper[UUID]):
     that format are read too.
     """
 
+    #: Set by the Ledger to its recorder's data keys; personal fields are sealed with them.
+    data_keys: DataKeys | None = None
+
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
-        """The stored form of ``domain_event``."""
+        """The stored form of ``domain_event``, its personal fields sealed."""
         if not isinstance(domain_event, Touched):
+            if isinstance(domain_event, Snapshot) and _is_customer(domain_event.topic):
+                domain_event = self._sealed_snapshot(domain_event)
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
+        personal = PERSONAL_FIELDS.get(type(domain_event).__name__)
+        if personal and self.data_keys is not None:
+            stream = domain_event.originator_id.bytes
+            for name in personal:
+                if state[name] is not None:
+                    state[name] = self.data_keys.seal(stream, name, state[name])
         originator_id = state.pop("originator_id")
         originator_version = state.pop("originator_version")
         class_version = getattr(type(domain_event), "class_version", 1)
@@ -762,8 +838,16 @@ class LedgerMapper(Mapper[UUID]):
         """The domain event of ``stored_event``."""
         cls = resolve_topic(stored_event.topic)
         if not (isinstance(cls, type) and issubclass(cls, Touched)):
-            return super().to_domain_event(stored_event)
+            found = super().to_domain_event(stored_event)
+            if isinstance(found, Snapshot) and _is_customer(found.topic):
+                return cast("DomainEventProtocol[UUID]", self._opened_snapshot(found))
+            return found
         state = orjson.loads(stored_event.state)
+        personal = PERSONAL_FIELDS.get(cls.__name__)
+        if personal and self.data_keys is not None:
+            stream = _as_uuid(stored_event.originator_id).bytes
+            for name in personal:
+                state[name] = self.data_keys.open(stream, name, state.get(name))
         for name, convert in _TYPED_FIELDS.items():
             state[name] = _typed(state[name], convert)
         state["originator_id"] = _as_uuid(stored_event.originator_id)
@@ -775,6 +859,39 @@ class LedgerMapper(Mapper[UUID]):
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)
         return cast("DomainEventProtocol[UUID]", event)
+
+    def _sealed_snapshot(self, snapshot: Any) -> Any:
+        """A copy of a Customer snapshot with its personal data sealed."""
+        return self._snapshot_with(snapshot, self._seal_value)
+
+    def _opened_snapshot(self, snapshot: Any) -> Any:
+        """A copy of a stored Customer snapshot with its personal data opened."""
+        return self._snapshot_with(snapshot, self._open_value)
+
+    def _snapshot_with(self, snapshot: Any, change: Any) -> Any:
+        if self.data_keys is None:
+            return snapshot
+        stream = snapshot.originator_id.bytes
+        state = dict(snapshot.state)
+        state["profile"] = {
+            k: change(stream, k, v) if k in PERSONAL_PROFILE and v is not None else v
+            for k, v in state.get("profile", {}).items()
+        }
+        state["identities"] = [
+            [system, change(stream, "identity", value)]
+            for system, value in state.get("identities", [])
+        ]
+        copy = object.__new__(type(snapshot))
+        object.__setattr__(copy, "__dict__", {**vars(snapshot), "state": state})
+        return copy
+
+    def _seal_value(self, stream: bytes, name: str, value: Any) -> Any:
+        assert self.data_keys is not None  # checked by the caller
+        return self.data_keys.seal(stream, name, value) if value is not None else None
+
+    def _open_value(self, stream: bytes, name: str, value: Any) -> Any:
+        assert self.data_keys is not None  # checked by the caller
+        return self.data_keys.open(stream, name, value)
 
     def to_record(
         self, position: int, originator_id: UUID | str, version: int, topic: str, state: bytes
@@ -824,6 +941,15 @@ class LedgerMapper(Mapper[UUID]):
 
 
 OPENED = "Opened"
+
+#: Profile fields of the Customer aggregate that hold personal data (sealed in snapshots).
+PERSONAL_PROFILE = frozenset(PERSONAL_FIELDS["CustomerRegistered"])
+
+
+def _is_customer(aggregate_topic: str) -> bool:
+    return aggregate_topic.endswith(":Customer")
+
+
 _ENVELOPE_REST = ("source", "actor", "correlation_id", "addressed_to")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
