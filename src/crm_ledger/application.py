@@ -51,6 +51,9 @@ DEFAULT_CACHE_SIZE = 100_000
 #: The source named on CustomerErased events the ledger records itself.
 ERASURE_SOURCE = "crm-ledger"
 
+#: Opening the store is retried this many times when another process creates its tables.
+OPEN_ATTEMPTS = 5
+
 #: A batch that loses a race with another writer is retried this many times.
 MAX_ATTEMPTS = 12
 
@@ -220,13 +223,19 @@ class Ledger(Application[UUID]):
         }
         self._clock = clock or (lambda: datetime.now(UTC))
         self._max_future = max_future
-        try:
-            super().__init__(settings)
-        except CrmLedgerError:
-            raise
-        except Exception as e:  # the library raises many kinds for an unusable store
-            msg = f"cannot open the event store: {e}"
-            raise StoreUnavailable(msg) from None
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                super().__init__(settings)
+                break
+            except CrmLedgerError:
+                raise
+            except Exception as e:  # the library raises many kinds for an unusable store
+                if "concurrently updated" in str(e) and attempt + 1 < OPEN_ATTEMPTS:
+                    # Another process was creating the same tables at the same moment.
+                    time.sleep(random.uniform(0.1, 0.5))
+                    continue
+                msg = f"cannot open the event store: {e}"
+                raise StoreUnavailable(msg) from None
         # Personal fields are sealed with per-customer keys the recorder keeps (and stores in
         # the same transaction as the events that first need them).
         cast("Any", self.mapper).data_keys = getattr(self.recorder, "data_keys", None)

@@ -510,6 +510,12 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.data_keys.settle(committed=True)
         return result
 
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        # Workers starting together would otherwise race to create the same tables, and
+        # PostgreSQL refuses one with "tuple concurrently updated".
+        curs.execute("SELECT pg_advisory_xact_lock(hashtext('crm-ledger schema'))")
+        super()._create_table(curs)
+
     def _chain(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
         """Write each event's content and chain hash."""
         wanted = self.heads.missing(stored_events)
