@@ -109,33 +109,37 @@ class DataKeys:
     def __init__(self, load: Callable[[bytes], bytes | None]) -> None:
         self.load = load
         self.keys: dict[bytes, bytes | None] = {}
+        self.ciphers: dict[bytes, AESGCM] = {}
         self.pending: dict[bytes, bytes] = {}
 
-    def seal(self, stream: bytes, field: str, value: str) -> str:
-        """``value`` encrypted with the stream's key (created if it has none)."""
-        key = self._key(stream)
-        if key is None:
+    def seal(self, stream: bytes, field: str, value: str, *, fresh: bool = False) -> str:
+        """``value`` encrypted with the stream's key (created if it has none). ``fresh``: the
+        stream has no earlier event that could have made a key, so none is looked up."""
+        cipher = self.ciphers.get(stream) if fresh else self._cipher(stream)
+        if cipher is None:
             key = self.pending[stream] = self.keys[stream] = AESGCM.generate_key(bit_length=256)
+            cipher = self.ciphers[stream] = AESGCM(key)
         nonce = os.urandom(12)
-        sealed = AESGCM(key).encrypt(nonce, value.encode(), stream + field.encode())
+        sealed = cipher.encrypt(nonce, value.encode(), stream + field.encode())
         return SEALED + base64.urlsafe_b64encode(nonce + sealed).decode()
 
     def open(self, stream: bytes, field: str, value: Any) -> Any:
         """The plain value of a sealed one; None once the stream's key is destroyed."""
         if not (isinstance(value, str) and value.startswith(SEALED)):
             return value
-        key = self._key(stream)
-        if key is None:
+        cipher = self._cipher(stream)
+        if cipher is None:
             return None
         raw = base64.urlsafe_b64decode(value[len(SEALED) :])
         try:
-            return AESGCM(key).decrypt(raw[:12], raw[12:], stream + field.encode()).decode()
+            return cipher.decrypt(raw[:12], raw[12:], stream + field.encode()).decode()
         except InvalidTag:
             return None  # not this stream's value: never shown
 
     def forget(self, stream: bytes) -> None:
         """Drop a stream's key from memory (after it was destroyed)."""
         self.keys[stream] = None
+        self.ciphers.pop(stream, None)
         self.pending.pop(stream, None)
 
     def take_pending(self) -> list[tuple[bytes, bytes]]:
@@ -147,16 +151,24 @@ class DataKeys:
         if not committed:
             for stream in self.pending:
                 self.keys.pop(stream, None)
+                self.ciphers.pop(stream, None)
         self.pending = {}
         if len(self.keys) > KEY_CACHE_SIZE:
             for stream in list(self.keys)[: KEY_CACHE_SIZE // 2]:
-                if stream not in self.pending:
-                    del self.keys[stream]
+                del self.keys[stream]
+                self.ciphers.pop(stream, None)
 
-    def _key(self, stream: bytes) -> bytes | None:
-        if stream not in self.keys:
-            self.keys[stream] = self.load(stream)
-        return self.keys[stream]
+    def _cipher(self, stream: bytes) -> AESGCM | None:
+        """The stream's cipher (its key expanded once), loading the key on first use."""
+        cipher = self.ciphers.get(stream)
+        if cipher is None:
+            if stream not in self.keys:
+                self.keys[stream] = self.load(stream)
+            key = self.keys[stream]
+            if key is None:
+                return None
+            cipher = self.ciphers[stream] = AESGCM(key)
+        return cipher
 
 
 #: Data keys kept in memory.

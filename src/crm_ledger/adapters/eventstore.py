@@ -825,9 +825,11 @@ class LedgerMapper(Mapper[UUID]):
         personal = PERSONAL_FIELDS.get(type(domain_event).__name__)
         if personal and self.data_keys is not None:
             stream = domain_event.originator_id.bytes
+            # Version 2 follows only the stream's opening, which has no personal data.
+            fresh = domain_event.originator_version == 2
             for name in personal:
                 if state[name] is not None:
-                    state[name] = self.data_keys.seal(stream, name, state[name])
+                    state[name] = self.data_keys.seal(stream, name, state[name], fresh=fresh)
         originator_id = state.pop("originator_id")
         originator_version = state.pop("originator_version")
         class_version = getattr(type(domain_event), "class_version", 1)
