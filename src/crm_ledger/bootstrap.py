@@ -10,7 +10,12 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
-from crm_ledger.adapters.crypto import Ed25519Signer, create_key_pair, load_signer
+from crm_ledger.adapters.crypto import (
+    Ed25519Signer,
+    create_key_pair,
+    load_public_key,
+    load_signer,
+)
 from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
 from crm_ledger.adapters.kafka import IngestWorker, KafkaSettings, Publisher
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
@@ -234,6 +239,11 @@ def create_signing_key(settings: Settings) -> bool:
 def open_signer(settings: Settings) -> Ed25519Signer:
     """The checkpoint signer (or verifier, without the private key)."""
     return load_signer(audit_keys_dir(settings))
+
+
+def verifier(public_pem: bytes) -> Ed25519Signer:
+    """A checker of signatures made by the holder of ``public_pem``'s private key."""
+    return Ed25519Signer(load_public_key(public_pem))
 
 
 def open_auditor(settings: Settings, ledger: Ledger) -> Auditor:

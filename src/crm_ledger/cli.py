@@ -28,6 +28,7 @@ from crm_ledger.adapters.charts import impact_chart, tracking_chart
 from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
 from crm_ledger.aggregates import customer_uuid
 from crm_ledger.application import BatchResult, Rejection
+from crm_ledger.audit import verify_export
 from crm_ledger.config import Settings
 from crm_ledger.errors import (
     CrmLedgerError,
@@ -1244,6 +1245,55 @@ def audit_history(ctx: Context, customer_id: str, as_of: str | None) -> None:
             row["chain_hash"] = (row["chain_hash"] or "")[:12]
             del row["event_id"]
     emit(ctx, rows, title=f"audit history of {customer_id}{' as of ' + as_of if as_of else ''}")
+
+
+@audit.command("export")
+@click.argument("customer_id")
+@click.option("--out", type=click.File("w"), default="-", help="JSON Lines file [stdout].")
+@pass_context
+def audit_export(ctx: Context, customer_id: str, out: io.TextIOBase) -> None:
+    """Write CUSTOMER_ID's stored events as JSON Lines for an external auditor, with the
+    proofs to check them offline (crm-ledger audit verify-export): each event's bytes and
+    hashes, the newest checkpoint that signed the stream, and the heads it signed."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        ledger.customer(customer_id)  # a clear error for an unknown customer
+        auditor = bootstrap.open_auditor(ctx.settings, ledger)
+        for line in auditor.export(customer_uuid(customer_id).bytes):
+            if line["kind"] == "header":
+                line["customer_id"] = customer_id
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+@audit.command("verify-export")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The ledger's public key (crm-ledger audit public-key).",
+)
+@pass_context
+def audit_verify_export(ctx: Context, file: Path, public_key: Path) -> None:
+    """Check an export offline, with nothing but the file and the public key: every event's
+    hashes from its bytes, the chain, the signed head, the checkpoint's digest and signature.
+    Exits 1 if anything is wrong."""
+    signer = bootstrap.verifier(public_key.read_bytes())
+    try:
+        lines = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        findings = verify_export(lines, signer)
+    except (ValueError, KeyError, TypeError) as e:
+        raise InvalidInput(f"{file} is not an audit export: {e}") from None
+    rows = [{"version": f.version, "problem": f.problem, "detail": f.detail} for f in findings]
+    events = sum(1 for line in lines if line.get("kind") == "event")
+    if ctx.output == "json":
+        click.echo(json.dumps({"ok": not findings, "events": events, "findings": rows}, indent=2))
+    elif rows:
+        emit(ctx, rows, title=f"{file}: {len(rows)} problems")
+    else:
+        ctx.out.print(f"{file}: {events} events, chain and signed checkpoint verified")
+    if findings:
+        raise SystemExit(1)
 
 
 @audit.command("public-key")

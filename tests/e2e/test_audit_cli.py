@@ -174,3 +174,88 @@ def test_erase_leaves_no_personal_data_and_keeps_the_totals(
     refused = run(runner, data, "erase", "nobody", "--reason", "x")
     assert refused.exit_code == 1
     assert "nobody" in refused.stderr
+
+
+def test_an_export_verifies_offline_and_tampering_with_it_is_found(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    import base64
+
+    data = tmp_path / "ledger"
+    events = [tp("CustomerRegistered", "C1")] + [
+        tp("OrderPlaced", "C1", order_id=f"O{i}", amount_minor=100 + i) for i in range(3)
+    ]
+    assert run(runner, data, "init").exit_code == 0
+    assert (
+        run(
+            runner,
+            data,
+            "import",
+            str(write_jsonl(tmp_path / "e.jsonl", [to_json(e) for e in events])),
+        ).exit_code
+        == 0
+    )
+    assert run(runner, data, "audit", "checkpoint").exit_code == 0
+    export = tmp_path / "c1.jsonl"
+    assert run(runner, data, "audit", "export", "C1", "--out", str(export)).exit_code == 0
+    key = tmp_path / "ledger.pub.pem"
+    key.write_text(run(runner, data, "audit", "public-key").stdout)
+
+    good = run(
+        runner,
+        data,
+        "--format",
+        "json",
+        "audit",
+        "verify-export",
+        str(export),
+        "--public-key",
+        str(key),
+    )
+    assert good.exit_code == 0, good.output
+    assert json.loads(good.stdout) == {"ok": True, "events": 5, "findings": []}
+
+    lines = [json.loads(line) for line in export.read_text().splitlines()]
+    order = next(line for line in lines if line.get("version") == 4)
+    state = base64.b64decode(order["state"]).replace(b'"amount_minor":101', b'"amount_minor":1')
+    order["state"] = base64.b64encode(state).decode()
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    bad = run(
+        runner,
+        data,
+        "--format",
+        "json",
+        "audit",
+        "verify-export",
+        str(forged),
+        "--public-key",
+        str(key),
+    )
+    assert bad.exit_code == 1
+    assert {(f["version"], f["problem"]) for f in json.loads(bad.stdout)["findings"]} == {
+        (4, "modified"),
+        (5, "history changed"),
+    }
+
+    other = tmp_path / "other"
+    assert run(runner, other, "init").exit_code == 0
+    stranger = tmp_path / "other.pub.pem"
+    stranger.write_text(run(runner, other, "audit", "public-key").stdout)
+    wrong_key = run(
+        runner,
+        data,
+        "--format",
+        "json",
+        "audit",
+        "verify-export",
+        str(export),
+        "--public-key",
+        str(stranger),
+    )
+    assert wrong_key.exit_code == 1
+    assert "bad signature" in wrong_key.stdout
+    not_export = run(
+        runner, data, "audit", "verify-export", str(tmp_path / "e.jsonl"), "--public-key", str(key)
+    )
+    assert not_export.exit_code == 1

@@ -59,7 +59,9 @@ def _chunks(items: Sequence[UUID]) -> Iterable[Sequence[UUID]]:
 
 def _blob(value: Any) -> bytes:
     """Stored bytes, also when a row was rewritten with another type (SQLite allows it)."""
-    return value if isinstance(value, bytes) else str(value).encode()
+    if isinstance(value, bytes | memoryview):
+        return bytes(value)
+    return str(value).encode()
 
 
 def _raw(cursor: Any) -> Any:
@@ -311,6 +313,13 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 [stream],
             )
             return [ChainLink(*row) for row in c.fetchall()]
+
+    def stream_records(self, stream: bytes) -> list[StoredRecord]:
+        """One stream's stored events, in version order."""
+        return [
+            StoredRecord(stream, row[2], str(row[3]), _blob(row[4]))
+            for row in self.select_stream(UUID(bytes=stream))
+        ]
 
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
         """(stream, version, chain hash) of every stream's newest event."""
@@ -610,6 +619,13 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 bytes(r["chain_hash"]),
             )
             for r in rows
+        ]
+
+    def stream_records(self, stream: bytes) -> list[StoredRecord]:
+        """One stream's stored events, in version order."""
+        return [
+            StoredRecord(stream, row[2], str(row[3]), _blob(row[4]))
+            for row in self.select_stream(UUID(bytes=stream))
         ]
 
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
