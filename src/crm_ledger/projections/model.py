@@ -17,7 +17,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable
 
     from crm_ledger.application import LogRecord
 
@@ -123,11 +123,6 @@ class Changes:
         """The appended rows of an append-only table, as column tuples."""
         return self.appended.get(table_name, [])
 
-    def __len__(self) -> int:
-        return sum(len(r) for r in self.appended.values()) + sum(
-            len(r) for r in self.merged.values()
-        )
-
 
 def complete(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     """``row`` with every column present: sums default to 0, the rest to None."""
@@ -209,9 +204,3 @@ def week_of(value: int) -> int:
 def week_start(week: int) -> datetime:
     """The Monday 00:00 UTC that starts ``week``."""
     return moment(week * WEEK_MICROS - _MONDAY_OFFSET)
-
-
-def by_key(rows: Iterable[dict[str, Any]], *names: str) -> Iterator[tuple[Any, ...]]:
-    """The values of ``names`` in each row (for sorting and comparing dumps)."""
-    for row in rows:
-        yield tuple(row[n] for n in names)
