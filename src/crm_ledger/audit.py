@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from datetime import datetime
 
 #: The chain hash before a stream's first event.
@@ -160,16 +160,16 @@ class Signer(Protocol):
 class Auditor:
     """Checkpoints and verification of the stored history."""
 
-    def __init__(self, store: AuditStore, signer: Signer, head: int) -> None:
+    def __init__(self, store: AuditStore, signer: Signer, head: Callable[[], int]) -> None:
         self.store = store
         self.signer = signer
-        self.head = head
+        self.head = head  # the log's newest position, asked for when a checkpoint is signed
 
     def checkpoint(self) -> Checkpoint:
         """Sign the current heads of every stream."""
         heads = self.store.chain_heads()
         digest = heads_digest(heads)
-        return self.store.save_checkpoint(self.head, digest, self.signer.sign(digest), heads)
+        return self.store.save_checkpoint(self.head(), digest, self.signer.sign(digest), heads)
 
     def verify(self, *, since: int | None = None) -> Verification:
         """Recompute every content and chain hash from the stored events, compare them with

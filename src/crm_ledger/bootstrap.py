@@ -23,7 +23,7 @@ from crm_ledger.application import Ledger
 from crm_ledger.audit import Auditor
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
 from crm_ledger.projections.predictive import Predictions
-from crm_ledger.projections.runtime import BUILDING, Projector
+from crm_ledger.projections.runtime import BUILDING, DEFAULT_BATCH, Projector
 from crm_ledger.projections.views import ReadModels
 
 if TYPE_CHECKING:
@@ -134,9 +134,7 @@ def open_projector(
     ledger: Ledger, store: SqlProjectionStore, *, batch_size: int | None = None
 ) -> Projector:
     """The projection runtime over ``ledger``'s log and ``store``."""
-    if batch_size is None:
-        return Projector(ledger, store)
-    return Projector(ledger, store, batch_size=batch_size)
+    return Projector(ledger, store, batch_size=batch_size or DEFAULT_BATCH)
 
 
 def open_read_models(
@@ -249,4 +247,4 @@ def verifier(public_pem: bytes) -> Ed25519Signer:
 def open_auditor(settings: Settings, ledger: Ledger) -> Auditor:
     """Checkpoints and verification over ``ledger``'s event store."""
     store = cast("AuditStore", ledger.recorder)
-    return Auditor(store, load_signer(audit_keys_dir(settings)), ledger.log_head())
+    return Auditor(store, load_signer(audit_keys_dir(settings)), ledger.log_head)

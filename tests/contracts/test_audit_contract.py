@@ -64,7 +64,7 @@ def history(
             + [tp("OrderPlaced", c, order_id=f"{c}-{i}", amount_minor=100 + i) for i in range(4)]
         )
     create_key_pair(tmp_path / "keys")
-    auditor = Auditor(ledger.recorder, load_signer(tmp_path / "keys"), ledger.log_head())  # type: ignore[arg-type]
+    auditor = Auditor(ledger.recorder, load_signer(tmp_path / "keys"), ledger.log_head)  # type: ignore[arg-type]
     auditor.checkpoint()
     for c in ("C1", "C2", "C3"):
         ledger.record(tp("InteractionRecorded", c, at=AT))

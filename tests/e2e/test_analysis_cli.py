@@ -3,6 +3,7 @@ compare and projections, their formats, bad input and a rebuild killed for real.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -20,6 +21,7 @@ from crm_ledger.adapters.sql import SqlProjectionStore, sqlite_engine
 from tests.e2e.test_cli import run
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from click.testing import CliRunner
@@ -199,12 +201,20 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
         assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_rebuild_killed_for_real_then_rerun_ends_identical(runner: CliRunner, demo: dict) -> None:
-    data = demo["data"]
+@contextlib.contextmanager
+def caught_up_store(runner: CliRunner, data: Path) -> Iterator[SqlProjectionStore]:
+    """The read models of ``data``, caught up with the ledger, opened directly."""
     as_json(runner, data, "projections", "run")
     engine = sqlite_engine(str(data / "projections.sqlite"))
-    store = SqlProjectionStore(engine)
     try:
+        yield SqlProjectionStore(engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_rebuild_killed_for_real_then_rerun_ends_identical(runner: CliRunner, demo: dict) -> None:
+    data = demo["data"]
+    with caught_up_store(runner, data) as store:
         before = _contents(store)
         command = [
             sys.executable,
@@ -234,16 +244,11 @@ def test_a_rebuild_killed_for_real_then_rerun_ends_identical(runner: CliRunner, 
         assert done.exit_code == 0, done.output
         assert {s.status for s in store.table_sets() if not s.label.startswith("s_")} == {"live"}
         assert _contents(store) == before
-    finally:
-        engine.dispose()
 
 
 def test_a_parallel_rebuild_ends_identical(runner: CliRunner, demo: dict) -> None:
     data = demo["data"]
-    as_json(runner, data, "projections", "run")
-    engine = sqlite_engine(str(data / "projections.sqlite"))
-    store = SqlProjectionStore(engine)
-    try:
+    with caught_up_store(runner, data) as store:
         before = _contents(store)
         labels = {s.projection: s.label for s in store.table_sets() if s.status == "live"}
         done = run(runner, data, "projections", "rebuild", "--workers", "2", "--batch-size", "500")
@@ -251,8 +256,6 @@ def test_a_parallel_rebuild_ends_identical(runner: CliRunner, demo: dict) -> Non
         after = {s.projection: s.label for s in store.table_sets() if s.status == "live"}
         assert all(after[p] != labels[p] for p in labels)  # every projection rebuilt
         assert _contents(store) == before
-    finally:
-        engine.dispose()
 
 
 def _contents(store: SqlProjectionStore) -> dict[str, list[tuple[Any, ...]]]:

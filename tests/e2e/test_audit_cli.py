@@ -16,7 +16,7 @@ from tests.factories import AT, tp
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from click.testing import CliRunner
+    from click.testing import CliRunner, Result
 
 from crm_ledger.adapters.avro import to_json
 
@@ -176,6 +176,21 @@ def test_erase_leaves_no_personal_data_and_keeps_the_totals(
     assert "nobody" in refused.stderr
 
 
+def verify_export(runner: CliRunner, data: Path, export: Path, key: Path) -> Result:
+    """`audit verify-export EXPORT --public-key KEY`, answering in JSON."""
+    return run(
+        runner,
+        data,
+        "--format",
+        "json",
+        "audit",
+        "verify-export",
+        str(export),
+        "--public-key",
+        str(key),
+    )
+
+
 def test_an_export_verifies_offline_and_tampering_with_it_is_found(
     runner: CliRunner, tmp_path: Path
 ) -> None:
@@ -201,17 +216,7 @@ def test_an_export_verifies_offline_and_tampering_with_it_is_found(
     key = tmp_path / "ledger.pub.pem"
     key.write_text(run(runner, data, "audit", "public-key").stdout)
 
-    good = run(
-        runner,
-        data,
-        "--format",
-        "json",
-        "audit",
-        "verify-export",
-        str(export),
-        "--public-key",
-        str(key),
-    )
+    good = verify_export(runner, data, export, key)
     assert good.exit_code == 0, good.output
     assert json.loads(good.stdout) == {"ok": True, "events": 5, "findings": []}
 
@@ -221,17 +226,7 @@ def test_an_export_verifies_offline_and_tampering_with_it_is_found(
     order["state"] = base64.b64encode(state).decode()
     forged = tmp_path / "forged.jsonl"
     forged.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    bad = run(
-        runner,
-        data,
-        "--format",
-        "json",
-        "audit",
-        "verify-export",
-        str(forged),
-        "--public-key",
-        str(key),
-    )
+    bad = verify_export(runner, data, forged, key)
     assert bad.exit_code == 1
     assert {(f["version"], f["problem"]) for f in json.loads(bad.stdout)["findings"]} == {
         (4, "modified"),
@@ -242,17 +237,7 @@ def test_an_export_verifies_offline_and_tampering_with_it_is_found(
     assert run(runner, other, "init").exit_code == 0
     stranger = tmp_path / "other.pub.pem"
     stranger.write_text(run(runner, other, "audit", "public-key").stdout)
-    wrong_key = run(
-        runner,
-        data,
-        "--format",
-        "json",
-        "audit",
-        "verify-export",
-        str(export),
-        "--public-key",
-        str(stranger),
-    )
+    wrong_key = verify_export(runner, data, export, stranger)
     assert wrong_key.exit_code == 1
     assert "bad signature" in wrong_key.stdout
     not_export = run(

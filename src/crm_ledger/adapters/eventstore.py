@@ -102,13 +102,14 @@ class ChainHeads:
     def __init__(self) -> None:
         self.known: dict[bytes, tuple[int, bytes]] = {}
         self.pending: dict[bytes, tuple[int, bytes]] = {}
-        self.streams: list[bytes] = []  # the batch's stream of each event, from missing()
 
-    def missing(self, stored_events: Sequence[StoredEvent]) -> dict[bytes, int]:
-        """Streams whose previous head must be read: stream -> the version needed."""
-        self.streams = [_stream_bytes(s.originator_id) for s in stored_events]
+    def missing(
+        self, streams: Sequence[bytes], stored_events: Sequence[StoredEvent]
+    ) -> dict[bytes, int]:
+        """Streams whose previous head must be read: stream -> the version needed.
+        ``streams`` holds each event's stream id as bytes."""
         firsts: dict[bytes, int] = {}
-        for stream, s in zip(self.streams, stored_events, strict=True):
+        for stream, s in zip(streams, stored_events, strict=True):
             firsts.setdefault(stream, s.originator_version)
         return {
             stream: version - 1
@@ -117,12 +118,15 @@ class ChainHeads:
         }
 
     def chain(
-        self, stored_events: Sequence[StoredEvent], found: dict[bytes, tuple[int, bytes]]
+        self,
+        streams: Sequence[bytes],
+        stored_events: Sequence[StoredEvent],
+        found: dict[bytes, tuple[int, bytes]],
     ) -> list[tuple[bytes, int, bytes, bytes]]:
         """Chain rows for a batch's events; their heads wait for the commit."""
         links = []
         current: dict[bytes, tuple[int, bytes]] = {}
-        for stream, s in zip(self.streams, stored_events, strict=True):
+        for stream, s in zip(streams, stored_events, strict=True):
             head = current.get(stream) or found.get(stream) or self.known.get(stream)
             version, previous = head if head is not None else (0, GENESIS)
             if s.originator_version <= version:
@@ -156,14 +160,51 @@ class ChainHeads:
                 del self.known[stream]
 
 
-class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
-    """SQLite recorder that also writes receipts, positions and the hash chain with the
-    events."""
+class _LedgerRecording:
+    """What both recorders add to eventsourcing's: the hash chain's heads and the data keys,
+    settled only once a transaction committed, and one stream's stored records."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = ChainHeads()
         self.data_keys = DataKeys(self.load_key)
+
+    def load_key(self, stream: bytes) -> bytes | None:
+        """The stream's data key (each store reads its own table)."""
+        raise NotImplementedError
+
+    def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
+        """One stream's (0, id, version, topic, state) rows (each store queries its own)."""
+        raise NotImplementedError
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """eventsourcing's insert, then the chain heads it wrote become known (only once
+        the transaction committed)."""
+        try:
+            result: Sequence[int] | None = super().insert_events(  # type: ignore[misc]
+                stored_events, **kwargs
+            )
+        except BaseException:
+            self.heads.discard()
+            self.data_keys.settle(committed=False)
+            raise
+        self.heads.settle()
+        self.data_keys.settle(committed=True)
+        return result
+
+    def stream_records(self, stream: bytes) -> list[StoredRecord]:
+        """One stream's stored events, in version order."""
+        return [
+            StoredRecord(stream, row[2], str(row[3]), _blob(row[4]))
+            for row in self.select_stream(UUID(bytes=stream))
+        ]
+
+
+class LedgerSQLiteRecorder(_LedgerRecording, SQLiteApplicationRecorder):
+    """SQLite recorder that also writes receipts, positions and the hash chain with the
+    events."""
 
     def construct_create_table_statements(self) -> list[str]:
         """Add the receipts and positions tables to eventsourcing's own."""
@@ -228,24 +269,10 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         )
         return None
 
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        """eventsourcing's insert, then the chain heads it wrote become known (only once
-        the transaction committed)."""
-        try:
-            result: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
-        except BaseException:
-            self.heads.discard()
-            self.data_keys.settle(committed=False)
-            raise
-        self.heads.settle()
-        self.data_keys.settle(committed=True)
-        return result
-
     def _chain(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
         """Write each event's content and chain hash."""
-        wanted = self.heads.missing(stored_events)
+        streams = [_stream_bytes(s.originator_id) for s in stored_events]
+        wanted = self.heads.missing(streams, stored_events)
         found: dict[bytes, tuple[int, bytes]] = {}
         pairs = list(wanted.items())
         for start in range(0, len(pairs), LOOKUP_CHUNK // 2):
@@ -257,7 +284,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 [value for pair in chunk for value in pair],
             )
             found.update((row[0], (row[1], row[2])) for row in c.fetchall())
-        links = self.heads.chain(stored_events, found)
+        links = self.heads.chain(streams, stored_events, found)
         c.executemany("INSERT INTO ledger_chain VALUES (?,?,?,?)", links)
 
     def load_key(self, stream: bytes) -> bytes | None:
@@ -313,13 +340,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 [stream],
             )
             return [ChainLink(*row) for row in c.fetchall()]
-
-    def stream_records(self, stream: bytes) -> list[StoredRecord]:
-        """One stream's stored events, in version order."""
-        return [
-            StoredRecord(stream, row[2], str(row[3]), _blob(row[4]))
-            for row in self.select_stream(UUID(bytes=stream))
-        ]
 
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
         """(stream, version, chain hash) of every stream's newest event."""
@@ -436,13 +456,11 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             return int(c.fetchone()[0])
 
 
-class LedgerPostgresRecorder(PostgresApplicationRecorder):
+class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
     """PostgreSQL recorder that also writes receipts and positions with the events."""
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
-        self.heads = ChainHeads()
-        self.data_keys = DataKeys(self.load_key)
         schema = Identifier(self.datastore.schema)
         self.sql_create_statements += [
             SQL(
@@ -504,21 +522,6 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 [(p.source, p.partition, p.next_offset) for p in positions],
             )
 
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        """eventsourcing's insert, then the chain heads it wrote become known (only once
-        the transaction committed)."""
-        try:
-            result: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
-        except BaseException:
-            self.heads.discard()
-            self.data_keys.settle(committed=False)
-            raise
-        self.heads.settle()
-        self.data_keys.settle(committed=True)
-        return result
-
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         # Workers starting together would otherwise race to create the same tables, and
         # PostgreSQL refuses one with "tuple concurrently updated".
@@ -527,7 +530,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
 
     def _chain(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
         """Write each event's content and chain hash."""
-        wanted = self.heads.missing(stored_events)
+        streams = [_stream_bytes(s.originator_id) for s in stored_events]
+        wanted = self.heads.missing(streams, stored_events)
         found: dict[bytes, tuple[int, bytes]] = {}
         if wanted:
             curs.execute(
@@ -542,7 +546,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 bytes(r["originator_id"]): (r["originator_version"], bytes(r["chain_hash"]))
                 for r in curs.fetchall()
             }
-        links = self.heads.chain(stored_events, found)
+        links = self.heads.chain(streams, stored_events, found)
         curs.executemany(
             SQL("INSERT INTO {}.ledger_chain VALUES (%s,%s,%s,%s)").format(self._schema), links
         )
@@ -619,13 +623,6 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 bytes(r["chain_hash"]),
             )
             for r in rows
-        ]
-
-    def stream_records(self, stream: bytes) -> list[StoredRecord]:
-        """One stream's stored events, in version order."""
-        return [
-            StoredRecord(stream, row[2], str(row[3]), _blob(row[4]))
-            for row in self.select_stream(UUID(bytes=stream))
         ]
 
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:

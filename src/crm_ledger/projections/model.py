@@ -177,6 +177,14 @@ def project(projections: Iterable[Projection], records: Iterable[LogRecord]) -> 
     return changes
 
 
+def counts_at(record: LogRecord, *, as_of: int | None, valid_at: int | None) -> bool:
+    """Whether ``record`` was recorded by ``as_of`` and occurred by ``valid_at`` (µs; None:
+    no limit). The ledger's bookkeeping has no business time and counts once recorded."""
+    if as_of is not None and record.recorded > as_of:
+        return False
+    return valid_at is None or record.occurred is None or record.occurred <= valid_at
+
+
 # Times in read models: whole microseconds since 1970-01-01 UTC (sortable, dialect-free).
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

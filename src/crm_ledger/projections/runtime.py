@@ -8,6 +8,7 @@ compare-and-set, so a batch is applied exactly once even when two processes catc
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -16,7 +17,7 @@ from crm_ledger.errors import InvalidInput, NotFound
 from crm_ledger.projections.customer_360 import Customer360
 from crm_ledger.projections.journey_timeline import JourneyTimeline
 from crm_ledger.projections.lifetime_value import LifetimeValue
-from crm_ledger.projections.model import Changes, Projection
+from crm_ledger.projections.model import Changes, Projection, counts_at
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -341,9 +342,4 @@ def _next_label(sets: Sequence[TableSet], projection: str) -> str:
 
 
 def _moment_filter(as_of: int | None, valid_at: int | None) -> Callable[[LogRecord], bool]:
-    def keep(record: LogRecord) -> bool:
-        if as_of is not None and record.recorded > as_of:
-            return False
-        return valid_at is None or record.occurred is None or record.occurred <= valid_at
-
-    return keep
+    return functools.partial(counts_at, as_of=as_of, valid_at=valid_at)

@@ -31,7 +31,14 @@ from crm_ledger.projections.journey_timeline import (
     journey,
 )
 from crm_ledger.projections.lifetime_value import LTV, LifetimeValue, Value
-from crm_ledger.projections.model import merge_rows, micros, moment, project, week_of
+from crm_ledger.projections.model import (
+    counts_at,
+    merge_rows,
+    micros,
+    moment,
+    project,
+    week_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -96,12 +103,10 @@ class Moment:
 
     def keeps(self, record: LogRecord) -> bool:
         """Whether ``record`` counts at this moment."""
-        if self.as_of is not None and record.recorded > micros(self.as_of):
-            return False
-        return (
-            self.valid_at is None
-            or record.occurred is None
-            or record.occurred <= micros(self.valid_at)
+        return counts_at(
+            record,
+            as_of=micros(self.as_of) if self.as_of is not None else None,
+            valid_at=micros(self.valid_at) if self.valid_at is not None else None,
         )
 
 
@@ -165,7 +170,6 @@ class ReadModels:
         self.store = store
         self.progress = progress
         self._live: dict[str, TableSet] | None = None
-        self._as_of: dict[tuple[str, Moment], Changes] = {}
 
     def sets(self, at: Moment) -> dict[str, TableSet]:
         """The table sets that answer at ``at``: a snapshot's, or the live ones caught up."""
@@ -180,7 +184,10 @@ class ReadModels:
 
     def values(self, customer_id: str, at: Moment = LIVE) -> list[Value]:
         """The customer's lifetime value per currency (merged customers included)."""
-        rows = self._customer_rows(customer_id, LTV, at)
+        rows = self._rows_of(customer_id, at, (LTV,))[LTV.name]
+        return self._values(customer_id, rows, at)
+
+    def _values(self, customer_id: str, rows: list[dict[str, Any]], at: Moment) -> list[Value]:
         by_currency: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_currency.setdefault(row["currency"], []).append(row)
@@ -201,7 +208,7 @@ class ReadModels:
         channel: str | None = None,
     ) -> list[Touch]:
         """The customer's journey, optionally within [start, end) and in one channel."""
-        steps = journey(self._customer_rows(customer_id, TOUCHES, at))
+        steps = journey(self._rows_of(customer_id, at, (TOUCHES,))[TOUCHES.name])
         return [
             s
             for s in steps
@@ -216,13 +223,9 @@ class ReadModels:
             customer = self.ledger.customer_as_of(customer_id, as_of=at.as_of, valid_at=at.valid_at)
         else:
             customer = self.ledger.customer(customer_id)
-        if at.travels:  # one projection of the streams for the journey and the value
-            self._as_of = {(customer_id, at): self._project_as_of(customer_id, at)}
-        try:
-            steps = self.timeline(customer_id, at)
-            values = self.values(customer_id, at)
-        finally:
-            self._as_of = {}
+        rows = self._rows_of(customer_id, at, (LTV, TOUCHES))
+        steps = journey(rows[TOUCHES.name])
+        values = self._values(customer_id, rows[LTV.name], at)
         scored = [s for s in steps if s.score is not None]
         channels: dict[str, int] = {}
         for s in steps:
@@ -379,13 +382,21 @@ class ReadModels:
         rows = self.store.all_rows(CUSTOMERS, sets["customer_360"].label)
         return {r["stream"]: r["merged_into"] or r["customer_id"] for r in rows}
 
-    def _customer_rows(self, customer_id: str, spec: Table, at: Moment) -> list[dict[str, Any]]:
+    def _rows_of(
+        self, customer_id: str, at: Moment, specs: Sequence[Table]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Rows of the customer (and whoever was merged into them) in each of ``specs``: from
+        the read models, or projected in memory from their streams when travelling in time."""
         if at.travels:
-            return self._rows_as_of(customer_id, spec, at)
+            changes = self._project_as_of(customer_id, at)
+            return {spec.name: changes.rows(spec.name) for spec in specs}
         sets = self.sets(at)
         streams = self._streams(customer_id, sets["customer_360"].label)
-        owner = "lifetime_value" if spec is LTV else "journey_timeline"
-        return self.store.rows(spec, sets[owner].label, "stream", streams)
+        owners = {LTV.name: "lifetime_value", TOUCHES.name: "journey_timeline"}
+        return {
+            spec.name: self.store.rows(spec, sets[owners[spec.name]].label, "stream", streams)
+            for spec in specs
+        }
 
     def _streams(self, customer_id: str, label: str) -> list[str]:
         own = self.store.rows(CUSTOMERS, label, "customer_id", [customer_id])
@@ -393,13 +404,6 @@ class ReadModels:
             raise CustomerNotFound(customer_id)
         merged = self.store.rows(CUSTOMERS, label, "merged_into", [customer_id])
         return [r["stream"] for r in own + merged]
-
-    def _rows_as_of(self, customer_id: str, spec: Table, at: Moment) -> list[dict[str, Any]]:
-        """Rows of ``spec`` for the customer (and whoever was merged into them) at ``at``,
-        projected in memory from their streams."""
-        key = (customer_id, at)
-        changes = self._as_of.get(key) or self._project_as_of(customer_id, at)
-        return changes.rows(spec.name)
 
     def _project_as_of(self, customer_id: str, at: Moment) -> Changes:
         own = [r for r in self.ledger.read_stream(customer_id) if at.keeps(r)]
