@@ -6,6 +6,7 @@
 #   scripts/kafka_server.sh url     print the bootstrap address of the running broker
 #   scripts/kafka_server.sh stop    stop it (cleanly: SIGTERM, then wait)
 #   scripts/kafka_server.sh restart stop and start again on the same ports and data
+#   scripts/kafka_server.sh resume  start again on the same ports and data after a stop
 #
 # Jars live in .cache/kafka/libs (from scripts/kafka/pom.xml); data, config and log in
 # .cache/kafka/run, made afresh at every start. Needs Java 17+ and Maven.
@@ -109,7 +110,8 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   restart) restart ;;
+  resume) running && cat "$run/bootstrap" || { [ -f "$run/server.properties" ] || die "nothing to resume"; launch; } ;;
   url) running || die "not running; run scripts/kafka_server.sh start"; cat "$run/bootstrap" ;;
   fetch) fetch ;;
-  *) die "usage: $0 start|url|stop|restart|fetch" ;;
+  *) die "usage: $0 start|url|stop|restart|resume|fetch" ;;
 esac

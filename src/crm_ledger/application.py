@@ -17,10 +17,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import (
+    ConnectionUnavailableError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.utils import Environment
 
 from crm_ledger.aggregates import (
+    CATALOGUE,
+    PERSONAL_FIELDS,
     Customer,
     Initiative,
     Organisation,
@@ -33,6 +41,7 @@ from crm_ledger.aggregates import (
 from crm_ledger.aggregates.customer import MERGE_TYPES, merge, unmerge
 from crm_ledger.aggregates.envelope import Touched, own_fields
 from crm_ledger.errors import (
+    ConflictingDuplicate,
     CrmLedgerError,
     CustomerNotFound,
     InvalidInput,
@@ -74,6 +83,33 @@ class Position(NamedTuple):
     next_offset: int
 
 
+class OutboxLetter(NamedTuple):
+    """A message the ledger could not take, kept until it is sent to the dead-letter topic.
+
+    Written in the same transaction as the batch it came with (an outbox), so a crash
+    between the ledger's commit and the send loses no refusal.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    error_class: str
+    error_message: str
+    at: str
+
+
+class StoredCopy(NamedTuple):
+    """An event_id's stored event, as the receipts find it."""
+
+    event_id: UUID
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: bytes
+
+
 class LogRecord(NamedTuple):
     """One stored customer event as projections read it: plain values, no domain objects.
 
@@ -111,8 +147,20 @@ class LogMapper(Protocol):
 class LedgerRecorder(Protocol):
     """What the ledger needs of its recorder beyond eventsourcing's ApplicationRecorder."""
 
-    def known_event_ids(self, event_ids: Sequence[UUID]) -> set[UUID]:
-        """The subset of ``event_ids`` already stored."""
+    def receipted_events(self, event_ids: Sequence[UUID]) -> list[StoredCopy]:
+        """The stored events of those of ``event_ids`` already stored."""
+        ...
+
+    def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
+        """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
+        ...
+
+    def remove_dead_letters(self, ids: Sequence[int]) -> None:
+        """Forget outbox letters the dead-letter topic acknowledged."""
+
+    def reset_positions(self, source: str) -> int:
+        """Forget every stored position of ``source``; how many partitions had one."""
+        ...
 
     def existing_ids(self, originator_ids: Sequence[UUID]) -> set[UUID]:
         """The subset of ``originator_ids`` that have stored events."""
@@ -264,18 +312,38 @@ class Ledger(Application[UUID]):
         return result.recorded == 1
 
     def record_many(
-        self, touchpoints: Sequence[Touchpoint], positions: Sequence[Position] = ()
+        self,
+        touchpoints: Sequence[Touchpoint],
+        positions: Sequence[Position] = (),
+        *,
+        dead_letters: Sequence[OutboxLetter] = (),
+        dead_letter_for: Callable[[int, CrmLedgerError], OutboxLetter] | None = None,
     ) -> BatchResult:
-        """Apply a batch in one transaction: duplicates are skipped, bad events rejected."""
+        """Apply a batch in one transaction: duplicates are skipped, bad events rejected.
+
+        ``dead_letters`` are kept in the ledger's outbox in the same transaction, and so is
+        ``dead_letter_for(index, error)`` of every event the batch rejects.
+        """
         for _attempt in range(MAX_ATTEMPTS):
             batch = _Batch(self, touchpoints)
             try:
-                return self._record_batch(batch, touchpoints, positions)
+                result = self._record_batch(batch, touchpoints)
+                letters = list(dead_letters)
+                if dead_letter_for is not None:
+                    letters += [dead_letter_for(r.index, r.error) for r in result.rejected]
+                batch.save(positions, letters)
+                result.recorded = len(batch.receipts)
+                return result
             except IntegrityError:
                 # Another writer got there first; reload those aggregates and try again, after
                 # a short random pause so that two writers do not collide in step.
                 self._forget(batch)
                 time.sleep(random.uniform(0, 0.05 * (_attempt + 1)))
+            except (OperationalError, InterfaceError, ConnectionUnavailableError) as e:
+                # The store is away or busy (a locked file, a dropped connection): not the
+                # batch's fault, so say so in the one way callers wait and retry on.
+                self._forget(batch)
+                raise StoreUnavailable(f"the event store failed: {e}") from e
             except BaseException:
                 self._forget(batch)
                 raise
@@ -291,28 +359,35 @@ class Ledger(Application[UUID]):
                 with contextlib.suppress(KeyError):
                     cache.get(aggregate_id, evict=True)
 
-    def _record_batch(
-        self, batch: _Batch, touchpoints: Sequence[Touchpoint], positions: Sequence[Position]
-    ) -> BatchResult:
+    def _record_batch(self, batch: _Batch, touchpoints: Sequence[Touchpoint]) -> BatchResult:
         result = BatchResult()
         # Known: stored before this batch, or recorded earlier in it. A copy that was rejected
         # leaves no receipt, so a later copy is judged afresh, as it would be one at a time.
-        known = self.ledger_recorder.known_event_ids([tp.event_id for tp in touchpoints])
+        known = self._stored_copies([tp.event_id for tp in touchpoints])
         now = self._clock()
         for index, tp in enumerate(touchpoints):
-            if tp.event_id in known:
-                result.duplicates += 1
-                continue
             try:
+                if tp.event_id in known:
+                    _check_same(tp, *known[tp.event_id])
+                    result.duplicates += 1
+                    continue
                 check_touchpoint(tp, now=now, max_future=self._max_future)  # one clock per batch
                 batch.apply(tp)
             except (InvalidInput, RejectedEvent) as error:
                 result.rejected.append(Rejection(index, tp.event_id, error))
                 continue
-            known.add(tp.event_id)
-        batch.save(positions)
-        result.recorded = len(batch.receipts)
+            known[tp.event_id] = (tp, None)
         return result
+
+    def _stored_copies(self, event_ids: Sequence[UUID]) -> dict[UUID, tuple[Any, UUID | None]]:
+        """The stored event and its stream, for those of ``event_ids`` the ledger holds."""
+        found: dict[UUID, tuple[Any, UUID | None]] = {}
+        for copy_ in self.ledger_recorder.receipted_events(event_ids):
+            stored = StoredEvent(
+                copy_.originator_id, copy_.originator_version, copy_.topic, copy_.state
+            )
+            found[copy_.event_id] = (self.mapper.to_domain_event(stored), copy_.originator_id)
+        return found
 
     # Reading.
 
@@ -440,6 +515,24 @@ class Ledger(Application[UUID]):
         """How many distinct touchpoints the ledger holds."""
         return self.ledger_recorder.count_receipts()
 
+    def positions(self, source: str) -> dict[int, int]:
+        """Partition -> next offset the ledger stored for ``source`` (say, a Kafka topic)."""
+        return self.ledger_recorder.positions(source)
+
+    def reset_positions(self, source: str) -> int:
+        """Forget where reading ``source`` got to (it will be read again from its start;
+        event_id dedup keeps what was stored). Returns how many partitions had a position."""
+        return self.ledger_recorder.reset_positions(source)
+
+    def pending_dead_letters(self, limit: int = 500) -> list[tuple[int, OutboxLetter]]:
+        """Outbox letters not yet sent to the dead-letter topic, oldest first."""
+        return self.ledger_recorder.pending_dead_letters(limit)
+
+    def dead_letters_sent(self, ids: Sequence[int]) -> None:
+        """Remove outbox letters the dead-letter topic has acknowledged."""
+        if ids:
+            self.ledger_recorder.remove_dead_letters(ids)
+
     def _get(self, kind: type[Any], aggregate_id: UUID) -> Any:
         try:
             aggregate: Any = self.repository.get(aggregate_id)
@@ -556,16 +649,53 @@ class _Batch:
         if receipt:
             self.receipts.append(Receipt(tp.event_id, aggregate.id, new[-1].originator_version))
 
-    def save(self, positions: Sequence[Position]) -> None:
-        """Write every new event, receipt and position in one transaction."""
+    def save(self, positions: Sequence[Position], letters: Sequence[OutboxLetter] = ()) -> None:
+        """Write every new event, receipt, position and outbox letter in one transaction."""
         processing = ProcessingEvent[UUID]()
         processing.events = self.events
         # Only aggregates with new events: one opened for an event that was then rejected
         # must not reach the cache, as it is not in the store.
         processing.aggregates = self.changed
-        processing.saved_kwargs = {"receipts": self.receipts, "positions": list(positions)}
+        processing.saved_kwargs = {
+            "receipts": self.receipts,
+            "positions": list(positions),
+            "dead_letters": list(letters),
+        }
         self.ledger._record(processing)
         self.ledger._take_snapshots(processing)
+
+
+def _check_same(received: Touchpoint, stored: Any, stream: UUID | None) -> None:
+    """Raise ConflictingDuplicate unless ``received`` repeats what is stored for its id: an
+    earlier touchpoint of the batch, or a stored event of ``stream``."""
+    stored_tp = stored if stream is None else _as_received(received, stored, stream)
+    # Personal data of an erased customer reads as None: it can no longer be compared.
+    kind = stored_tp.event_type
+    unknown = frozenset(n for n in PERSONAL_FIELDS.get(kind, ()) if stored_tp.data.get(n) is None)
+    theirs, ours = stored_tp.fingerprint(unknown=unknown), received.fingerprint(unknown=unknown)
+    if theirs != ours:
+        raise ConflictingDuplicate(str(received.event_id), theirs, ours)
+
+
+def _as_received(received: Touchpoint, stored: Any, stream: UUID) -> Touchpoint:
+    """The stored event as the touchpoint that made it."""
+    customer_id = stored.addressed_to  # set when the event was routed to a merge survivor
+    if customer_id is None:
+        # Not routed: the event lives in the stream the ledger derives from its subject's id.
+        same = received.event_type in CATALOGUE and stream == subject_uuid(
+            received.subject, received.customer_id
+        )
+        customer_id = received.customer_id if same else f"stream {stream}"
+    return Touchpoint(
+        type(stored).__name__,
+        stored.event_id,
+        customer_id,
+        stored.occurred_at,
+        stored.source,
+        stored.actor,
+        stored.correlation_id,
+        own_fields(stored),
+    )
 
 
 def _view(c: Customer) -> CustomerView:

@@ -103,6 +103,10 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
         group=settings.kafka_group,
         partitions=settings.kafka_partitions,
         retention_days=settings.kafka_retention_days,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        # Heartbeats a third of the session, as Kafka advises.
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 100),
+        check_keys=settings.kafka_check_keys,
     )
 
 

@@ -1606,6 +1606,60 @@ def _log_json(stats: IngestStats) -> None:
     )
 
 
+def _log_event(event: str, **fields: Any) -> None:
+    """One JSON log line on stderr."""
+    line = {"at": datetime.now(UTC).isoformat(), "event": event, **fields}
+    click.echo(json.dumps(line), err=True)
+
+
+#: Attributes every logging.LogRecord has; anything else on a record came in ``extra``.
+_STANDARD_LOG_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class _LogFormatter(logging.Formatter):
+    """A warning with everything passed in ``extra``: one JSON object a line for machines, or
+    ``message: key=value ...`` on a terminal."""
+
+    def __init__(self, *, json_lines: bool) -> None:
+        super().__init__()
+        self.json_lines = json_lines
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD_LOG_FIELDS}
+        if self.json_lines:
+            line = {
+                "at": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "level": record.levelname.lower(),
+                "event": record.getMessage(),
+                **fields,
+            }
+            return json.dumps(line, default=str)
+        details = " ".join(f"{k}={v}" for k, v in fields.items())
+        return f"{record.levelname.lower()}: {record.getMessage()}" + (
+            f" ({details})" if details else ""
+        )
+
+
+def _log_to_stderr(ctx: Context) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormatter(json_lines=not ctx.err.is_terminal))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    """First SIGTERM/SIGINT: finish the batch in hand and stop; a second: stop at once."""
+    asked: list[int] = []
+
+    def handle(signum: int, _frame: Any) -> None:
+        if asked:
+            raise SystemExit(128 + signum)
+        asked.append(signum)
+        stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handle)
+
+
 @cli.command()
 @click.option("--max-events", type=click.IntRange(1), help="Stop after this many messages.")
 @click.option(
@@ -1615,6 +1669,12 @@ def _log_json(stats: IngestStats) -> None:
     help="Stop when no message arrived for this long.",
 )
 @click.option(
+    "--until-caught-up",
+    is_flag=True,
+    help="Stop once the ledger holds every message the topic had when the worker started "
+    "(waiting for partitions a crashed worker still holds).",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(1, 50_000),
     default=5000,
@@ -1622,15 +1682,25 @@ def _log_json(stats: IngestStats) -> None:
     help="Most messages per ledger transaction.",
 )
 @pass_context
-def ingest(ctx: Context, max_events: int | None, until_idle: float | None, batch_size: int) -> None:
+def ingest(
+    ctx: Context,
+    max_events: int | None,
+    until_idle: float | None,
+    until_caught_up: bool,
+    batch_size: int,
+) -> None:
     """Consume the touchpoint topic into the ledger, exactly once.
 
-    Runs until SIGTERM or Ctrl-C (finishing the batch in hand), or until --max-events or
-    --until-idle. Bad messages go to the dead-letter topic with the reason. On a terminal it
-    shows progress; otherwise it writes one JSON log line per batch to stderr.
+    Runs until SIGTERM or Ctrl-C (finishing the batch in hand; a second signal stops at
+    once), or until --max-events, --until-idle or --until-caught-up. Every message is stored
+    or dead-lettered with the reason: bad bytes, a tombstone, a key that is not the event's
+    customer_id [env CRM_LEDGER_KAFKA_CHECK_KEYS=false relaxes that], an event_id stored
+    before with other content. A crashed worker's partitions are taken over within the
+    session timeout [env CRM_LEDGER_KAFKA_SESSION_TIMEOUT_MS; 10000] plus a rebalance. On a
+    terminal it shows progress; otherwise it writes one JSON log line per batch to stderr.
     """
     bootstrap.tune_for_throughput()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _log_to_stderr(ctx)
     with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
         progress = _progress(ctx)
         task = progress.add_task("ingesting", total=None, rate="-")
@@ -1642,24 +1712,18 @@ def ingest(ctx: Context, max_events: int | None, until_idle: float | None, batch
                 _log_json(stats)
 
         def on_assign(partitions: list[int]) -> None:
-            click.echo(
-                json.dumps(
-                    {
-                        "at": datetime.now(UTC).isoformat(),
-                        "event": "assigned",
-                        "partitions": partitions,
-                    }
-                ),
-                err=True,
-            )
+            _log_event("assigned", partitions=partitions)
 
         worker = bootstrap.open_ingest_worker(
             ctx.settings, ledger, max_batch=batch_size, on_batch=on_batch, on_assign=on_assign
         )
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: worker.stop())
+        _stop_on_signals(worker.stop)
+        if not ctx.err.is_terminal:
+            _log_event("started", topic=ctx.settings.kafka_topic, group=ctx.settings.kafka_group)
         with progress:
-            stats = worker.run(max_events=max_events, until_idle=until_idle)
+            stats = worker.run(
+                max_events=max_events, until_idle=until_idle, until_caught_up=until_caught_up
+            )
     emit_record(
         ctx,
         {
@@ -1672,6 +1736,44 @@ def ingest(ctx: Context, max_events: int | None, until_idle: float | None, batch
         },
         title="ingest",
     )
+
+
+@cli.group()
+def positions() -> None:
+    """Where the ledger has read its sources (Kafka topics) up to."""
+
+
+@positions.command("show")
+@click.option("--topic", metavar="NAME", help="The topic [default: the touchpoint topic].")
+@pass_context
+def positions_show(ctx: Context, topic: str | None) -> None:
+    """Per partition, the next offset the ledger will read."""
+    source = topic or ctx.settings.kafka_topic
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        stored = ledger.positions(source)
+    emit(
+        ctx,
+        [{"topic": source, "partition": p, "next_offset": o} for p, o in sorted(stored.items())],
+        title=f"positions of {source}",
+    )
+
+
+@positions.command("reset")
+@click.option("--topic", metavar="NAME", help="The topic [default: the touchpoint topic].")
+@click.confirmation_option(
+    "--yes", prompt="Read the topic again from its start?", help="Do not ask first."
+)
+@pass_context
+def positions_reset(ctx: Context, topic: str | None) -> None:
+    """Forget how far the ledger read a topic, so ingest reads it from its start.
+
+    For a topic that was deleted and re-created. Nothing is stored twice: events the ledger
+    holds are recognised by event_id (and one with other content is dead-lettered).
+    """
+    source = topic or ctx.settings.kafka_topic
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        count = ledger.reset_positions(source)
+    emit_record(ctx, {"topic": source, "partitions_reset": count}, title="positions reset")
 
 
 @cli.group()

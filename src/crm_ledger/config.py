@@ -43,6 +43,10 @@ class Settings:
     kafka_group: str = "crm-ledger-ingest"
     kafka_partitions: int = 6
     kafka_retention_days: int = 7
+    #: A crashed ingest worker's partitions are taken over within this (plus a rebalance).
+    kafka_session_timeout_ms: int = 10_000
+    #: Dead-letter messages whose Kafka key is not their event's customer_id.
+    kafka_check_keys: bool = True
 
     @property
     def sqlite_path(self) -> Path:
@@ -67,14 +71,7 @@ class Settings:
             values["database_schema"] = env[f"{ENV_PREFIX}DATABASE_SCHEMA"]
         if env.get(f"{ENV_PREFIX}SCHEMAS_DIR"):
             values["schemas_dir"] = Path(env[f"{ENV_PREFIX}SCHEMAS_DIR"])
-        bootstrap = env.get(f"{ENV_PREFIX}KAFKA_BOOTSTRAP") or env.get("KAFKA_BOOTSTRAP_SERVERS")
-        if bootstrap:
-            values["kafka_bootstrap"] = bootstrap
-        for name in ("topic", "dlq_topic", "group"):
-            if env.get(f"{ENV_PREFIX}KAFKA_{name.upper()}"):
-                values[f"kafka_{name}"] = env[f"{ENV_PREFIX}KAFKA_{name.upper()}"]
-        if env.get(f"{ENV_PREFIX}KAFKA_RETENTION_DAYS"):
-            values["kafka_retention_days"] = _positive_int(f"{ENV_PREFIX}KAFKA_RETENTION_DAYS", env)
+        values.update(_kafka_values(env))
         if env.get(f"{ENV_PREFIX}BATCH_SIZE"):
             values["batch_size"] = _positive_int(f"{ENV_PREFIX}BATCH_SIZE", env)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -82,6 +79,36 @@ class Settings:
             if name in values:
                 values[name] = Path(values[name])
         return cls(**values)
+
+
+def _kafka_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """The Kafka settings given in ``env``."""
+    values: dict[str, Any] = {}
+    bootstrap = env.get(f"{ENV_PREFIX}KAFKA_BOOTSTRAP") or env.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        values["kafka_bootstrap"] = bootstrap
+    for name in ("topic", "dlq_topic", "group"):
+        if env.get(f"{ENV_PREFIX}KAFKA_{name.upper()}"):
+            values[f"kafka_{name}"] = env[f"{ENV_PREFIX}KAFKA_{name.upper()}"]
+    if env.get(f"{ENV_PREFIX}KAFKA_RETENTION_DAYS"):
+        values["kafka_retention_days"] = _positive_int(f"{ENV_PREFIX}KAFKA_RETENTION_DAYS", env)
+    if env.get(f"{ENV_PREFIX}KAFKA_SESSION_TIMEOUT_MS"):
+        values["kafka_session_timeout_ms"] = _positive_int(
+            f"{ENV_PREFIX}KAFKA_SESSION_TIMEOUT_MS", env
+        )
+    if env.get(f"{ENV_PREFIX}KAFKA_CHECK_KEYS"):
+        values["kafka_check_keys"] = _flag(f"{ENV_PREFIX}KAFKA_CHECK_KEYS", env)
+    return values
+
+
+def _flag(name: str, env: Mapping[str, str]) -> bool:
+    value = env[name].strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    msg = f"{name} must be true or false, got {env[name]!r}"
+    raise ConfigurationError(msg)
 
 
 def _positive_int(name: str, env: Mapping[str, str]) -> int:

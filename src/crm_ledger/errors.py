@@ -7,9 +7,11 @@
     │   ├── InvalidEvent                an event breaks the contract: names the field and problem
     │   ├── InvalidEventInBatch         the same, for the event at ``index`` of a batch
     │   ├── UndecodableMessage          bytes that are not a Confluent-framed Avro event
+    │   ├── WrongMessageKey             a Kafka message not keyed by its event's customer_id
     │   └── UnreadableFile              an input file that cannot be opened or parsed
     ├── RejectedEvent                   a valid event that a domain rule refuses
     │   ├── ErasedCustomerError         personal data sent for an erased customer
+    │   ├── ConflictingDuplicate        an event_id stored before, sent again with other content
     │   └── MergeError                  a merge or unmerge that does not fit the customers' state
     ├── NotFound
     │   ├── CustomerNotFound
@@ -59,6 +61,10 @@ class UndecodableMessage(InvalidInput):
     """Bytes that are not a Confluent-framed Avro event the registry knows."""
 
 
+class WrongMessageKey(InvalidInput):
+    """A Kafka message whose key is not its event's customer_id."""
+
+
 class UnreadableFile(InvalidInput):
     """An input file that cannot be opened or parsed."""
 
@@ -75,6 +81,19 @@ class ErasedCustomerError(RejectedEvent):
         self.field = field
         super().__init__(
             f"customer {customer_id} was erased and accepts no personal data ({field})"
+        )
+
+
+class ConflictingDuplicate(RejectedEvent):
+    """An event_id the ledger already holds, sent again with different content."""
+
+    def __init__(self, event_id: str, stored: str, received: str) -> None:
+        self.event_id = event_id
+        self.stored = stored
+        self.received = received
+        super().__init__(
+            f"event_id {event_id} is stored with other content "
+            f"(stored sha256:{stored}, received sha256:{received})"
         )
 
 

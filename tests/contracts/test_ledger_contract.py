@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -10,8 +11,9 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
 from crm_ledger.aggregates import Customer, customer_uuid
-from crm_ledger.application import Ledger, Position
+from crm_ledger.application import Ledger, OutboxLetter, Position
 from crm_ledger.errors import (
+    ConflictingDuplicate,
     CustomerNotFound,
     ErasedCustomerError,
     InvalidEvent,
@@ -265,3 +267,63 @@ def test_a_refused_event_sent_again_later_in_a_batch_is_judged_afresh(ledger: Le
     assert (result.recorded, result.duplicates, len(result.rejected)) == (4, 0, 1)
     assert ledger.customer("C2").profile["name"] == "Ada Meyer"
     assert ledger.history("C2")[-1].addressed_to == "C1"
+
+
+def test_an_event_id_sent_again_with_other_content_is_refused_with_both_hashes(
+    ledger: Ledger,
+) -> None:
+    order = tp("OrderPlaced", "C1", order_id="O1", amount_minor=1000)
+    ledger.record(order)
+    changed = dataclasses.replace(order, data={**order.data, "amount_minor": 99_000})
+    elsewhere = dataclasses.replace(order, customer_id="C2")
+    later = dataclasses.replace(order, occurred_at=order.occurred_at + timedelta(seconds=1))
+
+    for conflicting in (changed, elsewhere, later):
+        with pytest.raises(ConflictingDuplicate, match=r"stored sha256:[0-9a-f]{64}, received"):
+            ledger.record(conflicting)
+    result = ledger.record_many([order, changed])  # identical is quiet, changed is refused
+    assert (result.recorded, result.duplicates) == (0, 1)
+    assert [r.index for r in result.rejected] == [1]
+    fresh = tp("OrderPlaced", "C3")
+    within = ledger.record_many([fresh, dataclasses.replace(fresh, source="other")])
+    assert (within.recorded, [r.index for r in within.rejected]) == (1, [1])
+    assert ledger.customer("C1").orders == 1
+    with pytest.raises(CustomerNotFound):
+        ledger.customer("C2")
+
+
+def test_a_resent_event_of_a_merged_or_erased_customer_stays_a_quiet_duplicate(
+    ledger: Ledger,
+) -> None:
+    ledger.record_many([tp("CustomerRegistered", "S1"), tp("CustomerRegistered", "D1")])
+    ledger.record(tp("CustomersMerged", "D1", survivor_id="S1"))
+    routed = tp("InteractionRecorded", "D1", note="asked about the parcel")
+    ledger.record(routed)
+    registered = tp("CustomerRegistered", "E1")
+    ledger.record(registered)
+    ledger.erase("E1", reason="request")
+
+    result = ledger.record_many([routed, registered])
+    assert (result.recorded, result.duplicates, result.rejected) == (0, 2, [])
+    with pytest.raises(ConflictingDuplicate):
+        ledger.record(dataclasses.replace(routed, customer_id="S1"))
+
+
+def test_refusals_wait_in_the_outbox_in_the_batch_transaction_until_sent(ledger: Ledger) -> None:
+    letter = OutboxLetter("t", 0, 5, None, b"\x00bytes", "UndecodableMessage", "why", "now")
+    result = ledger.record_many(
+        [tp("OrderPlaced", "C1"), tp("OrderPlaced", "C1", amount_minor=-1)],
+        [Position("t", 0, 7)],
+        dead_letters=[letter],
+        dead_letter_for=lambda i, e: letter._replace(offset=6, error_message=str(e)),
+    )
+    assert (result.recorded, len(result.rejected)) == (1, 1)
+    pending = ledger.pending_dead_letters()
+    assert [p[1].offset for p in pending] == [5, 6]
+    assert pending[0][1] == letter
+    assert "amount_minor" in pending[1][1].error_message
+    ledger.dead_letters_sent([pending[0][0]])
+    assert [p[1].offset for p in ledger.pending_dead_letters()] == [6]
+    assert ledger.positions("t") == {0: 7}
+    assert ledger.reset_positions("t") == 1
+    assert ledger.positions("t") == {}

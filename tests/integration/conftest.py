@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +19,90 @@ from crm_ledger.adapters.kafka import KafkaSettings
 from crm_ledger.aggregates.envelope import Touched, own_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from crm_ledger.application import Ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka_server.sh"
+CLI = Path(sys.executable).with_name("crm-ledger")
+
+
+class Worker:
+    """A `crm-ledger` process whose stderr is read as it comes, so a test can wait for what
+    it says (an assignment, a batch) instead of sleeping."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [str(CLI), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far."""
+        return [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+
+    def wait_for(
+        self,
+        seen: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 120,
+        *,
+        or_exit: bool = False,
+    ) -> None:
+        """Wait until ``seen(logs)`` holds (or, with ``or_exit``, the worker ended); fail
+        (with the worker's stderr) if neither happens in time."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not seen(self.logs):
+                ended = self.process.poll() is not None and not self._reader.is_alive()
+                if ended and or_exit:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0 or ended:
+                    tail = "\n".join(self.lines[-30:])
+                    pytest.fail(f"the worker never got there (exit {self.process.poll()}):\n{tail}")
+                self._changed.wait(min(left, 0.5))
+
+    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
+        """Wait for the exit: (exit code, stdout, stderr)."""
+        out, _ = self.process.communicate(timeout=timeout)
+        self._reader.join(timeout=10)
+        return self.process.returncode, out, "\n".join(self.lines)
+
+    def stop(self, signum: int, timeout: float = 60) -> float:
+        """Send ``signum`` and wait for the exit; seconds it took."""
+        sent = time.monotonic()
+        self.process.send_signal(signum)
+        self.process.wait(timeout=timeout)
+        return time.monotonic() - sent
+
+
+def wait_until(holds: Callable[[], bool], timeout: float, what: str) -> None:
+    """Check ``holds()`` every fifth of a second until it does; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.2)
+
+
+def batches(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-batch log lines."""
+    return [e for e in logs if e.get("event") == "batch"]
 
 
 @pytest.fixture(scope="session")

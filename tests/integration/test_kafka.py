@@ -36,13 +36,21 @@ from crm_ledger.errors import CustomerNotFound
 from crm_ledger.synthetic import generate
 from kafka import KafkaProducer
 from tests.factories import tp
-from tests.integration.conftest import KAFKA_SCRIPT, kafka_env, stored_touchpoints
+from tests.integration.conftest import (
+    KAFKA_SCRIPT,
+    Worker,
+    batches,
+    kafka_env,
+    stored_touchpoints,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from crm_ledger.adapters.avro import Codec
     from crm_ledger.aggregates import Touchpoint
 
 CLI = Path(sys.executable).with_name("crm-ledger")
+SESSION_TIMEOUT_S = 10  # the worker's default: a killed member's partitions wait this long
 
 
 def events(count: int, seed: int = 5) -> list[Touchpoint]:
@@ -59,7 +67,7 @@ def publish(kafka: KafkaSettings, codec: Codec, batch: list[Touchpoint]) -> None
 
 def ingest(ledger: Ledger, codec: Codec, kafka: KafkaSettings, **options: Any) -> Any:
     worker = IngestWorker(ledger, codec, kafka, poll_timeout_ms=300, **options)
-    return worker.run(until_idle=options.pop("until_idle", 3))
+    return worker.run(until_caught_up=True)
 
 
 def expected(batch: list[Touchpoint]) -> dict[str, tuple[str, Any, str, dict[str, Any]]]:
@@ -118,12 +126,6 @@ def test_publish_refuses_an_invalid_event_before_sending(
     assert dead_letters(kafka) == []
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(CLI), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
 def _errors(text: str) -> str:
     """The lines of a worker's stderr that say what went wrong."""
     keep = [
@@ -134,8 +136,9 @@ def _errors(text: str) -> str:
     return "\n".join(keep[-20:]) or text[-2000:]
 
 
-def _log_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+def _split_settled(logs: list[dict[str, Any]]) -> bool:
+    assigned = [e["partitions"] for e in logs if e.get("event") == "assigned"]
+    return bool(assigned) and 0 < len(assigned[-1]) < 6
 
 
 def test_two_workers_split_the_partitions_and_store_every_event_once(
@@ -146,28 +149,28 @@ def test_two_workers_split_the_partitions_and_store_every_event_once(
     base = ["--database-url", pg_url, "--database-schema", pg_schema]
     with Ledger(postgres_env(pg_url, pg_schema)):
         pass  # create the tables once, before two processes race to
-    workers = [
-        _spawn([*base, "ingest", "--until-idle", "8", "--batch-size", "500"], env) for _ in range(2)
-    ]
-    time.sleep(6)  # both join the group and settle on a split before anything arrives
+    workers = [Worker([*base, "ingest", "--batch-size", "500"], env) for _ in range(2)]
+    for worker in workers:  # both joined the group and hold a share before anything arrives
+        worker.wait_for(_split_settled)
     batch = events(10_000, seed=9)
     publish(kafka, codec, batch)
-    outputs = [w.communicate(timeout=180) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], [o[1][-2000:] for o in outputs]
+    with Ledger(postgres_env(pg_url, pg_schema)) as ledger:
+        wait_until(lambda: ledger.count_events() >= 10_000, 180, "10,000 events stored")
+        for worker in workers:
+            worker.stop(signal.SIGTERM)
+        outputs = [w.finish() for w in workers]
+        assert [o[0] for o in outputs] == [0, 0], [o[2][-2000:] for o in outputs]
+        assert stored(ledger) == expected(batch)
 
-    logs = [_log_lines(err) for _, err in outputs]
+    logs = [w.logs for w in workers]
     # The split in force while consuming (when one worker leaves at the end, the group hands
     # the other every partition, so the last assignment says nothing about the work).
-    split = [next(e["partitions"] for e in log if e["event"] == "batch") for log in logs]
+    split = [batches(log)[0]["partitions"] for log in logs]
     assert sorted(split[0] + split[1]) == list(range(kafka.partitions))
     assert set(split[0]).isdisjoint(split[1])
-    recorded = [
-        max((e["recorded"] for e in log if e["event"] == "batch"), default=0) for log in logs
-    ]
+    recorded = [max((e["recorded"] for e in batches(log)), default=0) for log in logs]
     assert all(r > 0 for r in recorded), recorded
     assert sum(recorded) == 10_000
-    with Ledger(postgres_env(pg_url, pg_schema)) as ledger:
-        assert stored(ledger) == expected(batch)
 
 
 def test_a_worker_killed_mid_batch_and_restarted_leaves_one_copy_of_each_event(
@@ -176,28 +179,30 @@ def test_a_worker_killed_mid_batch_and_restarted_leaves_one_copy_of_each_event(
     batch = events(20_000, seed=13)
     publish(kafka, codec, batch)
     env = kafka_env(kafka)
-    args = ["--data-dir", str(tmp_path), "ingest", "--batch-size", "300", "--until-idle", "4"]
+    args = ["--data-dir", str(tmp_path), "ingest", "--batch-size", "100", "--until-caught-up"]
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
     kills = 0
     for _ in range(4):
-        worker = _spawn(args, env)
-        time.sleep(rng.uniform(2.0, 4.0))  # start-up takes ~1.5 s; then batches are flowing
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGKILL)
+        worker = Worker(args, env)
+        worker.wait_for(lambda logs: bool(batches(logs)), timeout=180, or_exit=True)
+        time.sleep(rng.uniform(0, 0.5))  # a random moment while batches are flowing
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGKILL)
             kills += 1
-        worker.communicate(timeout=60)
-    # Killed workers stay members of the group until their session times out (10 s), holding
-    # partitions nobody alive reads: the last worker waits longer than that before it calls
-    # the topic drained.
-    final = _spawn([*args[:-1], "15"], env)
-    _, err = final.communicate(timeout=300)
-    assert final.returncode == 0, err[-2000:]
+        worker.finish(timeout=60)
+    # Killed workers stay members of the group until their session times out, holding
+    # partitions nobody alive reads: --until-caught-up waits for them to be handed over.
+    final = Worker(args, env)
+    code, _, err = final.finish(timeout=300)
+    assert code == 0, _errors(err)
+    unread = time.monotonic() - final.started
 
     assert kills >= 3, f"the worker finished before it could be killed (seed {seed})"
     with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
         assert ledger.count_events() == 20_000, f"seed {seed}"
         assert stored(ledger) == expected(batch), f"seed {seed}"
+    print(f"kill test: seed {seed}, last worker {unread:.1f} s (session {SESSION_TIMEOUT_S} s)")
 
 
 def test_a_broker_restart_mid_ingest_loses_nothing(
@@ -207,18 +212,18 @@ def test_a_broker_restart_mid_ingest_loses_nothing(
         pytest.fail("this test restarts the broker it started; unset KAFKA_BOOTSTRAP_SERVERS")
     batch = events(30_000, seed=17)
     publish(kafka, codec, batch)
-    worker = _spawn(
-        ["--data-dir", str(tmp_path), "ingest", "--batch-size", "500", "--until-idle", "25"],
+    worker = Worker(
+        ["--data-dir", str(tmp_path), "ingest", "--batch-size", "500", "--until-caught-up"],
         kafka_env(kafka),
     )
-    time.sleep(2.5)
+    worker.wait_for(lambda logs: bool(batches(logs)))
     restarted = subprocess.run(
         [str(KAFKA_SCRIPT), "restart"], capture_output=True, text=True, check=False, timeout=180
     )
     assert restarted.returncode == 0, restarted.stderr
     assert restarted.stdout.strip() == kafka_bootstrap
-    _, err = worker.communicate(timeout=300)
-    assert worker.returncode == 0, _errors(err)
+    code, _, err = worker.finish()
+    assert code == 0, _errors(err)
 
     with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
         assert stored(ledger) == expected(batch)
@@ -280,7 +285,7 @@ def test_every_malformed_message_is_dead_lettered_and_the_good_ones_are_stored(
 ) -> None:
     ensure_topics(kafka)
     corpus = malformed(codec)
-    goods = [tp("InteractionRecorded", f"G{i}") for i in range(len(corpus) + 1)]
+    goods = [tp("InteractionRecorded", "K") for _ in range(len(corpus) + 1)]
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, max_request_size=2_000_000)
     sent = []
     for good, (name, value) in zip(goods, [*corpus.items(), ("", b"")], strict=True):
@@ -294,7 +299,7 @@ def test_every_malformed_message_is_dead_lettered_and_the_good_ones_are_stored(
     with Ledger(sqlite_env(str(tmp_path / "l.sqlite"))) as ledger:
         stats = ingest(ledger, codec, kafka)
         assert stats.recorded == len(goods)
-        assert [ledger.customer(e.customer_id).interactions for e in goods] == [1] * len(goods)
+        assert ledger.customer("K").interactions == len(goods)
         with pytest.raises(CustomerNotFound):
             ledger.customer("BAD")
 
@@ -355,7 +360,7 @@ def test_the_cli_publishes_ingests_and_reports_lag(
     assert len(json.loads(published.stdout)) == 25
     before = json.loads(runner.invoke(cli, [*base, "lag"], env=env).stdout)
     assert sum(r["lag"] for r in before) == 25
-    ran = runner.invoke(cli, [*base, "ingest", "--until-idle", "2"], env=env)
+    ran = runner.invoke(cli, [*base, "ingest", "--until-caught-up"], env=env)
     assert json.loads(ran.stdout)["recorded"] == 25, ran.output
     after = json.loads(runner.invoke(cli, [*base, "lag"], env=env).stdout)
     assert sum(r["lag"] for r in after) == 0

@@ -23,7 +23,7 @@ from psycopg.sql import SQL, Identifier
 from crm_ledger.adapters.crypto import DataKeys
 from crm_ledger.aggregates import PERSONAL_FIELDS, Customer
 from crm_ledger.aggregates.envelope import Touched, own_fields
-from crm_ledger.application import LogRecord
+from crm_ledger.application import LogRecord, OutboxLetter, StoredCopy
 from crm_ledger.audit import (
     GENESIS,
     ChainLink,
@@ -230,6 +230,7 @@ class LedgerSQLiteRecorder(_LedgerRecording, SQLiteApplicationRecorder):
             "checkpoint_id INTEGER NOT NULL, originator_id BLOB NOT NULL, "
             "originator_version INTEGER NOT NULL, chain_hash BLOB NOT NULL, "
             "PRIMARY KEY (checkpoint_id, originator_id)) WITHOUT ROWID",
+            f"CREATE TABLE IF NOT EXISTS ledger_outbox ({_OUTBOX_COLUMNS.format(id=_SQLITE_ID)})",
         ]
 
     def _insert_events(
@@ -266,6 +267,10 @@ class LedgerSQLiteRecorder(_LedgerRecording, SQLiteApplicationRecorder):
             "INSERT INTO ledger_positions VALUES (?,?,?) ON CONFLICT (source, partition) "
             "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
             [(p.source, p.partition, p.next_offset) for p in positions],
+        )
+        letters: Sequence[OutboxLetter] = kwargs.get("dead_letters", ())
+        c.executemany(
+            f"INSERT INTO ledger_outbox ({_OUTBOX_FIELDS}) VALUES (?,?,?,?,?,?,?,?)", letters
         )
         return None
 
@@ -402,18 +407,46 @@ class LedgerSQLiteRecorder(_LedgerRecording, SQLiteApplicationRecorder):
                 found.update(UUID(row[0]) for row in c.fetchall())
         return found
 
-    def known_event_ids(self, event_ids: Sequence[UUID]) -> set[UUID]:
-        """The subset of ``event_ids`` already stored."""
-        known: set[UUID] = set()
+    def receipted_events(self, event_ids: Sequence[UUID]) -> list[StoredCopy]:
+        """The stored events of those of ``event_ids`` already stored."""
+        found: list[StoredCopy] = []
         with self.datastore.transaction(commit=False) as c:
             for chunk in _chunks(event_ids):
                 marks = ",".join("?" * len(chunk))
                 c.execute(
-                    f"SELECT event_id FROM ledger_receipts WHERE event_id IN ({marks})",
+                    "SELECT r.event_id, e.originator_id, e.originator_version, e.topic, e.state "
+                    f"FROM ledger_receipts r JOIN {self.events_table_name} e "
+                    "ON e.originator_id = lower(hex(r.originator_id)) "
+                    "AND e.originator_version = r.originator_version "
+                    f"WHERE r.event_id IN ({marks})",
                     [e.bytes for e in chunk],
                 )
-                known.update(UUID(bytes=row[0]) for row in c.fetchall())
-        return known
+                found += [
+                    StoredCopy(UUID(bytes=r[0]), UUID(r[1]), r[2], r[3], _blob(r[4]))
+                    for r in c.fetchall()
+                ]
+        return found
+
+    def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
+        """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT id, {_OUTBOX_FIELDS} FROM ledger_outbox ORDER BY id LIMIT ?", [limit]
+            )
+            return [(r[0], OutboxLetter(*tuple(r)[1:])) for r in c.fetchall()]
+
+    def remove_dead_letters(self, ids: Sequence[int]) -> None:
+        """Forget outbox letters the dead-letter topic acknowledged."""
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany("DELETE FROM ledger_outbox WHERE id=?", [(i,) for i in ids])
+
+    def reset_positions(self, source: str) -> int:
+        """Forget every stored position of ``source``; how many partitions had one."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("SELECT COUNT(*) FROM ledger_positions WHERE source=?", [source])
+            count = int(c.fetchone()[0])
+            c.execute("DELETE FROM ledger_positions WHERE source=?", [source])
+            return count
 
     def positions(self, source: str) -> dict[int, int]:
         """Partition -> next offset stored for ``source``."""
@@ -495,8 +528,14 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
                 "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoint_heads (checkpoint_id bigint NOT "
                 "NULL, originator_id bytea NOT NULL, originator_version bigint NOT NULL, "
                 "chain_hash bytea NOT NULL, PRIMARY KEY (checkpoint_id, originator_id))",
+                "CREATE TABLE IF NOT EXISTS {}.ledger_outbox ("
+                + _OUTBOX_COLUMNS.format(id="id bigserial PRIMARY KEY").replace("BLOB", "bytea")
+                + ")",
             )
         ]
+        self._insert_letter = SQL(
+            f"INSERT INTO {{}}.ledger_outbox ({_OUTBOX_FIELDS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
+        ).format(schema)
         self._schema = schema
 
     def _insert_events(
@@ -521,6 +560,9 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
                 self._upsert_position,
                 [(p.source, p.partition, p.next_offset) for p in positions],
             )
+        letters: Sequence[OutboxLetter] = kwargs.get("dead_letters", ())
+        if letters:
+            curs.executemany(self._insert_letter, letters)
 
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         # Workers starting together would otherwise race to create the same tables, and
@@ -700,16 +742,56 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
             curs.execute(query, params)
             return curs.fetchall()
 
-    def known_event_ids(self, event_ids: Sequence[UUID]) -> set[UUID]:
-        """The subset of ``event_ids`` already stored."""
-        known: set[UUID] = set()
+    def receipted_events(self, event_ids: Sequence[UUID]) -> list[StoredCopy]:
+        """The stored events of those of ``event_ids`` already stored."""
+        found: list[StoredCopy] = []
         for chunk in _chunks(event_ids):
             rows = self._select(
-                SQL("SELECT event_id FROM {}.ledger_receipts WHERE event_id = ANY(%s)"),
+                SQL(
+                    "SELECT r.event_id, e.originator_id, e.originator_version, e.topic, e.state "
+                    "FROM {0}.ledger_receipts r JOIN {0}.{events} e "
+                    "ON e.originator_id = r.originator_id "
+                    "AND e.originator_version = r.originator_version "
+                    "WHERE r.event_id = ANY(%s)"
+                ),
                 [list(chunk)],
             )
-            known.update(row["event_id"] for row in rows)
-        return known
+            found += [
+                StoredCopy(
+                    r["event_id"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    _blob(r["state"]),
+                )
+                for r in rows
+            ]
+        return found
+
+    def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
+        """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
+        rows = self._select(
+            SQL(f"SELECT id, {_OUTBOX_FIELDS} FROM {{}}.ledger_outbox ORDER BY id LIMIT %s"),
+            [limit],
+        )
+        return [(r["id"], _letter(r)) for r in rows]
+
+    def remove_dead_letters(self, ids: Sequence[int]) -> None:
+        """Forget outbox letters the dead-letter topic acknowledged."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL("DELETE FROM {}.ledger_outbox WHERE id = ANY(%s)").format(self._schema),
+                [list(ids)],
+            )
+
+    def reset_positions(self, source: str) -> int:
+        """Forget every stored position of ``source``; how many partitions had one."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL("DELETE FROM {}.ledger_positions WHERE source=%s").format(self._schema),
+                [source],
+            )
+            return int(curs.rowcount)
 
     def existing_ids(self, originator_ids: Sequence[UUID]) -> set[UUID]:
         """The subset of ``originator_ids`` that have stored events."""
@@ -757,6 +839,32 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
         """How many distinct events the ledger holds."""
         rows = self._select(SQL("SELECT COUNT(*) AS n FROM {}.ledger_receipts"), [])
         return int(rows[0]["n"])
+
+
+#: The outbox of dead letters: messages refused in a batch, kept until the DLQ has them.
+_OUTBOX_FIELDS = (
+    "source_topic, source_partition, source_offset, message_key, message_value, "
+    "error_class, error_message, refused_at"
+)
+_OUTBOX_COLUMNS = (
+    "{id}, source_topic TEXT NOT NULL, source_partition INTEGER NOT NULL, "
+    "source_offset BIGINT NOT NULL, message_key BLOB, message_value BLOB, "
+    "error_class TEXT NOT NULL, error_message TEXT NOT NULL, refused_at TEXT NOT NULL"
+)
+_SQLITE_ID = "id INTEGER PRIMARY KEY AUTOINCREMENT"
+
+
+def _letter(row: Any) -> OutboxLetter:
+    return OutboxLetter(
+        row["source_topic"],
+        row["source_partition"],
+        row["source_offset"],
+        None if row["message_key"] is None else bytes(row["message_key"]),
+        None if row["message_value"] is None else bytes(row["message_value"]),
+        row["error_class"],
+        row["error_message"],
+        row["refused_at"],
+    )
 
 
 def sqlite_env(db_path: str) -> dict[str, str]:

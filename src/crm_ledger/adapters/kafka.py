@@ -17,14 +17,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
+from kafka.record.default_records import DefaultRecordBatch
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from crm_ledger.aggregates import check_touchpoint
-from crm_ledger.application import Position
-from crm_ledger.errors import CrmLedgerError, InvalidEventInBatch, InvalidInput, StoreUnavailable
+from crm_ledger.application import OutboxLetter, Position
+from crm_ledger.errors import (
+    ConfigurationError,
+    CrmLedgerError,
+    InvalidEventInBatch,
+    InvalidInput,
+    StoreUnavailable,
+    UndecodableMessage,
+    WrongMessageKey,
+)
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 if TYPE_CHECKING:
@@ -45,6 +54,85 @@ T = TypeVar("T")
 DAY_MS = 86_400_000
 DELIVERY_TIMEOUT_S = 120
 
+#: A crashed worker's partitions are taken over within this, plus a rebalance.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 3_000
+
+#: An unexpected error on one message (or batch) is retried this many times.
+MESSAGE_ATTEMPTS = 3
+#: A poll that fails for a reason retrying cannot mend stops the worker after this many.
+POLL_ATTEMPTS = 5
+#: The broker's default largest message (message.max.bytes), for a topic that sets none.
+BROKER_MAX_MESSAGE_BYTES = 1_048_588
+#: Room for the dead-letter headers beyond the largest message the source topic takes.
+HEADER_ROOM = 64 * 1024
+#: The error message kept in a dead letter's header, at most.
+MAX_REASON_BYTES = 4000
+#: Dead letters sent at a time from the outbox, and the pause before retrying a refused one.
+OUTBOX_PAGE = 500
+OUTBOX_RETRY_S = 30.0
+SEND_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_MS = 2_000
+
+
+class _RawHeaderName(str):
+    """A header name that is not UTF-8: its bytes kept as they came (``encode`` gives them
+    back, as kafka-python's size accounting asks for)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> _RawHeaderName:
+        name = super().__new__(cls, raw.decode("utf-8", "surrogateescape"))
+        name.raw = raw
+        return name
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+class _SurrogateName(bytes):
+    """A header name's bytes that decode whatever they hold."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        try:
+            return bytes.decode(self, encoding)
+        except UnicodeDecodeError:
+            return _RawHeaderName(bytes(self))
+
+
+class _LenientBuffer(bytearray):
+    """A record batch's buffer whose slices decode without failing."""
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        return _SurrogateName(item) if isinstance(index, slice) else item
+
+
+def _lenient_header_names() -> None:
+    """Let kafka-python read header names that are not UTF-8.
+
+    Kafka's protocol calls a header name a string but brokers pass any bytes, and kafka-python
+    decodes names strictly: one such message made every poll of its partition fail, so the
+    worker never got past it. A batch that fails so is read again with such names kept as
+    their bytes (only then: the common path is untouched).
+    """
+    strict = DefaultRecordBatch._read_msg
+    if getattr(strict, "lenient", False):
+        return
+
+    def read_msg(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return strict(self, *args, **kwargs)
+        except UnicodeDecodeError:
+            self._buffer = _LenientBuffer(self._buffer)
+            return strict(self, *args, **kwargs)
+
+    read_msg.lenient = True  # type: ignore[attr-defined]
+    DefaultRecordBatch._read_msg = read_msg
+
+
+_lenient_header_names()
+
 
 class KafkaUnavailable(StoreUnavailable):
     """The Kafka cluster cannot be reached, or refused a request."""
@@ -60,6 +148,10 @@ class KafkaSettings:
     group: str = GROUP
     partitions: int = 6
     retention_days: int = 7
+    session_timeout_ms: int = SESSION_TIMEOUT_MS
+    heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
+    #: Dead-letter a message whose key is not its event's customer_id.
+    check_keys: bool = True
 
 
 def _connect(client: Callable[..., T], bootstrap: str, **config: Any) -> T:
@@ -86,23 +178,52 @@ def _producer(bootstrap: str, **config: Any) -> KafkaProducer:
     )
 
 
-def ensure_topics(settings: KafkaSettings) -> None:
-    """Create the touchpoint and dead-letter topics if missing, with bounded retention."""
+def ensure_topics(settings: KafkaSettings) -> int:
+    """Create the touchpoint and dead-letter topics if missing, with bounded retention, and
+    let the dead-letter topic take the largest message the touchpoint topic takes plus the
+    dead-letter headers. Returns the dead-letter topic's largest message, in bytes."""
     config = {"retention.ms": str(settings.retention_days * DAY_MS)}
     admin = _connect(KafkaAdminClient, settings.bootstrap, request_timeout_ms=30_000)
     try:
-        existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(name, settings.partitions, 1, topic_configs=config)
-            for name in (settings.topic, settings.dlq_topic)
-            if name not in existing
-        ]
-        if wanted:
-            # Another process may create it between our look and our request.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(wanted)
+        _create(admin, settings.topic, settings.partitions, config)
+        source_max = _max_message_bytes(admin, settings.topic)
+        dlq_max = source_max + HEADER_ROOM
+        dlq_config = {**config, "max.message.bytes": str(dlq_max)}
+        created = _create(admin, settings.dlq_topic, settings.partitions, dlq_config)
+        if not created and _max_message_bytes(admin, settings.dlq_topic) < dlq_max:
+            resource = ConfigResource(
+                ConfigResourceType.TOPIC,
+                settings.dlq_topic,
+                configs={"max.message.bytes": str(dlq_max)},
+            )
+            admin.alter_configs([resource])
+    except KafkaError as e:
+        raise KafkaUnavailable(f"cannot set up the topics at {settings.bootstrap}: {e}") from None
     finally:
         admin.close()
+    return dlq_max
+
+
+def _create(admin: Any, name: str, partitions: int, config: dict[str, str]) -> bool:
+    """Create topic ``name`` unless it exists; True if this call created it."""
+    if name in set(admin.list_topics()):
+        return False
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
+    except TopicAlreadyExistsError:  # another process got there between our look and ask
+        return False
+    return True
+
+
+def _max_message_bytes(admin: Any, topic: str) -> int:
+    """The largest message ``topic`` accepts (its own setting or the broker's default)."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None})
+    described = admin.describe_configs([resource], config_filter="all")
+    for by_name in described.values():
+        entry = by_name.get(topic, {}).get("max.message.bytes")
+        if entry and entry.get("value"):
+            return int(entry["value"])
+    return BROKER_MAX_MESSAGE_BYTES
 
 
 # Publishing.
@@ -229,12 +350,6 @@ class IngestStats:
         return self.consumed / max(time.monotonic() - self.started, 1e-9)
 
 
-@dataclass(frozen=True, slots=True)
-class _Bad:
-    record: Any
-    error: Exception
-
-
 class _SeekToLedger(ConsumerRebalanceListener):  # type: ignore[misc]
     """On every assignment, continue from the ledger's stored positions."""
 
@@ -249,8 +364,24 @@ class _SeekToLedger(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker.seek_to_ledger(assigned)
 
 
+def _where(record: Any) -> dict[str, Any]:
+    """The log fields that say which message a line is about."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def _why(error: BaseException) -> dict[str, Any]:
+    """The log fields that say what went wrong."""
+    return {"error_class": type(error).__name__, "error": str(error) or repr(error)}
+
+
 class IngestWorker:
-    """Consumes the touchpoint topic into the ledger, exactly once; dead-letters bad messages."""
+    """Consumes the touchpoint topic into the ledger, exactly once; dead-letters bad messages.
+
+    Every message is either stored or dead-lettered: refusals are written to the ledger's
+    outbox in the batch's own transaction and sent to the dead-letter topic from there, so a
+    crash between the two loses none, and a dead letter the topic will not take stays in the
+    outbox and is tried again instead of stopping ingestion.
+    """
 
     def __init__(
         self,
@@ -273,20 +404,30 @@ class IngestWorker:
         self.on_assign = on_assign
         self._clock = clock or (lambda: datetime.now(UTC))
         self._stopping = False
+        self._outbox_due = 0.0
+        self._poll_failures = 0
         self.stats = IngestStats()
-        ensure_topics(settings)
+        dlq_bytes = ensure_topics(settings)
         self._consumer = _consumer(
             settings.bootstrap,
             group_id=settings.group,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Never reset silently: every position comes from the ledger (or the beginning),
+            # so one out of range means the topic lost messages or was re-created.
+            auto_offset_reset="none",
             max_poll_records=max_batch,
             # Bounded prefetch: fetched records wait in memory as Python objects, so large
             # fetches made a worker's memory grow with the topic instead of staying flat.
             fetch_max_bytes=8 * 1024 * 1024,
             max_partition_fetch_bytes=1024 * 1024,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
         )
-        self._dlq = _producer(settings.bootstrap, max_request_size=4 * 1024 * 1024)
+        # A send never blocks for long (a stop must come within seconds): what is not sent
+        # stays in the outbox.
+        self._dlq = _producer(
+            settings.bootstrap, max_request_size=dlq_bytes, max_block_ms=int(SEND_TIMEOUT_S * 1000)
+        )
         self._consumer.subscribe([settings.topic], listener=_SeekToLedger(self))
 
     def stop(self) -> None:
@@ -295,7 +436,7 @@ class IngestWorker:
 
     def seek_to_ledger(self, assigned: Sequence[TopicPartition]) -> None:
         """Position each assigned partition at the ledger's stored next offset."""
-        stored = self.ledger.ledger_recorder.positions(self.settings.topic)
+        stored = self.ledger.positions(self.settings.topic)
         for tp in assigned:
             if tp.partition in stored:
                 self._consumer.seek(tp, stored[tp.partition])
@@ -309,65 +450,239 @@ class IngestWorker:
             extra={"partitions": self.stats.assigned, "positions": stored},
         )
 
-    def run(self, *, max_events: int | None = None, until_idle: float | None = None) -> IngestStats:
-        """Ingest until stopped, until ``max_events`` messages, or ``until_idle`` seconds idle."""
-        idle_since = time.monotonic()
+    def run(
+        self,
+        *,
+        max_events: int | None = None,
+        until_idle: float | None = None,
+        until_caught_up: bool = False,
+    ) -> IngestStats:
+        """Ingest until stopped, until ``max_events`` messages, ``until_idle`` seconds idle, or
+        (``until_caught_up``) until the ledger holds every message the topic had at the start."""
         try:
-            while not self._stopping:
-                limit = self.max_batch
-                if max_events is not None:
-                    limit = min(limit, max_events - self.stats.consumed)
-                    if limit <= 0:
-                        break
-                try:
-                    polled = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
-                except KafkaError as e:
-                    # The broker is away (restart, network): nothing was taken, so wait and
-                    # poll again; the client reconnects. An outage is not idleness.
-                    log.warning("poll failed; retrying", extra={"error": repr(e)})
-                    time.sleep(1)
-                    idle_since = time.monotonic()
-                    continue
-                records = [r for batch in polled.values() for r in batch]
-                if not records:
-                    if not self._consumer.assignment():
-                        # Waiting to join the group (say, for a crashed member's session to
-                        # time out) is not being idle.
-                        idle_since = time.monotonic()
-                    elif until_idle is not None and time.monotonic() - idle_since >= until_idle:
-                        break
-                    continue
-                self._ingest(records)
-                idle_since = time.monotonic()
+            targets = self.end_offsets() if until_caught_up else None
+            self._loop(max_events, until_idle, targets)
         finally:
             self.close()
         return self.stats
 
+    def _loop(
+        self, max_events: int | None, until_idle: float | None, targets: dict[int, int] | None
+    ) -> None:
+        idle_since = time.monotonic()
+        self._send_outbox()  # what an earlier run could not send
+        while not self._stopping:
+            if targets is not None and self._caught_up(targets):
+                return
+            limit = self.max_batch
+            if max_events is not None:
+                limit = min(limit, max_events - self.stats.consumed)
+                if limit <= 0:
+                    return
+            records = self._poll(limit)
+            if records is None:  # the broker is away: an outage is not idleness
+                idle_since = time.monotonic()
+                continue
+            self._send_outbox()
+            if records:
+                self._ingest(records)
+                idle_since = time.monotonic()
+            elif not self._consumer.assignment():
+                # Waiting to join the group (say, for a crashed member's session to time
+                # out) is not being idle.
+                idle_since = time.monotonic()
+            elif until_idle is not None and time.monotonic() - idle_since >= until_idle:
+                return
+
+    def end_offsets(self) -> dict[int, int]:
+        """Partition -> end offset of the topic now (a partition never read counts from its
+        beginning); refuses positions beyond the end (the topic was re-created)."""
+        ends, begins = _offsets(self._consumer, self.settings.topic)
+        stored = self.ledger.positions(self.settings.topic)
+        for partition, end in ends.items():
+            if stored.get(partition, 0) > end:
+                raise ConfigurationError(_recreated(self.settings.topic, partition, stored, end))
+        return {p: max(end, begins[p]) for p, end in ends.items()}
+
+    def _caught_up(self, targets: dict[int, int]) -> bool:
+        stored = self.ledger.positions(self.settings.topic)
+        return all(stored.get(p, 0) >= end for p, end in targets.items() if end > 0)
+
+    def _poll(self, limit: int) -> list[Any] | None:
+        """The next records; None after a failed poll (waited on, to be tried again)."""
+        try:
+            polled = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
+        except OffsetOutOfRangeError as e:
+            raise ConfigurationError(self._out_of_range(e)) from None
+        except Exception as e:  # the broker is away, or a fetch cannot be read
+            self._poll_failures += 1
+            retriable = isinstance(e, KafkaError) and e.retriable
+            if not retriable and self._poll_failures >= POLL_ATTEMPTS:
+                msg = f"reading {self.settings.topic} keeps failing: {type(e).__name__}: {e}"
+                raise KafkaUnavailable(msg) from None
+            log.warning("poll failed; retrying", extra={"topic": self.settings.topic, **_why(e)})
+            self._pause(1.0)
+            return None
+        self._poll_failures = 0
+        return [r for batch in polled.values() for r in batch]
+
+    def _out_of_range(self, error: OffsetOutOfRangeError) -> str:
+        stored = self.ledger.positions(self.settings.topic)
+        ends, begins = _offsets(self._consumer, self.settings.topic)
+        for partition, end in ends.items():
+            if stored.get(partition, 0) > end:
+                return _recreated(self.settings.topic, partition, stored, end)
+        lost = {p: (stored[p], begins[p]) for p in stored if p in begins and stored[p] < begins[p]}
+        return (
+            f"messages of {self.settings.topic} were deleted before the ledger read them "
+            f"(partition: (ledger position, first offset left) {lost or error}); raise the "
+            "topic's retention, then run `crm-ledger positions reset` to read what is left"
+        )
+
+    def _pause(self, seconds: float) -> None:
+        """Wait, but wake for a stop within a tenth of a second."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def _ingest(self, records: list[Any]) -> None:
         good: list[tuple[Any, Touchpoint]] = []
-        bad: list[_Bad] = []
+        letters: list[OutboxLetter] = []
         for record in records:
-            try:
-                tp = self.codec.decode(record.value)
-                self.ledger.check(tp)
-            except InvalidInput as e:
-                bad.append(_Bad(record, e))
-                continue
-            good.append((record, tp))
-        # Dead letters first: once the positions below are stored, these are never read again.
-        self._dead_letter(bad)
+            outcome = self._decode(record)
+            if isinstance(outcome, Exception):
+                letters.append(self._letter(record, outcome))
+            else:
+                good.append((record, outcome))
         positions = self._positions(records)
-        result = self.ledger.record_many([tp for _, tp in good], positions)
-        # Valid events a domain rule refused also go to the DLQ, so nothing is silently lost.
-        self._dead_letter([_Bad(good[r.index][0], r.error) for r in result.rejected])
+        result = self._record(good, positions, letters)
         self._commit(positions)
         self.stats.consumed += len(records)
         self.stats.recorded += result.recorded
         self.stats.duplicates += result.duplicates
-        self.stats.dead_lettered += len(bad) + len(result.rejected)
+        self.stats.dead_lettered += result.dead_lettered
         self.stats.batches += 1
         if self.on_batch:
             self.on_batch(self.stats)
+        self._send_outbox()
+
+    def _decode(self, record: Any) -> Touchpoint | Exception:
+        """The message's touchpoint, checked; or why it is refused. An unexpected error is
+        retried a few times, then refuses the message (so it cannot stop the worker)."""
+        error: Exception = RuntimeError("not tried")
+        for _attempt in range(MESSAGE_ATTEMPTS):
+            try:
+                tp = self.codec.decode(_value(record))
+                self.ledger.check(tp)
+                self._check_key(record, tp)
+            except InvalidInput as e:
+                return e
+            except Exception as e:  # a bug or a fault on one message: bounded retries
+                log.warning("message failed; retrying", extra={**_where(record), **_why(e)})
+                error = e
+                continue
+            return tp
+        return error
+
+    def _check_key(self, record: Any, tp: Touchpoint) -> None:
+        """The key must be the customer id: per-customer order and single-writer streams
+        depend on every event of a customer landing on the same partition."""
+        if self.settings.check_keys and record.key != tp.customer_id.encode():
+            key = "null" if record.key is None else repr(bytes(record.key[:100]))
+            msg = f"message key {key} is not the event's customer_id {tp.customer_id!r}"
+            raise WrongMessageKey(msg)
+
+    def _record(
+        self, good: list[tuple[Any, Touchpoint]], positions: list[Position], letters: list[Any]
+    ) -> _Outcome:
+        """Store the batch (waiting out a store outage); if it keeps failing for another
+        reason, find the message that fails it."""
+        failures = 0
+        while True:
+            try:
+                return self._record_batch(good, positions, letters)
+            except StoreUnavailable as e:
+                if self._stopping:
+                    raise
+                log.warning("store unavailable; retrying", extra=_why(e))
+                self._pause(1.0)
+            except Exception as e:
+                failures += 1
+                log.warning(
+                    "batch failed; retrying",
+                    extra={"topic": self.settings.topic, "attempt": failures, **_why(e)},
+                )
+                if failures >= MESSAGE_ATTEMPTS:
+                    return self._record_one_by_one(good, letters)
+
+    def _record_batch(
+        self, good: list[tuple[Any, Touchpoint]], positions: list[Position], letters: list[Any]
+    ) -> _Outcome:
+        result = self.ledger.record_many(
+            [tp for _, tp in good],
+            positions,
+            dead_letters=letters,
+            dead_letter_for=lambda i, error: self._letter(good[i][0], error),
+        )
+        for rejected in result.rejected:
+            self._log_refusal(good[rejected.index][0], rejected.error)
+        for letter in letters:
+            log.warning(
+                "dead-lettered",
+                extra={
+                    "topic": letter.topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                    "error_class": letter.error_class,
+                    "error": letter.error_message,
+                },
+            )
+        return _Outcome(result.recorded, result.duplicates, len(letters) + len(result.rejected))
+
+    def _record_one_by_one(
+        self, good: list[tuple[Any, Touchpoint]], letters: list[OutboxLetter]
+    ) -> _Outcome:
+        """Each message in its own transaction with its position, in offset order (so a
+        crash part way resumes after the last one stored), so that the message that fails
+        the batch is dead-lettered and the others are stored."""
+        total = _Outcome()
+        items: list[tuple[int, int, Any]] = [(r.partition, r.offset, (r, tp)) for r, tp in good]
+        items += [(letter.partition, letter.offset, letter) for letter in letters]
+        for partition, offset, item in sorted(items, key=lambda i: i[:2]):
+            position = Position(self.settings.topic, partition, offset + 1)
+            if isinstance(item, OutboxLetter):
+                total += self._record_batch([], [position], [item])
+                continue
+            error: Exception | None = None
+            for _attempt in range(MESSAGE_ATTEMPTS):
+                try:
+                    total += self._record_batch([item], [position], [])
+                    error = None
+                    break
+                except StoreUnavailable:
+                    raise
+                except Exception as e:
+                    error = e
+            if error is not None:
+                total += self._record_batch([], [position], [self._letter(item[0], error)])
+        return total
+
+    def _log_refusal(self, record: Any, error: Exception) -> None:
+        log.warning("dead-lettered", extra={**_where(record), **_why(error)})
+
+    def _letter(self, record: Any, error: Exception) -> OutboxLetter:
+        """The outbox entry for a refused message: its bytes, where it came from and why."""
+        message = str(error) or repr(error)
+        return OutboxLetter(
+            record.topic,
+            record.partition,
+            record.offset,
+            None if record.key is None else bytes(record.key),
+            None if record.value is None else bytes(record.value),
+            type(error).__name__,
+            message.encode()[:MAX_REASON_BYTES].decode(errors="ignore"),
+            self._clock().isoformat(),
+        )
 
     def _positions(self, records: list[Any]) -> list[Position]:
         last: dict[int, int] = {}
@@ -375,31 +690,56 @@ class IngestWorker:
             last[r.partition] = max(last.get(r.partition, -1), r.offset)
         return [Position(self.settings.topic, p, o + 1) for p, o in sorted(last.items())]
 
-    def _dead_letter(self, bad: list[_Bad]) -> None:
-        if not bad:
+    def _send_outbox(self) -> None:
+        """Send the outbox's dead letters; one the topic refuses stays and is tried later."""
+        if time.monotonic() < self._outbox_due:
             return
-        at = self._clock().isoformat()
-        futures = [
-            self._dlq.send(
-                self.settings.dlq_topic,
-                key=b.record.key,
-                value=b.record.value,
-                headers=dead_letter_headers(b.record, b.error, at),
-            )
-            for b in bad
-        ]
-        self._dlq.flush()
-        for future in futures:
-            future.get(timeout=60)  # raises: better to stop than to skip a message unrecorded
-        for b in bad:
-            log.warning(
-                "dead-lettered",
-                extra={
-                    "partition": b.record.partition,
-                    "offset": b.record.offset,
-                    "error": f"{type(b.error).__name__}: {b.error}",
-                },
-            )
+        pending = self.ledger.pending_dead_letters(OUTBOX_PAGE)
+        while pending and not self._stopping:
+            sent = self._send_letters(pending)
+            self.ledger.dead_letters_sent(sent)
+            if len(sent) < len(pending):
+                self._outbox_due = time.monotonic() + OUTBOX_RETRY_S
+                return
+            pending = self.ledger.pending_dead_letters(OUTBOX_PAGE)
+
+    def _send_letters(self, pending: list[tuple[int, OutboxLetter]]) -> list[int]:
+        futures = []
+        for letter_id, letter in pending:
+            try:
+                future = self._dlq.send(
+                    self.settings.dlq_topic,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=dead_letter_headers(letter),
+                )
+            except KafkaError as e:
+                self._unsent(letter, e)
+                continue
+            futures.append((letter_id, letter, future))
+        with contextlib.suppress(KafkaError):
+            self._dlq.flush(timeout=SEND_TIMEOUT_S)
+        sent = []
+        for letter_id, letter, future in futures:
+            try:
+                future.get(timeout=0.1 if future.is_done else SEND_TIMEOUT_S)
+            except KafkaError as e:
+                self._unsent(letter, e)
+                continue
+            sent.append(letter_id)
+        return sent
+
+    def _unsent(self, letter: OutboxLetter, error: Exception) -> None:
+        log.warning(
+            "dead letter not sent; kept in the ledger and retried",
+            extra={
+                "topic": letter.topic,
+                "partition": letter.partition,
+                "offset": letter.offset,
+                "dlq_topic": self.settings.dlq_topic,
+                **_why(error),
+            },
+        )
 
     def _commit(self, positions: list[Position]) -> None:
         offsets = {
@@ -411,26 +751,72 @@ class IngestWorker:
         try:
             self._consumer.commit(offsets)
         except KafkaError as e:  # only lag tools read these; the ledger's positions are the truth
-            log.warning("offset commit failed", extra={"error": repr(e)})
+            log.warning("offset commit failed", extra={"topic": self.settings.topic, **_why(e)})
 
     def close(self) -> None:
-        """Leave the group and close the clients (a broker that is away cannot stop this)."""
-        for client in (self._consumer, self._dlq):
-            try:
-                client.close()
-            except KafkaError as e:
-                log.warning("closing a Kafka client failed", extra={"error": repr(e)})
+        """Leave the group and close the clients, within a few seconds even with the broker
+        away (whatever was not sent stays in the ledger's outbox)."""
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
+        except Exception as e:
+            log.warning("closing the consumer failed", extra=_why(e))
+        try:
+            self._dlq.close(timeout=CLOSE_TIMEOUT_MS / 1000)
+        except Exception as e:
+            log.warning("closing the dead-letter producer failed", extra=_why(e))
 
 
-def dead_letter_headers(record: Any, error: Exception, at: str) -> list[tuple[str, bytes]]:
+@dataclass(slots=True)
+class _Outcome:
+    """What storing some messages did."""
+
+    recorded: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+    def __iadd__(self, other: _Outcome) -> _Outcome:
+        self.recorded += other.recorded
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        return self
+
+
+def _value(record: Any) -> bytes:
+    if record.value is None:
+        msg = "the message has no value (a tombstone): the ledger never deletes events"
+        raise UndecodableMessage(msg)
+    return bytes(record.value)
+
+
+def _offsets(consumer: Any, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Partition -> end offset, and partition -> first offset, of ``topic`` now."""
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    ends = consumer.end_offsets(partitions)
+    begins = consumer.beginning_offsets(partitions)
+    return (
+        {tp.partition: ends[tp] for tp in partitions},
+        {tp.partition: begins[tp] for tp in partitions},
+    )
+
+
+def _recreated(topic: str, partition: int, stored: dict[int, int], end: int) -> str:
+    return (
+        f"the ledger has read {topic} partition {partition} up to offset {stored[partition]}, "
+        f"but the topic ends at {end}: it was deleted and re-created. Run "
+        f"`crm-ledger positions reset --topic {topic}` to read it from the start "
+        "(events already stored are recognised by event_id)"
+    )
+
+
+def dead_letter_headers(letter: OutboxLetter) -> list[tuple[str, bytes]]:
     """Headers saying why a message was dead-lettered and where it came from."""
     return [
-        ("error.class", type(error).__name__.encode()),
-        ("error.message", str(error).encode()[:4000]),
-        ("source.topic", record.topic.encode()),
-        ("source.partition", str(record.partition).encode()),
-        ("source.offset", str(record.offset).encode()),
-        ("dlq.time", at.encode()),
+        ("error.class", letter.error_class.encode()),
+        ("error.message", letter.error_message.encode()[:MAX_REASON_BYTES]),
+        ("source.topic", letter.topic.encode()),
+        ("source.partition", str(letter.partition).encode()),
+        ("source.offset", str(letter.offset).encode()),
+        ("dlq.time", letter.at.encode()),
     ]
 
 
@@ -491,11 +877,11 @@ def redrive(settings: KafkaSettings, ledger: Ledger) -> list[DeadLetter]:
     once; one that fails again lands in the DLQ anew.
     """
     source = f"{REDRIVE_SOURCE_PREFIX}{settings.dlq_topic}"
-    done = ledger.ledger_recorder.positions(source)
+    done = ledger.positions(source)
     letters = dead_letters(settings, done)
     if not letters:
         return []
-    producer = _producer(settings.bootstrap, max_request_size=4 * 1024 * 1024)
+    producer = _producer(settings.bootstrap, max_request_size=ensure_topics(settings))
     try:
         futures = [
             producer.send(
@@ -546,5 +932,5 @@ def lag(settings: KafkaSettings, ledger: Ledger) -> list[Lag]:
         begins = consumer.beginning_offsets(partitions)
     finally:
         consumer.close()
-    stored = ledger.ledger_recorder.positions(settings.topic)
+    stored = ledger.positions(settings.topic)
     return [Lag(tp.partition, stored.get(tp.partition, begins[tp]), ends[tp]) for tp in partitions]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -89,6 +91,30 @@ class Touchpoint:
         """The personal fields of this event that carry a value."""
         names = PERSONAL_FIELDS.get(self.event_type, ())
         return {n: self.data[n] for n in names if self.data.get(n) is not None}
+
+    def fingerprint(self, *, unknown: frozenset[str] = frozenset()) -> str:
+        """SHA-256 (hex) of the event's content: what a re-send must repeat to be a duplicate.
+
+        Fields named in ``unknown`` are left out (say, personal data no longer readable).
+        """
+        content = {
+            "type": self.event_type,
+            "customer_id": self.customer_id,
+            "occurred_at": self.occurred_at.astimezone(UTC).isoformat(),
+            "source": self.source,
+            "actor": self.actor,
+            "correlation_id": self.correlation_id,
+            "data": {k: v for k, v in self.data.items() if k not in unknown},
+        }
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=_plain)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the values a touchpoint's fields can hold beyond JSON's own."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return str(value)
 
 
 @lru_cache(maxsize=65536)
