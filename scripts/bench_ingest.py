@@ -82,7 +82,7 @@ def child_ingest(args: argparse.Namespace) -> None:
             poll_timeout_ms=200,
         )
         started = time.time()
-        stats = worker.run(until_idle=args.until_idle)
+        stats = worker.run(until_caught_up=True)
     print(
         json.dumps(
             {
@@ -113,7 +113,6 @@ def main() -> None:
     )
     parser.add_argument("--child-ingest", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--group", help=argparse.SUPPRESS)
-    parser.add_argument("--until-idle", type=float, default=4.0, help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
