@@ -16,6 +16,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from crm_ledger.errors import InvalidInput
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from datetime import datetime
@@ -176,6 +178,11 @@ class Auditor:
         the stored chain and with the signed checkpoints (from checkpoint ``since`` on, when
         given), and report each difference by stream and version."""
         result = Verification()
+        if since is not None:
+            newest = max((cp.checkpoint_id for cp in self.store.checkpoints()), default=0)
+            if since > newest:
+                what = f"the newest is {newest}" if newest else "there are none yet"
+                raise InvalidInput(f"no checkpoint {since}: {what}")
         signed = self._signed_heads(since, result)
         recomputed: dict[tuple[bytes, int], bytes] = {}
         records = itertools.groupby(self.store.stored_records(), key=lambda r: r.stream)

@@ -16,7 +16,12 @@ from crm_ledger.adapters.crypto import (
     load_public_key,
     load_signer,
 )
-from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
+from crm_ledger.adapters.eventstore import (
+    check_postgres_ledger,
+    claim_sqlite,
+    postgres_env,
+    sqlite_env,
+)
 from crm_ledger.adapters.kafka import IngestWorker, KafkaSettings, Publisher
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.application import Ledger
@@ -57,9 +62,14 @@ def tune_for_throughput() -> None:
 
 
 def store_env(settings: Settings, *, create: bool) -> dict[str, str]:
-    """eventsourcing settings for the configured store."""
+    """eventsourcing settings for the configured store: only ``create`` (``init``) makes a
+    ledger; everything else refuses a place that holds none, and every command refuses a
+    database another program made."""
     if settings.database_url:
-        return postgres_env(settings.database_url, settings.database_schema)
+        env = postgres_env(settings.database_url, settings.database_schema)
+        if not create:
+            check_postgres_ledger(settings.database_url, settings.database_schema)
+        return env
     path = settings.sqlite_path
     if not path.exists():
         if not create:
@@ -70,6 +80,7 @@ def store_env(settings: Settings, *, create: bool) -> dict[str, str]:
         except OSError as e:
             msg = f"cannot create the data directory {path.parent}: {e.strerror}"
             raise StoreUnavailable(msg) from None
+    claim_sqlite(str(path), create=create)
     return sqlite_env(str(path))
 
 

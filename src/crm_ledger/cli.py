@@ -139,7 +139,33 @@ def _json_default(value: Any) -> Any:
 
 
 class LedgerGroup(click.Group):
-    """Turns every CrmLedgerError into one line on stderr and exit code 1."""
+    """Turns every CrmLedgerError, and every usage error, into one line on stderr and exit
+    code 1."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI; a usage error is one line naming the problem and where help is."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            click.echo(f"crm-ledger: error: {e.format_message()}{where}", err=True)
+            sys.exit(1)
+        except click.ClickException as e:
+            click.echo(f"crm-ledger: error: {e.format_message()}", err=True)
+            sys.exit(1)
+        except click.Abort:
+            click.echo("crm-ledger: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command, reporting ledger errors without a traceback."""
@@ -260,7 +286,7 @@ def record(ctx: Context, source: io.TextIOBase) -> None:
         tp = codec.from_json(obj)
     except InvalidInput as e:
         raise InvalidInput(f"{name}: {e}") from None
-    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
+    with bootstrap.open_ledger(ctx.settings) as ledger:
         stored = ledger.record(tp)
     emit_record(
         ctx,
@@ -344,7 +370,7 @@ def import_(
     bootstrap.tune_for_throughput()
     codec = bootstrap.open_codec(ctx.settings)
     size = batch_size or ctx.settings.batch_size
-    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
+    with bootstrap.open_ledger(ctx.settings) as ledger:
         counts = {path: _check_file(ledger, path, kind, codec) for path in files}
         totals = {"files": len(files), "read": 0, "recorded": 0, "duplicates": 0, "rejected": 0}
         problems: list[str] = []
@@ -1280,10 +1306,14 @@ def audit_verify_export(ctx: Context, file: Path, public_key: Path) -> None:
     Exits 1 if anything is wrong."""
     signer = bootstrap.verifier(public_key.read_bytes())
     try:
-        lines = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        lines = [json.loads(line) for line in file.read_bytes().splitlines() if line.strip()]
+        if not all(isinstance(line, dict) for line in lines):
+            raise ValueError("every line must be a JSON object")
         findings = verify_export(lines, signer)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InvalidInput(f"{file} is not an audit export: {e}") from None
+    except RecursionError:
+        raise InvalidInput(f"{file} is not an audit export: nested too deeply") from None
     rows = [{"version": f.version, "problem": f.problem, "detail": f.detail} for f in findings]
     events = sum(1 for line in lines if line.get("kind") == "event")
     if ctx.output == "json":
@@ -1701,7 +1731,7 @@ def ingest(
     """
     bootstrap.tune_for_throughput()
     _log_to_stderr(ctx)
-    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
+    with bootstrap.open_ledger(ctx.settings) as ledger:
         progress = _progress(ctx)
         task = progress.add_task("ingesting", total=None, rate="-")
 
@@ -1817,7 +1847,7 @@ def dlq_redrive(ctx: Context) -> None:
     to the dead-letter topic. How far redrive got is kept in the ledger, so each dead letter
     is redriven once.
     """
-    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
+    with bootstrap.open_ledger(ctx.settings) as ledger:
         letters = redrive(bootstrap.kafka_settings(ctx.settings), ledger)
     emit_record(ctx, {"redriven": len(letters)}, title="dlq redrive")
 
@@ -1826,8 +1856,9 @@ def dlq_redrive(ctx: Context) -> None:
 @pass_context
 def lag_(ctx: Context) -> None:
     """Per partition: the ledger's stored position against the topic's end."""
-    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
-        rows = lag(bootstrap.kafka_settings(ctx.settings), ledger)
+    kafka = bootstrap.kafka_settings(ctx.settings)
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        rows = lag(kafka, ledger)
     emit(
         ctx,
         [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import StoredEvent
@@ -327,3 +328,43 @@ def test_refusals_wait_in_the_outbox_in_the_batch_transaction_until_sent(ledger:
     assert ledger.positions("t") == {0: 7}
     assert ledger.reset_positions("t") == 1
     assert ledger.positions("t") == {}
+
+
+def test_personal_data_routed_to_a_survivor_stays_under_the_senders_key(
+    store_env: dict[str, str],
+) -> None:
+    with Ledger(store_env) as ledger:
+        ledger.record_many(
+            [
+                tp("CustomerRegistered", "S1", name="Sam Survivor"),
+                tp("CustomerRegistered", "D1", name="Dee Duplicate"),
+            ]
+        )
+        ledger.record(tp("CustomersMerged", "D1", survivor_id="S1"))
+        routed = tp("InteractionRecorded", "D1", note="Dee asked about her parcel")
+        own = tp("InteractionRecorded", "S1", note="Sam asked about his invoice")
+        ledger.record_many([routed, own])
+        duplicate_key = ledger.mapper.data_keys.keys[customer_uuid("D1").bytes]  # type: ignore[attr-defined]
+        assert duplicate_key is not None
+        assert ledger.erase("D1", reason="request") == ["D1"]
+
+        # Non-personal facts of the erased duplicate are still taken (and routed)...
+        assert ledger.record(tp("OrderPlaced", "D1", order_id="O-late")) is True
+        # ...but no personal data, whichever stream it would land in.
+        with pytest.raises(ErasedCustomerError, match="note"):
+            ledger.record(tp("InteractionRecorded", "D1", note="Dee again"))
+        with pytest.raises(ErasedCustomerError, match="email"):
+            ledger.record(tp("ProfileUpdated", "D1"))
+
+    with Ledger(store_env) as fresh:  # no key left in any cache
+        notes = {h.event_id: h.details.get("note") for h in fresh.history("S1")}
+        assert notes[routed.event_id] is None
+        assert notes[own.event_id] == "Sam asked about his invoice"
+        assert fresh.customer("S1").profile["name"] == "Sam Survivor"
+        assert fresh.customer("S1").orders == 1
+        stored_key = fresh.ledger_recorder.load_key(customer_uuid("D1").bytes)  # type: ignore[attr-defined]
+        assert stored_key is None
+        if "SQLITE_DBNAME" in store_env:  # every file of the store, as a regulator would read it
+            folder = Path(store_env["SQLITE_DBNAME"]).parent
+            for path in folder.iterdir():
+                assert duplicate_key not in path.read_bytes(), path

@@ -175,17 +175,17 @@ def test_compare_reports_the_estimate_the_truth_and_draws_a_chart(
     ("args", "code", "message"),
     [
         (["ltv", "NOPE"], 1, "customer 'NOPE' not found"),
-        (["timeline", "C000001", "--as-of", "yesterday"], 2, "ISO 8601"),
+        (["timeline", "C000001", "--as-of", "yesterday"], 1, "ISO 8601"),
         (["replay", "--as-of", "2025-01-01", "--into", "Bad Name"], 1, "snapshot name"),
-        (["replay", "--into", "x"], 2, "--as-of"),
+        (["replay", "--into", "x"], 1, "--as-of"),
         (["compare", "nope"], 1, "nope"),
-        (["compare", "loyalty-north", "--control", "region"], 2, "KEY=VALUE"),
+        (["compare", "loyalty-north", "--control", "region"], 1, "KEY=VALUE"),
         (["compare", "loyalty-north", "--control", "planet=mars"], 1, "planet"),
         (["projections", "rebuild", "nope"], 1, "lifetime_value"),
         (["ltv", "--top", "3", "--snapshot", "missing"], 1, "no snapshot named 'missing'"),
         (
             ["customer", "show", "C000001", "--snapshot", "s", "--as-of", "2025-01-01"],
-            2,
+            1,
             "--snapshot",
         ),
     ],
@@ -196,9 +196,8 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     result = run(runner, demo["data"], *args)
     assert result.exit_code == code, result.output
     assert message in result.stderr
-    if code == 1:
-        assert result.stderr.startswith("crm-ledger: error:")
-        assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("crm-ledger: error:")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @contextlib.contextmanager

@@ -35,6 +35,13 @@ def run(runner: CliRunner, data_dir: Path, *args: str, stdin: str | None = None)
     return runner.invoke(cli, ["--data-dir", str(data_dir), *args], input=stdin)
 
 
+def fresh(runner: CliRunner, data_dir: Path) -> Path:
+    """A new, empty ledger in ``data_dir`` (only `init` makes one)."""
+    result = run(runner, data_dir, "init")
+    assert result.exit_code == 0, result.output
+    return data_dir
+
+
 def write_jsonl(path: Path, events: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     return path
@@ -79,7 +86,7 @@ def test_record_import_show_and_history(runner: CliRunner, tmp_path: Path) -> No
 
 
 def test_history_as_of_hides_later_recordings(runner: CliRunner, tmp_path: Path) -> None:
-    data = tmp_path / "ledger"
+    data = fresh(runner, tmp_path / "ledger")
     run(runner, data, "record", "-", stdin=json.dumps(to_json(tp("CustomerRegistered", "C1"))))
     first = json.loads(run(runner, data, "--format", "json", "history", "C1").stdout)
     run(runner, data, "record", "-", stdin=json.dumps(to_json(tp("OrderPlaced", "C1"))))
@@ -94,7 +101,7 @@ def test_history_as_of_hides_later_recordings(runner: CliRunner, tmp_path: Path)
 def test_a_bad_line_stops_the_import_before_anything_is_written(
     runner: CliRunner, tmp_path: Path
 ) -> None:
-    data = tmp_path / "ledger"
+    data = fresh(runner, tmp_path / "ledger")
     good = to_json(tp("OrderPlaced", "C1"))
     bad = {**to_json(tp("OrderPlaced", "C2")), "amount_minor": 12.5}
     path = write_jsonl(
@@ -136,14 +143,14 @@ def test_malformed_json_lines_get_one_clear_line(
 ) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text("\n" + content + "\n")
-    result = run(runner, tmp_path / "ledger", "import", str(path))
+    result = run(runner, fresh(runner, tmp_path / "ledger"), "import", str(path))
     assert result.exit_code == 1
     assert message.replace("line 1", "line 2") in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_rule_refusals_are_listed_and_the_rest_is_stored(runner: CliRunner, tmp_path: Path) -> None:
-    data = tmp_path / "ledger"
+    data = fresh(runner, tmp_path / "ledger")
     events = [
         to_json(tp("CustomerRegistered", "C1")),
         to_json(tp("CustomerErased", "C1")),
@@ -165,7 +172,9 @@ def test_avro_container_files_import(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "touches.avro"
     with path.open("wb") as f:
         fastavro.writer(f, fastavro.parse_schema(schema), [to_record(e) for e in events])
-    result = run(runner, tmp_path / "ledger", "--format", "json", "import", str(path))
+    result = run(
+        runner, fresh(runner, tmp_path / "ledger"), "--format", "json", "import", str(path)
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["recorded"] == 5
 
@@ -176,7 +185,7 @@ def test_avro_container_files_import(runner: CliRunner, tmp_path: Path) -> None:
     assert "x.avro: not an Avro container file" in result.stderr
 
 
-def test_errors_are_one_line_with_exit_1_and_usage_errors_exit_2(
+def test_errors_and_usage_errors_are_one_line_with_exit_1(
     runner: CliRunner, tmp_path: Path
 ) -> None:
     missing = run(runner, tmp_path / "none", "customer", "show", "C1")
@@ -188,8 +197,8 @@ def test_errors_are_one_line_with_exit_1_and_usage_errors_exit_2(
         1,
         "crm-ledger: error: customer 'nobody' not found",
     )
-    assert run(runner, tmp_path / "l", "history", "C1", "--as-of", "last tuesday").exit_code == 2
-    assert run(runner, tmp_path / "l", "--format", "xml", "status").exit_code == 2
+    assert run(runner, tmp_path / "l", "history", "C1", "--as-of", "last tuesday").exit_code == 1
+    assert run(runner, tmp_path / "l", "--format", "xml", "status").exit_code == 1
     nofile = run(runner, tmp_path / "l", "import", str(tmp_path / "nope.jsonl"))
     assert nofile.exit_code == 1
     assert "nope.jsonl: No such file or directory" in nofile.stderr
@@ -276,7 +285,9 @@ def test_cdnow_master_imports_every_purchase_to_the_cent(
     runner: CliRunner, tmp_path: Path, cdnow_dir: Path
 ) -> None:
     master = cdnow_dir / "CDNOW_master.txt"
-    result = run(runner, tmp_path / "l", "--format", "json", "import", "--cdnow", str(master))
+    result = run(
+        runner, fresh(runner, tmp_path / "l"), "--format", "json", "import", "--cdnow", str(master)
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["recorded"] == 69_659
 

@@ -26,6 +26,7 @@ def sample_ledger(tmp_path_factory: pytest.TempPathFactory, cdnow_dir: Path) -> 
     from click.testing import CliRunner
 
     data = tmp_path_factory.mktemp("cdnow") / "ledger"
+    assert run(CliRunner(), data, "init").exit_code == 0
     result = run(
         CliRunner(),
         data,

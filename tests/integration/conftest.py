@@ -91,6 +91,19 @@ class Worker:
         return time.monotonic() - sent
 
 
+def init_ledger(data_dir: Path) -> Path:
+    """An empty ledger in ``data_dir`` (commands other than `init` refuse a folder without)."""
+    made = subprocess.run(
+        [str(CLI), "--data-dir", str(data_dir), "init"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    return data_dir
+
+
 def wait_until(holds: Callable[[], bool], timeout: float, what: str) -> None:
     """Check ``holds()`` every fifth of a second until it does; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -40,6 +40,7 @@ from tests.integration.conftest import (
     KAFKA_SCRIPT,
     Worker,
     batches,
+    init_ledger,
     kafka_env,
     stored_touchpoints,
     wait_until,
@@ -179,6 +180,7 @@ def test_a_worker_killed_mid_batch_and_restarted_leaves_one_copy_of_each_event(
     batch = events(20_000, seed=13)
     publish(kafka, codec, batch)
     env = kafka_env(kafka)
+    init_ledger(tmp_path)
     args = ["--data-dir", str(tmp_path), "ingest", "--batch-size", "100", "--until-caught-up"]
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
@@ -212,6 +214,7 @@ def test_a_broker_restart_mid_ingest_loses_nothing(
         pytest.fail("this test restarts the broker it started; unset KAFKA_BOOTSTRAP_SERVERS")
     batch = events(30_000, seed=17)
     publish(kafka, codec, batch)
+    init_ledger(tmp_path)
     worker = Worker(
         ["--data-dir", str(tmp_path), "ingest", "--batch-size", "500", "--until-caught-up"],
         kafka_env(kafka),
@@ -354,6 +357,7 @@ def test_the_cli_publishes_ingests_and_reports_lag(
     source.write_text("".join(json.dumps(to_json(e)) + "\n" for e in batch))
     env = kafka_env(kafka)
     base = ["--data-dir", str(tmp_path), "--format", "json"]
+    assert runner.invoke(cli, [*base, "init"], env=env).exit_code == 0
 
     published = runner.invoke(cli, [*base, "publish", str(source)], env=env)
     assert published.exit_code == 0, published.output
@@ -375,6 +379,7 @@ def test_the_cli_publishes_ingests_and_reports_lag(
 
 def test_commands_without_a_cluster_say_how_to_get_one(tmp_path: Path) -> None:
     # A subprocess: kafka-python leaves the sockets of a failed bootstrap to the collector.
+    init_ledger(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     missing = subprocess.run(
         [str(CLI), "--data-dir", str(tmp_path), "lag"],

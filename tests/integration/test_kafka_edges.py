@@ -26,7 +26,15 @@ from crm_ledger.adapters.kafka import (
 from crm_ledger.application import Ledger
 from kafka import KafkaAdminClient, KafkaProducer
 from tests.factories import tp
-from tests.integration.conftest import CLI, KAFKA_SCRIPT, Worker, batches, kafka_env, wait_until
+from tests.integration.conftest import (
+    CLI,
+    KAFKA_SCRIPT,
+    Worker,
+    batches,
+    init_ledger,
+    kafka_env,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     import uuid
@@ -298,7 +306,7 @@ def test_a_recreated_topic_stops_the_worker_with_the_command_that_resets_it(
     producer.flush()
     producer.close()
     env = kafka_env(kafka)
-    args = ["--data-dir", str(tmp_path), "--format", "json"]
+    args = ["--data-dir", str(init_ledger(tmp_path)), "--format", "json"]
     ran = subprocess.run(
         [str(CLI), *args, "ingest", "--until-caught-up"],
         env=env,
@@ -347,7 +355,7 @@ def test_sigterm_stops_the_worker_within_seconds(
 ) -> None:
     ensure_topics(kafka)
     env = kafka_env(kafka)
-    args = ["--data-dir", str(tmp_path), "ingest"]
+    args = ["--data-dir", str(init_ledger(tmp_path)), "ingest"]
     if state == "waiting for a rebalance":
         holder = Worker(args, env)
         holder.wait_for(_idle)

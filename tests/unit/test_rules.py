@@ -18,7 +18,7 @@ NOW = datetime(2025, 6, 1, tzinfo=UTC)
     [
         (tp("OrderPlaced", amount_minor=-1), "amount_minor", "must not be negative"),
         (tp("OrderRefunded", currency="euro"), "currency", "ISO 4217"),
-        (tp("OrderPlaced", items=-2), "items", "must not be negative"),
+        (tp("OrderPlaced", items=-2), "items", "must be between 0 and 1,000,000"),
         (tp("SubscriptionStarted", amount_minor=5, currency=None), "currency", "ISO 4217"),
         (tp("InteractionRecorded", score=11), "score", "between 0 and 10"),
         (tp("SupportTicketResolved", satisfaction=-1), "satisfaction", "between 0 and 10"),

@@ -397,7 +397,10 @@ def _integer(value: Any, bounds: tuple[int, int]) -> int:
 
 def _timestamp(value: Any) -> datetime:
     if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, UTC)
+        try:
+            return datetime.fromtimestamp(value / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"{value} epoch milliseconds is outside the years 1 to 9999") from None
     if not isinstance(value, str):
         raise ValueError(f"must be an ISO 8601 time or epoch milliseconds, got {value!r}")
     try:

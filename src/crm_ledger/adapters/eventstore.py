@@ -5,6 +5,7 @@ transaction as the events they describe.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, cast
@@ -865,6 +866,54 @@ def _letter(row: Any) -> OutboxLetter:
         row["error_message"],
         row["refused_at"],
     )
+
+
+#: PRAGMA application_id of the ledger's SQLite files ("CRML"), so that the ledger never
+#: writes into a file some other program made.
+SQLITE_APPLICATION_ID = 0x43524D4C
+
+
+def claim_sqlite(db_path: str, *, create: bool) -> None:
+    """Check that ``db_path`` is a ledger (with ``create``: a ledger, an empty database or no
+    file yet, which then becomes one); raise StoreUnavailable for anything else."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode={'rwc' if create else 'rw'}", uri=True)
+    except sqlite3.Error as e:
+        raise StoreUnavailable(f"cannot open {db_path}: {e}") from None
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        ours = app_id == SQLITE_APPLICATION_ID or (app_id == 0 and "ledger_receipts" in tables)
+        if not ours and (app_id != 0 or tables):
+            msg = f"{db_path} is not a crm-ledger database (another program's file); not touched"
+            raise StoreUnavailable(msg)
+        if not ours and not create:
+            msg = f"no ledger at {db_path}; run `crm-ledger init` or pass --data-dir"
+            raise StoreUnavailable(msg)
+        if app_id != SQLITE_APPLICATION_ID:
+            conn.execute(f"PRAGMA application_id = {SQLITE_APPLICATION_ID}")
+            conn.commit()
+    except sqlite3.DatabaseError as e:
+        raise StoreUnavailable(f"{db_path} is not a crm-ledger database: {e}") from None
+    finally:
+        conn.close()
+
+
+def check_postgres_ledger(url: str, schema: str) -> None:
+    """Raise StoreUnavailable unless ``schema`` holds a ledger."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM information_schema.tables "
+                "WHERE table_schema=%s AND table_name='ledger_receipts'",
+                [schema],
+            ).fetchone()
+    except psycopg.OperationalError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StoreUnavailable(f"cannot reach PostgreSQL at {_redact(url)}: {first_line}") from None
+    if found is None:
+        msg = f"no ledger in schema {schema!r} at {_redact(url)}; run `crm-ledger init`"
+        raise StoreUnavailable(msg)
 
 
 def sqlite_env(db_path: str) -> dict[str, str]:

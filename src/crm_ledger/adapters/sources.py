@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from crm_ledger.aggregates import Touchpoint
 from crm_ledger.aggregates.touchpoint import ID_NAMESPACE
@@ -30,18 +30,36 @@ def located(path: Path, line: int, error: Exception) -> InvalidInput:
 
 def read_jsonl(path: Path, codec: Codec) -> Iterator[tuple[int, Touchpoint]]:
     """Touchpoints from JSON Lines: one event object per line; blank lines are skipped."""
-    with _open_text(path) as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
+    for number, text in _text_lines(path):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except ValueError as e:
+            raise located(path, number, InvalidInput(f"not valid JSON ({e})")) from None
+        except RecursionError:
+            msg = "not valid JSON (nested too deeply)"
+            raise located(path, number, InvalidInput(msg)) from None
+        try:
+            yield number, codec.from_json(obj)
+        except InvalidInput as e:
+            raise located(path, number, e) from None
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The file's lines, numbered from 1, read as UTF-8: a line that is not says so."""
+    try:
+        stream = path.open("rb")
+    except OSError as e:
+        msg = f"{path}: {e.strerror}"
+        raise UnreadableFile(msg) from None
+    with stream:
+        for number, raw in enumerate(stream, start=1):
             try:
-                obj = json.loads(text)
-            except ValueError as e:
-                raise located(path, number, InvalidInput(f"not valid JSON ({e})")) from None
-            try:
-                yield number, codec.from_json(obj)
-            except InvalidInput as e:
-                raise located(path, number, e) from None
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problem = f"is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                raise UnreadableFile(f"{path}, line {number}: {problem}") from None
 
 
 def read_avro(path: Path, codec: Codec) -> Iterator[tuple[int, Touchpoint]]:
@@ -68,18 +86,17 @@ def read_cdnow(path: Path) -> Iterator[tuple[int, Touchpoint]]:
     each purchase once.
     """
     seen: Counter[tuple[str, ...]] = Counter()
-    with _open_text(path) as lines:
-        for number, text in enumerate(lines, start=1):
-            cols = text.split()
-            if not cols or cols[0] == "customer_id":
-                continue
-            try:
-                customer, day, cds, dollars = _cdnow_columns(cols)
-                row = (customer, day, cds, dollars)
-                seen[row] += 1
-                yield number, _cdnow_order(row, seen[row])
-            except (ValueError, InvalidOperation) as e:
-                raise located(path, number, InvalidInput(f"not a CDNOW row ({e})")) from None
+    for number, text in _text_lines(path):
+        cols = text.split()
+        if not cols or cols[0] == "customer_id":
+            continue
+        try:
+            customer, day, cds, dollars = _cdnow_columns(cols)
+            row = (customer, day, cds, dollars)
+            seen[row] += 1
+            yield number, _cdnow_order(row, seen[row])
+        except (ValueError, InvalidOperation) as e:
+            raise located(path, number, InvalidInput(f"not a CDNOW row ({e})")) from None
 
 
 def _cdnow_columns(cols: list[str]) -> tuple[str, str, str, str]:
@@ -115,11 +132,3 @@ def _cdnow_order(row: tuple[str, str, str, str], occurrence: int) -> Touchpoint:
             "channel": None,
         },
     )
-
-
-def _open_text(path: Path) -> TextIO:
-    try:
-        return path.open(encoding="utf-8")
-    except OSError as e:
-        msg = f"{path}: {e.strerror}"
-        raise UnreadableFile(msg) from None

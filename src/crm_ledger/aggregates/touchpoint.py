@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,6 +11,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from crm_ledger.aggregates.currencies import CURRENCIES
 from crm_ledger.errors import InvalidEvent
 
 if TYPE_CHECKING:
@@ -64,7 +64,12 @@ PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 CONSENT_PURPOSES = frozenset({"marketing", "analytics", "profiling", "third_party", "service"})
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+#: Bounds of the contract's numbers, chosen so that the read side can hold any sum of them:
+#: money in minor units up to 10^12 (ten billion in a two-decimal currency), so even 9 million
+#: orders at the maximum add up within a signed 64-bit integer.
+MAX_AMOUNT_MINOR = 10**12
+MAX_ITEMS = 1_000_000
+MAX_SCORE = 10
 MAX_ID_LENGTH = 200
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 
@@ -176,8 +181,11 @@ def _money(amount_field: str, *, optional: bool = False) -> Any:
             raise _fail(tp, amount_field, "must be a whole number of minor units")
         if amount < 0:
             raise _fail(tp, amount_field, f"must not be negative, got {amount}")
-        if not isinstance(currency, str) or not _CURRENCY.match(currency):
-            raise _fail(tp, "currency", f"must be an ISO 4217 code like EUR, got {currency!r}")
+        if amount > MAX_AMOUNT_MINOR:
+            raise _fail(tp, amount_field, f"must be at most {MAX_AMOUNT_MINOR:,}, got {amount:,}")
+        if not isinstance(currency, str) or currency not in CURRENCIES:
+            shown = repr(currency)[:40]
+            raise _fail(tp, "currency", f"must be an ISO 4217 code like EUR, got {shown}")
 
     return rule
 
@@ -185,17 +193,17 @@ def _money(amount_field: str, *, optional: bool = False) -> Any:
 def _score(name: str) -> Any:
     def rule(tp: Touchpoint) -> None:
         score = tp.data.get(name)
-        if score is not None and not 0 <= score <= 10:
-            raise _fail(tp, name, f"must be between 0 and 10, got {score}")
+        if score is not None and not 0 <= score <= MAX_SCORE:
+            raise _fail(tp, name, f"must be between 0 and {MAX_SCORE}, got {score}")
 
     return rule
 
 
-def _positive(name: str) -> Any:
+def _bounded(name: str, low: int, high: int) -> Any:
     def rule(tp: Touchpoint) -> None:
         value = tp.data.get(name)
-        if value is not None and value < 0:
-            raise _fail(tp, name, f"must not be negative, got {value}")
+        if value is not None and not low <= value <= high:
+            raise _fail(tp, name, f"must be between {low:,} and {high:,}, got {value:,}")
 
     return rule
 
@@ -219,7 +227,11 @@ def _organisation(tp: Touchpoint) -> None:
 
 
 _RULES: dict[str, tuple[Any, ...]] = {
-    "OrderPlaced": (_money("amount_minor"), _positive("items")),
+    "OrderPlaced": (
+        _money("amount_minor"),
+        _bounded("margin_minor", -MAX_AMOUNT_MINOR, MAX_AMOUNT_MINOR),
+        _bounded("items", 0, MAX_ITEMS),
+    ),
     "OrderRefunded": (_money("amount_minor"),),
     "SubscriptionStarted": (_money("amount_minor", optional=True),),
     "InteractionRecorded": (_score("score"),),
