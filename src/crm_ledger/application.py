@@ -616,6 +616,8 @@ class _Batch:
     def _record_customer_event(self, tp: Touchpoint) -> None:
         target = self.customer(tp.customer_id)
         if tp.event_type != "CustomerErased":  # erasure is about the id it names, never routed
+            # An erased duplicate takes no personal data, even where it would be routed.
+            target.refuse_personal_data_if_erased(tp)
             target = self._survivor_of(target)
         routed = target.customer_id != tp.customer_id
         target.record(

@@ -22,7 +22,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 from psycopg.sql import SQL, Identifier
 
 from crm_ledger.adapters.crypto import DataKeys
-from crm_ledger.aggregates import PERSONAL_FIELDS, Customer
+from crm_ledger.aggregates import PERSONAL_FIELDS, Customer, customer_uuid
 from crm_ledger.aggregates.envelope import Touched, own_fields
 from crm_ledger.application import LogRecord, OutboxLetter, StoredCopy
 from crm_ledger.audit import (
@@ -994,9 +994,12 @@ class LedgerMapper(Mapper[UUID]):
         state = dict(vars(domain_event))
         personal = PERSONAL_FIELDS.get(type(domain_event).__name__)
         if personal and self.data_keys is not None:
-            stream = domain_event.originator_id.bytes
-            # Version 2 follows only the stream's opening, which has no personal data.
-            fresh = domain_event.originator_version == 2
+            stream = _sealing_stream(state, domain_event.originator_id)
+            # Version 2 follows only the stream's opening, which has no personal data (an
+            # event routed here is sealed with its sender's key, which may well exist).
+            fresh = (
+                domain_event.originator_version == 2 and stream == domain_event.originator_id.bytes
+            )
             for name in personal:
                 if state[name] is not None:
                     state[name] = self.data_keys.seal(stream, name, state[name], fresh=fresh)
@@ -1023,7 +1026,7 @@ class LedgerMapper(Mapper[UUID]):
         state = orjson.loads(stored_event.state)
         personal = PERSONAL_FIELDS.get(cls.__name__)
         if personal and self.data_keys is not None:
-            stream = _as_uuid(stored_event.originator_id).bytes
+            stream = _sealing_stream(state, stored_event.originator_id)
             for name in personal:
                 state[name] = self.data_keys.open(stream, name, state.get(name))
         for name, convert in _TYPED_FIELDS.items():
@@ -1122,6 +1125,16 @@ OPENED = "Opened"
 
 #: Profile fields of the Customer aggregate that hold personal data (sealed in snapshots).
 PERSONAL_PROFILE = frozenset(PERSONAL_FIELDS["CustomerRegistered"])
+
+
+def _sealing_stream(state: dict[str, Any], originator_id: UUID | str) -> bytes:
+    """Whose data key seals an event's personal fields: the customer it was sent for. An
+    event routed to a merge survivor keeps its sender's key, so that erasing either customer
+    destroys exactly the personal data that belongs to them."""
+    sender = state.get("addressed_to")
+    if sender:
+        return customer_uuid(sender).bytes
+    return _as_uuid(originator_id).bytes
 
 
 def _is_customer(aggregate_topic: str) -> bool:

@@ -60,7 +60,7 @@ class Customer(Aggregate):
         recorded_at: datetime | None = None,
     ) -> None:
         """Store a plain touchpoint about this customer."""
-        self._refuse_personal_data_if_erased(tp)
+        self.refuse_personal_data_if_erased(tp)
         trigger_touch(
             self,
             TOUCHPOINT_EVENTS[tp.event_type],
@@ -105,7 +105,9 @@ class Customer(Aggregate):
             )
             raise MergeError(msg)
 
-    def _refuse_personal_data_if_erased(self, tp: Touchpoint) -> None:
+    def refuse_personal_data_if_erased(self, tp: Touchpoint) -> None:
+        """Raise ErasedCustomerError if ``tp`` carries personal data and this customer was
+        erased (also when ``tp`` would be routed to a merge survivor)."""
         if self.erased and (personal := tp.personal_values()):
             raise ErasedCustomerError(self.customer_id, next(iter(personal)))
 
