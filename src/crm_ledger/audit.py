@@ -13,9 +13,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from crm_ledger.aggregates import customer_uuid
 from crm_ledger.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -146,6 +148,24 @@ class AuditStore(Protocol):
         """The heads a checkpoint signed."""
         ...
 
+    def key_rows(self) -> list[tuple[bytes, bytes | None]]:
+        """(stream, data key) of every key row; None where the key was destroyed."""
+        ...
+
+
+class KeyCheck(Protocol):
+    """Tells sealed personal values apart and whether a data key opens one (crypto adapter)."""
+
+    marker: bytes
+
+    def opens(self, key: bytes, stream: bytes, field: str, value: str) -> bool:
+        """Whether ``key`` is the key that sealed ``value`` of ``field`` in ``stream``."""
+        ...
+
+
+#: The topic ending of the event that alone may destroy a customer's data key.
+ERASED_TOPIC = ":Customer.CustomerErased"
+
 
 class Signer(Protocol):
     """Signs and verifies checkpoint digests (Ed25519 in the crypto adapter)."""
@@ -162,10 +182,17 @@ class Signer(Protocol):
 class Auditor:
     """Checkpoints and verification of the stored history."""
 
-    def __init__(self, store: AuditStore, signer: Signer, head: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        signer: Signer,
+        head: Callable[[], int],
+        keys: KeyCheck | None = None,
+    ) -> None:
         self.store = store
         self.signer = signer
         self.head = head  # the log's newest position, asked for when a checkpoint is signed
+        self.keys = keys
 
     def checkpoint(self) -> Checkpoint:
         """Sign the current heads of every stream."""
@@ -185,7 +212,10 @@ class Auditor:
                 raise InvalidInput(f"no checkpoint {since}: {what}")
         signed = self._signed_heads(since, result)
         recomputed: dict[tuple[bytes, int], bytes] = {}
-        records = itertools.groupby(self.store.stored_records(), key=lambda r: r.stream)
+        facts = _KeyFacts(self.keys.marker if self.keys else None)
+        records = itertools.groupby(
+            map(facts.note, self.store.stored_records()), key=lambda r: r.stream
+        )
         links = itertools.groupby(self.store.chain_links(), key=lambda c: c.stream)
         for stream, stream_records, stream_links in _merge(records, links):
             result.streams += 1
@@ -206,6 +236,8 @@ class Auditor:
                             f"checkpoint {checkpoint_id}'s signed head is {what}",
                         )
                     )
+        if self.keys is not None:
+            result.findings += facts.findings(self.store.key_rows(), self.keys)
         return result
 
     def export(self, stream: bytes) -> Iterator[dict[str, Any]]:
@@ -272,6 +304,60 @@ class Auditor:
             for stream, version, chained in heads:
                 signed.setdefault((stream, version), []).append((cp.checkpoint_id, chained))
         return signed
+
+
+class _KeyFacts:
+    """What the stored events say about data keys: which streams were erased, and one sealed
+    value per key to try it on. A key may go only through CustomerErased."""
+
+    def __init__(self, marker: bytes | None) -> None:
+        self.marker = marker
+        self.erased: set[bytes] = set()
+        self.samples: dict[bytes, tuple[bytes, str, str]] = {}  # key's stream -> sample
+
+    def note(self, record: StoredRecord) -> StoredRecord:
+        """Take what a stored event says about keys (on the way through verification)."""
+        if record.topic.endswith(ERASED_TOPIC):
+            self.erased.add(record.stream)
+        elif self.marker is not None and self.marker in record.state:
+            self._sample(record)
+        return record
+
+    def _sample(self, record: StoredRecord) -> None:
+        try:
+            state = json.loads(record.state)
+        except ValueError:
+            return  # a modified event: the chain check reports it
+        if not isinstance(state, dict):
+            return
+        sender = state.get("addressed_to")
+        owner = customer_uuid(sender).bytes if isinstance(sender, str) else record.stream
+        if owner in self.samples:
+            return
+        marker = self.marker.decode() if self.marker else ""
+        for name, value in state.items():
+            if isinstance(value, str) and value.startswith(marker):
+                self.samples[owner] = (record.stream, name, value)
+                return
+
+    def findings(self, keys: list[tuple[bytes, bytes | None]], check: KeyCheck) -> list[Finding]:
+        """A key destroyed without CustomerErased, missing, or not the one that sealed."""
+        found: list[Finding] = []
+        stored = dict(keys)
+        for owner, key in sorted(stored.items()):
+            if key is None and owner not in self.erased:
+                found.append(
+                    Finding(owner, None, "key destroyed", "its data key is gone, no CustomerErased")
+                )
+            elif key is not None and owner in self.samples:
+                _stream, name, value = self.samples[owner]
+                if not check.opens(key, owner, name, value):
+                    found.append(
+                        Finding(owner, None, "key changed", "its data key no longer opens its data")
+                    )
+        for owner in sorted(set(self.samples) - set(stored)):
+            found.append(Finding(owner, None, "key missing", "sealed data, but no data key row"))
+        return found
 
 
 def verify_export(lines: Iterable[dict[str, Any]], signer: Signer) -> list[Finding]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
 from crm_ledger.adapters.crypto import (
     Ed25519Signer,
+    SealedValues,
     create_key_pair,
     load_public_key,
     load_signer,
@@ -262,4 +263,4 @@ def verifier(public_pem: bytes) -> Ed25519Signer:
 def open_auditor(settings: Settings, ledger: Ledger) -> Auditor:
     """Checkpoints and verification over ``ledger``'s event store."""
     store = cast("AuditStore", ledger.recorder)
-    return Auditor(store, load_signer(audit_keys_dir(settings)), ledger.log_head)
+    return Auditor(store, load_signer(audit_keys_dir(settings)), ledger.log_head, SealedValues())

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 
-from crm_ledger.adapters.crypto import create_key_pair, load_signer
+from crm_ledger.adapters.crypto import SealedValues, create_key_pair, load_signer
 from crm_ledger.aggregates import customer_uuid
 from crm_ledger.audit import Auditor, chain_hash, content_hash
 from tests.factories import AT, tp
@@ -64,7 +64,12 @@ def history(
             + [tp("OrderPlaced", c, order_id=f"{c}-{i}", amount_minor=100 + i) for i in range(4)]
         )
     create_key_pair(tmp_path / "keys")
-    auditor = Auditor(ledger.recorder, load_signer(tmp_path / "keys"), ledger.log_head)  # type: ignore[arg-type]
+    auditor = Auditor(
+        ledger.recorder,  # type: ignore[arg-type]
+        load_signer(tmp_path / "keys"),
+        ledger.log_head,
+        SealedValues(),
+    )
     auditor.checkpoint()
     for c in ("C1", "C2", "C3"):
         ledger.record(tp("InteractionRecorded", c, at=AT))
@@ -247,3 +252,34 @@ def test_erasure_leaves_no_personal_value_in_any_table(
         assert key is None
     finally:
         rows.close()
+
+
+def _key_of(rows: Rows, customer: str) -> Any:
+    return customer_uuid(customer).bytes
+
+
+def test_a_data_key_nulled_without_customer_erased_is_found(history: Any) -> None:
+    auditor, rows = history
+    assert found(auditor) == set()
+    rows.run("UPDATE ledger_keys SET data_key=NULL WHERE originator_id=?", _key_of(rows, "C2"))
+    assert found(auditor) == {(stream("C2"), None, "key destroyed")}
+
+
+def test_a_data_key_replaced_is_found(history: Any) -> None:
+    auditor, rows = history
+    rows.run(
+        "UPDATE ledger_keys SET data_key=? WHERE originator_id=?", b"k" * 32, _key_of(rows, "C1")
+    )
+    assert found(auditor) == {(stream("C1"), None, "key changed")}
+
+
+def test_a_data_key_row_deleted_is_found(history: Any) -> None:
+    auditor, rows = history
+    rows.run("DELETE FROM ledger_keys WHERE originator_id=?", _key_of(rows, "C3"))
+    assert found(auditor) == {(stream("C3"), None, "key missing")}
+
+
+def test_a_key_destroyed_by_erase_is_not_a_finding(ledger: Ledger, history: Any) -> None:
+    auditor, _rows = history
+    ledger.erase("C1", reason="request")
+    assert found(auditor) == set()

@@ -98,6 +98,21 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
 SEALED = "enc1:"
 
 
+class SealedValues:
+    """The audit's view of sealed personal values: their marker, and whether a key opens one."""
+
+    marker = SEALED.encode()
+
+    def opens(self, key: bytes, stream: bytes, field: str, value: str) -> bool:
+        """Whether ``key`` is the key that sealed ``value`` of ``field`` in ``stream``."""
+        try:
+            raw = base64.urlsafe_b64decode(value[len(SEALED) :])
+            AESGCM(key).decrypt(raw[:12], raw[12:], stream + field.encode())
+        except (InvalidTag, ValueError):
+            return False
+        return True
+
+
 class DataKeys:
     """Per-customer data keys (AES-256-GCM) that seal personal fields.
 

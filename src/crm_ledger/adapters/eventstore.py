@@ -384,6 +384,12 @@ class LedgerSQLiteRecorder(_LedgerRecording, SQLiteApplicationRecorder):
                 for r in c.fetchall()
             ]
 
+    def key_rows(self) -> list[tuple[bytes, bytes | None]]:
+        """(stream, data key) of every key row; None where the key was destroyed."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT originator_id, data_key FROM ledger_keys ORDER BY originator_id")
+            return [(bytes(r[0]), None if r[1] is None else bytes(r[1])) for r in c.fetchall()]
+
     def checkpoint_heads(self, checkpoint_id: int) -> list[tuple[bytes, int, bytes]]:
         """The heads a checkpoint signed."""
         with self.datastore.transaction(commit=False) as c:
@@ -719,6 +725,16 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
                 bytes(r["digest"]),
                 bytes(r["signature"]),
             )
+            for r in rows
+        ]
+
+    def key_rows(self) -> list[tuple[bytes, bytes | None]]:
+        """(stream, data key) of every key row; None where the key was destroyed."""
+        rows = self._select(
+            SQL("SELECT originator_id, data_key FROM {}.ledger_keys ORDER BY originator_id"), []
+        )
+        return [
+            (bytes(r["originator_id"]), None if r["data_key"] is None else bytes(r["data_key"]))
             for r in rows
         ]
 
