@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from uuid import UUID, uuid4
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import (
     ConnectionUnavailableError,
+    EventStore,
     IntegrityError,
     InterfaceError,
     OperationalError,
@@ -47,6 +49,7 @@ from crm_ledger.errors import (
     InvalidInput,
     RejectedEvent,
     StoreUnavailable,
+    UntrustedSnapshot,
 )
 
 if TYPE_CHECKING:
@@ -258,7 +261,11 @@ class Ledger(Application[UUID]):
         *,
         clock: Callable[[], datetime] | None = None,
         max_future: timedelta = timedelta(days=1),
+        snapshot_key: bytes | None = None,
     ) -> None:
+        """``snapshot_key`` seals snapshots (keep it outside the database); without one, a
+        key for this instance alone is made, so snapshots stored before are not trusted and
+        aggregates are rebuilt from their events."""
         settings = {
             # Bounded (memory stays flat), but big enough for the customers active at once:
             # at 1M events / 47k customers a 20,000 cache halved throughput with misses.
@@ -287,6 +294,16 @@ class Ledger(Application[UUID]):
         # Personal fields are sealed with per-customer keys the recorder keeps (and stores in
         # the same transaction as the events that first need them).
         cast("Any", self.mapper).data_keys = getattr(self.recorder, "data_keys", None)
+        cast("Any", self.mapper).snapshot_key = snapshot_key or os.urandom(32)
+        if self.snapshots is not None:
+            snapshots: Any = self.snapshots.recorder
+            cast("Any", self.recorder).snapshots_table = snapshots.events_table_name
+
+    def construct_snapshot_store(self) -> EventStore[UUID]:
+        """Snapshots whose seal does not match are skipped: the aggregate is rebuilt from its
+        events instead."""
+        recorder = self.factory.aggregate_recorder(purpose="snapshots")
+        return _TrustedSnapshots(mapper=self.mapper, recorder=recorder)
 
     def construct_env(self, name: str, env: Mapping[str, str] | None = None) -> Environment:
         """Settings come only from bootstrap, never from the process environment."""
@@ -540,6 +557,27 @@ class Ledger(Application[UUID]):
             return None
         # A copy: the cached aggregate is the write path's, and callers may keep the view.
         return copy.deepcopy(aggregate) if isinstance(aggregate, kind) else None
+
+
+class _TrustedSnapshots(EventStore[UUID]):
+    """An event store of snapshots that passes over any whose seal does not match."""
+
+    def get(
+        self,
+        originator_id: UUID,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Any:
+        """The trusted snapshots of ``originator_id`` (an untrusted one is left out)."""
+        rows = self.recorder.select_events(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        for stored in rows:
+            try:
+                yield self.mapper.to_domain_event(stored)
+            except UntrustedSnapshot:
+                continue
 
 
 class _Batch:

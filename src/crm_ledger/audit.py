@@ -152,6 +152,18 @@ class AuditStore(Protocol):
         """(stream, data key) of every key row; None where the key was destroyed."""
         ...
 
+    def snapshot_rows(self) -> Iterator[StoredRecord]:
+        """Every stored snapshot."""
+        ...
+
+
+class SnapshotCheck(Protocol):
+    """Tells whether a stored snapshot's seal matches its content (the event store's mapper)."""
+
+    def snapshot_trusted(self, stream: bytes, version: int, topic: str, state: bytes) -> bool:
+        """Whether the snapshot is as the ledger sealed it."""
+        ...
+
 
 class KeyCheck(Protocol):
     """Tells sealed personal values apart and whether a data key opens one (crypto adapter)."""
@@ -188,11 +200,13 @@ class Auditor:
         signer: Signer,
         head: Callable[[], int],
         keys: KeyCheck | None = None,
+        snapshots: SnapshotCheck | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
         self.head = head  # the log's newest position, asked for when a checkpoint is signed
         self.keys = keys
+        self.snapshots = snapshots
 
     def checkpoint(self) -> Checkpoint:
         """Sign the current heads of every stream."""
@@ -238,7 +252,17 @@ class Auditor:
                     )
         if self.keys is not None:
             result.findings += facts.findings(self.store.key_rows(), self.keys)
+        if self.snapshots is not None:
+            result.findings += self._snapshot_findings(self.snapshots)
         return result
+
+    def _snapshot_findings(self, check: SnapshotCheck) -> list[Finding]:
+        """Snapshots whose seal does not match (the ledger never uses them)."""
+        return [
+            Finding(r.stream, r.version, "snapshot altered", "its seal does not match; not used")
+            for r in self.store.snapshot_rows()
+            if not check.snapshot_trusted(r.stream, r.version, r.topic, r.state)
+        ]
 
     def export(self, stream: bytes) -> Iterator[dict[str, Any]]:
         """One stream's events with the proofs an auditor needs offline: each event's stored

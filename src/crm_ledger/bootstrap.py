@@ -16,6 +16,7 @@ from crm_ledger.adapters.crypto import (
     create_key_pair,
     load_public_key,
     load_signer,
+    secret_key,
 )
 from crm_ledger.adapters.eventstore import (
     check_postgres_ledger,
@@ -36,12 +37,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
-    from crm_ledger.audit import AuditStore
+    from crm_ledger.audit import AuditStore, SnapshotCheck
     from crm_ledger.config import Settings
     from crm_ledger.projections.runtime import TableSet
 
 #: The read models' file beside the embedded event store.
 PROJECTIONS_FILE = "projections.sqlite"
+
+#: The snapshot seal key's file in the key folder.
+SNAPSHOT_KEY_FILE = "snapshot.key"
 
 
 #: First-generation GC threshold for bulk writes (CPython's default is 700).
@@ -87,7 +91,9 @@ def store_env(settings: Settings, *, create: bool) -> dict[str, str]:
 
 def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
     """The Ledger on the configured store (created first when ``create``)."""
-    return Ledger(store_env(settings, create=create), max_future=settings.max_future)
+    env = store_env(settings, create=create)
+    snapshot_key = secret_key(settings.key_folder / SNAPSHOT_KEY_FILE)
+    return Ledger(env, max_future=settings.max_future, snapshot_key=snapshot_key)
 
 
 def open_registry(settings: Settings) -> SchemaRegistry:
@@ -241,8 +247,12 @@ def _slowest(sets: Sequence[TableSet], names: Sequence[str], head: int) -> int:
 
 
 def audit_keys_dir(settings: Settings) -> Path:
-    """Where the ledger's checkpoint signing keys live."""
-    return settings.data_dir / "audit"
+    """Where the ledger's checkpoint signing keys live: the key folder, outside the data
+    folder (a ledger made before keeps using DATA_DIR/audit until its keys are moved)."""
+    legacy = settings.data_dir / "audit"
+    if settings.keys_dir is None and legacy.is_dir() and not settings.key_folder.is_dir():
+        return legacy
+    return settings.key_folder
 
 
 def create_signing_key(settings: Settings) -> bool:
@@ -263,4 +273,10 @@ def verifier(public_pem: bytes) -> Ed25519Signer:
 def open_auditor(settings: Settings, ledger: Ledger) -> Auditor:
     """Checkpoints and verification over ``ledger``'s event store."""
     store = cast("AuditStore", ledger.recorder)
-    return Auditor(store, load_signer(audit_keys_dir(settings)), ledger.log_head, SealedValues())
+    return Auditor(
+        store,
+        load_signer(audit_keys_dir(settings)),
+        ledger.log_head,
+        SealedValues(),
+        cast("SnapshotCheck", ledger.mapper),
+    )

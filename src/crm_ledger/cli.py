@@ -203,6 +203,12 @@ class LedgerGroup(click.Group):
     help="Folder of the Avro schemas and registry.json [env CRM_LEDGER_SCHEMAS_DIR].",
 )
 @click.option(
+    "--keys-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the keys that must not sit with the data (checkpoint signing, snapshot "
+    "seal) [env CRM_LEDGER_KEYS_DIR; default DATA_DIR.keys beside the data folder].",
+)
+@click.option(
     "--bootstrap-servers",
     metavar="HOST:PORT",
     help="Kafka cluster for publish, ingest, dlq and lag [env KAFKA_BOOTSTRAP_SERVERS].",
@@ -222,6 +228,7 @@ def cli(
     database_url: str | None,
     database_schema: str | None,
     schemas_dir: Path | None,
+    keys_dir: Path | None,
     bootstrap_servers: str | None,
     output: str,
 ) -> None:
@@ -235,6 +242,7 @@ def cli(
         database_url=database_url,
         database_schema=database_schema,
         schemas_dir=schemas_dir,
+        keys_dir=keys_dir,
         kafka_bootstrap=bootstrap_servers,
     )
     ctx.obj = Context(settings, output)

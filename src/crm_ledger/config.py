@@ -32,6 +32,9 @@ class Settings:
     """Everything configurable about a ledger process."""
 
     data_dir: Path = field(default_factory=lambda: _default_data_dir(os.environ))
+    #: Keys that must not sit with the data: the checkpoint signing key and the snapshot seal
+    #: key (default: a folder beside the data folder, NAME.keys).
+    keys_dir: Path | None = None
     database_url: str | None = None
     database_schema: str = "public"
     schemas_dir: Path = field(default_factory=_default_schemas_dir)
@@ -47,6 +50,11 @@ class Settings:
     kafka_session_timeout_ms: int = 10_000
     #: Dead-letter messages whose Kafka key is not their event's customer_id.
     kafka_check_keys: bool = True
+
+    @property
+    def key_folder(self) -> Path:
+        """Where the keys live: ``keys_dir``, or NAME.keys beside the data folder."""
+        return self.keys_dir or self.data_dir.with_name(f"{self.data_dir.name}.keys")
 
     @property
     def sqlite_path(self) -> Path:
@@ -69,13 +77,15 @@ class Settings:
             values["database_url"] = env[f"{ENV_PREFIX}DATABASE_URL"]
         if env.get(f"{ENV_PREFIX}DATABASE_SCHEMA"):
             values["database_schema"] = env[f"{ENV_PREFIX}DATABASE_SCHEMA"]
+        if env.get(f"{ENV_PREFIX}KEYS_DIR"):
+            values["keys_dir"] = Path(env[f"{ENV_PREFIX}KEYS_DIR"])
         if env.get(f"{ENV_PREFIX}SCHEMAS_DIR"):
             values["schemas_dir"] = Path(env[f"{ENV_PREFIX}SCHEMAS_DIR"])
         values.update(_kafka_values(env))
         if env.get(f"{ENV_PREFIX}BATCH_SIZE"):
             values["batch_size"] = _positive_int(f"{ENV_PREFIX}BATCH_SIZE", env)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("data_dir", "schemas_dir"):
+        for name in ("data_dir", "schemas_dir", "keys_dir"):
             if name in values:
                 values[name] = Path(values[name])
         return cls(**values)

@@ -20,7 +20,8 @@
     ├── SchemaError                     the schema registry or a schema file is wrong
     │   └── IncompatibleSchema          a new schema version cannot read older data
     ├── ConfigurationError              settings that cannot work
-    └── StoreUnavailable                the event store cannot be reached or opened
+    ├── StoreUnavailable                the event store cannot be reached or opened
+    └── UntrustedSnapshot               a stored snapshot whose seal does not match (never used)
 
 The CLI turns any ``CrmLedgerError`` into one line on stderr and exit code 1; anything else
 is a bug and keeps its traceback.
@@ -147,3 +148,7 @@ class ConfigurationError(CrmLedgerError):
 
 class StoreUnavailable(CrmLedgerError):
     """The event store cannot be reached or opened."""
+
+
+class UntrustedSnapshot(CrmLedgerError):
+    """A stored snapshot whose seal does not match its content: it is never used."""

@@ -283,3 +283,44 @@ def test_a_key_destroyed_by_erase_is_not_a_finding(ledger: Ledger, history: Any)
     auditor, _rows = history
     ledger.erase("C1", reason="request")
     assert found(auditor) == set()
+
+
+def test_an_edited_snapshot_is_never_used_and_verify_names_it(
+    store_env: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from crm_ledger.application import Ledger
+
+    key = b"s" * 32
+    with Ledger(store_env, snapshot_key=key) as ledger:
+        ledger.record_many(
+            [tp("CustomerRegistered", "C9")]
+            + [tp("OrderPlaced", "C9", order_id=f"O{i}", amount_minor=100) for i in range(229)]
+        )
+        assert ledger.customer("C9").orders == 229
+    pg_url = None if "SQLITE_DBNAME" in store_env else request.getfixturevalue("pg_url")
+    rows = Rows(store_env, pg_url)
+    table = "stored_snapshots" if rows.sqlite else "crmledger_snapshots"
+    try:
+        [(version, state)] = rows.run(f"SELECT originator_version, state FROM {table}")
+        state = bytes(state)
+        assert b'"orders":' in state
+        with Ledger(store_env, snapshot_key=key) as ledger:  # an untouched snapshot is used
+            stream_id = customer_uuid("C9")
+            assert [s.originator_version for s in ledger.snapshots.get(stream_id)] == [version]
+        forged = state.replace(b'"orders":198', b'"orders":9198')
+        assert forged != state
+        rows.run(f"UPDATE {table} SET state=?", forged)
+        create_key_pair(tmp_path / "keys")
+        with Ledger(store_env, snapshot_key=key) as ledger:
+            assert list(ledger.snapshots.get(stream_id)) == []  # never used...
+            assert ledger.customer("C9").orders == 229  # ...the events tell the truth
+            auditor = Auditor(
+                ledger.recorder,  # type: ignore[arg-type]
+                load_signer(tmp_path / "keys"),
+                ledger.log_head,
+                SealedValues(),
+                ledger.mapper,  # type: ignore[arg-type]
+            )
+            assert found(auditor) == {(stream("C9"), version, "snapshot altered")}
+    finally:
+        rows.close()

@@ -81,7 +81,8 @@ def test_verify_without_a_signing_key_says_how_to_get_one(
 ) -> None:
     data = tmp_path / "ledger"
     assert run(runner, data, "init").exit_code == 0
-    for key in (data / "audit").iterdir():
+    assert not (data / "audit").exists()  # the keys live outside the data folder
+    for key in (tmp_path / "ledger.keys").glob("*.pem"):
         key.unlink()
     result = run(runner, data, "audit", "checkpoint")
     assert result.exit_code == 1

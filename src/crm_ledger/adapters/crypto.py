@@ -69,6 +69,26 @@ def create_key_pair(folder: Path) -> bool:
     return True
 
 
+def secret_key(path: Path) -> bytes:
+    """A 32-byte secret kept in ``path`` (readable by its owner only), made on first use."""
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = os.urandom(32)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return secret_key(path)
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(key)
+    except OSError as e:
+        raise ConfigurationError(f"cannot read the key {path}: {e.strerror}") from None
+    if len(key) != 32:
+        raise ConfigurationError(f"{path} is not a 32-byte key")
+    return key
+
+
 def load_signer(folder: Path) -> Ed25519Signer:
     """The ledger's signer from ``folder`` (the private key is optional for verifying)."""
     private_path, public_path = folder / PRIVATE_KEY_FILE, folder / PUBLIC_KEY_FILE

@@ -5,6 +5,8 @@ transaction as the events they describe.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
@@ -33,7 +35,7 @@ from crm_ledger.audit import (
     chain_hash,
     content_hash,
 )
-from crm_ledger.errors import ConfigurationError, StoreUnavailable
+from crm_ledger.errors import ConfigurationError, StoreUnavailable, UntrustedSnapshot
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -384,6 +386,17 @@ class LedgerSQLiteRecorder(_LedgerRecording, SQLiteApplicationRecorder):
                 for r in c.fetchall()
             ]
 
+    def snapshot_rows(self) -> Iterator[StoredRecord]:
+        """Every stored snapshot (the snapshot table is named by the Ledger)."""
+        table = getattr(self, "snapshots_table", None)
+        if table is None:
+            return
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT originator_id, originator_version, topic, state FROM {table}")
+            rows = c.fetchall()
+        for r in rows:
+            yield StoredRecord(bytes.fromhex(r[0]), r[1], str(r[2]), _blob(r[3]))
+
     def key_rows(self) -> list[tuple[bytes, bytes | None]]:
         """(stream, data key) of every key row; None where the key was destroyed."""
         with self.datastore.transaction(commit=False) as c:
@@ -728,6 +741,22 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
             for r in rows
         ]
 
+    def snapshot_rows(self) -> Iterator[StoredRecord]:
+        """Every stored snapshot (the snapshot table is named by the Ledger)."""
+        table = getattr(self, "snapshots_table", None)
+        if table is None:
+            return
+        query = SQL("SELECT originator_id, originator_version, topic, state FROM {}.{}").format(
+            self._schema, Identifier(table)
+        )
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query)
+            rows = curs.fetchall()
+        for r in rows:
+            yield StoredRecord(
+                r["originator_id"].bytes, r["originator_version"], r["topic"], _blob(r["state"])
+            )
+
     def key_rows(self) -> list[tuple[bytes, bytes | None]]:
         """(stream, data key) of every key row; None where the key was destroyed."""
         rows = self._select(
@@ -1000,12 +1029,16 @@ class LedgerMapper(Mapper[UUID]):
 
     #: Set by the Ledger to its recorder's data keys; personal fields are sealed with them.
     data_keys: DataKeys | None = None
+    #: Set by the Ledger: the secret (kept outside the database) that seals snapshots.
+    snapshot_key: bytes | None = None
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         """The stored form of ``domain_event``, its personal fields sealed."""
         if not isinstance(domain_event, Touched):
-            if isinstance(domain_event, Snapshot) and _is_customer(domain_event.topic):
-                domain_event = self._sealed_snapshot(domain_event)
+            if isinstance(domain_event, Snapshot):
+                if _is_customer(domain_event.topic):
+                    domain_event = self._sealed_snapshot(domain_event)
+                return self._with_seal(super().to_stored_event(domain_event))
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
         personal = PERSONAL_FIELDS.get(type(domain_event).__name__)
@@ -1034,6 +1067,8 @@ class LedgerMapper(Mapper[UUID]):
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         """The domain event of ``stored_event``."""
         cls = resolve_topic(stored_event.topic)
+        if isinstance(cls, type) and issubclass(cls, Snapshot):
+            stored_event = self._unsealed(stored_event)
         if not (isinstance(cls, type) and issubclass(cls, Touched)):
             found = super().to_domain_event(stored_event)
             if isinstance(found, Snapshot) and _is_customer(found.topic):
@@ -1056,6 +1091,52 @@ class LedgerMapper(Mapper[UUID]):
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)
         return cast("DomainEventProtocol[UUID]", event)
+
+    def _seal_of(self, stream: UUID | str, version: int, topic: str, state: bytes) -> bytes:
+        if self.snapshot_key is None:
+            msg = "no snapshot key: the Ledger sets one"
+            raise UntrustedSnapshot(msg)
+        message = b"".join(
+            (_as_uuid(stream).bytes, version.to_bytes(8, "big"), topic.encode(), b"\x00", state)
+        )
+        return hmac.digest(self.snapshot_key, message, hashlib.sha256)
+
+    def _with_seal(self, stored: StoredEvent) -> StoredEvent:
+        """A stored snapshot with an HMAC over its stream, version, topic and state in front:
+        whoever can rewrite the database's rows cannot make a snapshot the ledger trusts."""
+        seal = self._seal_of(
+            stored.originator_id, stored.originator_version, stored.topic, stored.state
+        )
+        return StoredEvent(
+            stored.originator_id,
+            stored.originator_version,
+            stored.topic,
+            SNAPSHOT_SEAL + seal + stored.state,
+        )
+
+    def snapshot_trusted(self, stream: bytes, version: int, topic: str, state: bytes) -> bool:
+        """Whether a stored snapshot's seal matches its content (the auditor asks this)."""
+        try:
+            self._unsealed(StoredEvent(UUID(bytes=stream), version, topic, state))
+        except UntrustedSnapshot:
+            return False
+        return True
+
+    def _unsealed(self, stored: StoredEvent) -> StoredEvent:
+        """The stored snapshot without its seal; UntrustedSnapshot if the seal is wrong."""
+        state = bytes(stored.state)
+        size = len(SNAPSHOT_SEAL) + 32
+        if not state.startswith(SNAPSHOT_SEAL) or len(state) < size:
+            msg = f"snapshot of {stored.originator_id} at {stored.originator_version} is unsealed"
+            raise UntrustedSnapshot(msg)
+        inner = state[size:]
+        expected = self._seal_of(
+            stored.originator_id, stored.originator_version, stored.topic, inner
+        )
+        if not hmac.compare_digest(expected, state[len(SNAPSHOT_SEAL) : size]):
+            msg = f"snapshot of {stored.originator_id} at {stored.originator_version} was altered"
+            raise UntrustedSnapshot(msg)
+        return StoredEvent(stored.originator_id, stored.originator_version, stored.topic, inner)
 
     def _sealed_snapshot(self, snapshot: Any) -> Any:
         """A copy of a Customer snapshot with its personal data sealed."""
@@ -1138,6 +1219,9 @@ class LedgerMapper(Mapper[UUID]):
 
 
 OPENED = "Opened"
+
+#: Marks a sealed snapshot's stored state (an HMAC-SHA256 follows, then the state).
+SNAPSHOT_SEAL = b"mac1"
 
 #: Profile fields of the Customer aggregate that hold personal data (sealed in snapshots).
 PERSONAL_PROFILE = frozenset(PERSONAL_FIELDS["CustomerRegistered"])
