@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crm_ledger.aggregates import customer_uuid
@@ -22,7 +23,6 @@ from crm_ledger.errors import InvalidInput
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
-    from datetime import datetime
 
 #: The chain hash before a stream's first event.
 GENESIS = bytes(32)
@@ -38,6 +38,28 @@ def content_hash(stream: bytes, version: int, topic: str, state: bytes) -> bytes
 def chain_hash(previous: bytes, content: bytes) -> bytes:
     """SHA-256 of the previous event's chain hash followed by this event's content hash."""
     return hashlib.sha256(previous + content).digest()
+
+
+def checkpoint_payload(
+    created_at: datetime, position: int, streams: int, digest: bytes, previous: bytes
+) -> bytes:
+    """What a checkpoint's signature covers: every field, and the link to the one before."""
+    micros = round(created_at.timestamp() * 1_000_000)
+    return b"".join(
+        (
+            b"crm-ledger checkpoint 2\x00",
+            micros.to_bytes(8, "big", signed=True),
+            position.to_bytes(8, "big"),
+            streams.to_bytes(8, "big"),
+            digest,
+            previous,
+        )
+    )
+
+
+def checkpoint_link(payload: bytes, signature: bytes) -> bytes:
+    """The link the next checkpoint signs: SHA-256 of this one's payload and signature."""
+    return hashlib.sha256(payload + signature).digest()
 
 
 def heads_digest(heads: Iterable[tuple[bytes, int, bytes]]) -> bytes:
@@ -132,6 +154,7 @@ class AuditStore(Protocol):
 
     def save_checkpoint(
         self,
+        created: datetime,
         position: int,
         digest: bytes,
         signature: bytes,
@@ -179,6 +202,18 @@ class KeyCheck(Protocol):
 ERASED_TOPIC = ":Customer.CustomerErased"
 
 
+class Receipts(Protocol):
+    """The auditor's own copy of every checkpoint, kept where the database's owner cannot
+    rewrite it (a file the auditor keeps)."""
+
+    def append(self, receipt: dict[str, Any]) -> None:
+        """Keep one more checkpoint's receipt."""
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """Every receipt kept, oldest first; None when there is no copy at all."""
+        ...
+
+
 class Signer(Protocol):
     """Signs and verifies checkpoint digests (Ed25519 in the crypto adapter)."""
 
@@ -201,18 +236,33 @@ class Auditor:
         head: Callable[[], int],
         keys: KeyCheck | None = None,
         snapshots: SnapshotCheck | None = None,
+        receipts: Receipts | None = None,
     ) -> None:
         self.store = store
         self.signer = signer
         self.head = head  # the log's newest position, asked for when a checkpoint is signed
         self.keys = keys
         self.snapshots = snapshots
+        self.receipts = receipts
 
     def checkpoint(self) -> Checkpoint:
-        """Sign the current heads of every stream."""
+        """Sign the current heads of every stream, every field of the checkpoint and its link
+        to the previous one; hand the receipt to the auditor's copy."""
+        previous = GENESIS
+        for cp in self.store.checkpoints():
+            payload = checkpoint_payload(
+                cp.created_at, cp.position, cp.streams, cp.digest, previous
+            )
+            previous = checkpoint_link(payload, cp.signature)
         heads = self.store.chain_heads()
         digest = heads_digest(heads)
-        return self.store.save_checkpoint(self.head(), digest, self.signer.sign(digest), heads)
+        created, position = datetime.now(UTC), self.head()
+        payload = checkpoint_payload(created, position, len(heads), digest, previous)
+        signature = self.signer.sign(payload)
+        cp = self.store.save_checkpoint(created, position, digest, signature, heads)
+        if self.receipts is not None:
+            self.receipts.append(_receipt(cp, previous))
+        return cp
 
     def verify(self, *, since: int | None = None) -> Verification:
         """Recompute every content and chain hash from the stored events, compare them with
@@ -270,12 +320,12 @@ class Auditor:
         that checkpoint signed (its digest covers them all)."""
         records = self.store.stream_records(stream)
         links = {link.version: link for link in self.store.stream_chain(stream)}
-        checkpoint, heads = None, []
-        for cp in reversed(self.store.checkpoints()):
-            heads = self.store.checkpoint_heads(cp.checkpoint_id)
-            if any(h[0] == stream for h in heads):
-                checkpoint = cp
-                break
+        checkpoint, heads, previous, before = None, [], GENESIS, GENESIS
+        for cp in self.store.checkpoints():
+            cp_heads = self.store.checkpoint_heads(cp.checkpoint_id)
+            if any(h[0] == stream for h in cp_heads):
+                checkpoint, heads, previous = cp, cp_heads, before
+            before = checkpoint_link(_payload_of(cp, before), cp.signature)
         yield {
             "kind": "header",
             "stream": stream.hex(),
@@ -285,7 +335,10 @@ class Auditor:
             else {
                 "id": checkpoint.checkpoint_id,
                 "created_at": checkpoint.created_at.isoformat(),
+                "position": checkpoint.position,
+                "streams": checkpoint.streams,
                 "digest": checkpoint.digest.hex(),
+                "previous": previous.hex(),
                 "signature": checkpoint.signature.hex(),
             },
         }
@@ -308,26 +361,79 @@ class Auditor:
     def _signed_heads(
         self, since: int | None, result: Verification
     ) -> dict[tuple[bytes, int], list[tuple[int, bytes]]]:
-        """(stream, version) -> [(checkpoint, chain hash)] of every intact checkpoint."""
+        """(stream, version) -> [(checkpoint, chain hash)] of every intact checkpoint; each
+        checkpoint's fields, heads, signature and link to the one before are checked."""
         signed: dict[tuple[bytes, int], list[tuple[int, bytes]]] = {}
-        for cp in self.store.checkpoints():
+        checkpoints = self.store.checkpoints()
+        previous = GENESIS
+        for cp in checkpoints:
+            payload = checkpoint_payload(
+                cp.created_at, cp.position, cp.streams, cp.digest, previous
+            )
+            previous = checkpoint_link(payload, cp.signature)
             if since is not None and cp.checkpoint_id < since:
                 continue
             result.checkpoints += 1
             heads = self.store.checkpoint_heads(cp.checkpoint_id)
-            if heads_digest(heads) != cp.digest or not self.signer.verify(cp.signature, cp.digest):
+            intact = (
+                heads_digest(heads) == cp.digest
+                and len(heads) == cp.streams
+                and self.signer.verify(cp.signature, payload)
+            )
+            if not intact:
                 result.findings.append(
                     Finding(
                         b"",
                         None,
                         "checkpoint altered",
-                        f"checkpoint {cp.checkpoint_id}: its heads or signature do not match",
+                        f"checkpoint {cp.checkpoint_id}: its fields, heads, signature or link "
+                        "to the checkpoint before do not match",
                     )
                 )
                 continue
             for stream, version, chained in heads:
                 signed.setdefault((stream, version), []).append((cp.checkpoint_id, chained))
+        result.findings += self._against_receipts(checkpoints)
         return signed
+
+    def _against_receipts(self, checkpoints: Sequence[Checkpoint]) -> list[Finding]:
+        """Checkpoints the auditor's copy holds that the database no longer does."""
+        if self.receipts is None:
+            return []
+        kept = self.receipts.read()
+        if kept is None:
+            if not checkpoints:
+                return []
+            detail = f"{len(checkpoints)} checkpoints in the database, none in the auditor's copy"
+            return [Finding(b"", None, "no auditor's copy", detail)]
+        stored = {cp.signature.hex() for cp in checkpoints}
+        return [
+            Finding(
+                b"",
+                None,
+                "checkpoint removed",
+                f"checkpoint {r.get('id')} signed at {r.get('created_at')} is in the auditor's "
+                "copy but not in the database",
+            )
+            for r in kept
+            if r.get("signature") not in stored
+        ]
+
+
+def _payload_of(cp: Checkpoint, previous: bytes) -> bytes:
+    return checkpoint_payload(cp.created_at, cp.position, cp.streams, cp.digest, previous)
+
+
+def _receipt(cp: Checkpoint, previous: bytes) -> dict[str, Any]:
+    return {
+        "id": cp.checkpoint_id,
+        "created_at": cp.created_at.isoformat(),
+        "position": cp.position,
+        "streams": cp.streams,
+        "digest": cp.digest.hex(),
+        "previous": previous.hex(),
+        "signature": cp.signature.hex(),
+    }
 
 
 class _KeyFacts:
@@ -421,7 +527,14 @@ def verify_export(lines: Iterable[dict[str, Any]], signer: Signer) -> list[Findi
     digest = bytes.fromhex(checkpoint["digest"])
     if heads_digest(heads) != digest:
         findings.append(Finding(stream, None, "checkpoint altered", "heads do not match digest"))
-    if not signer.verify(bytes.fromhex(checkpoint["signature"]), digest):
+    payload = checkpoint_payload(
+        datetime.fromisoformat(checkpoint["created_at"]),
+        int(checkpoint["position"]),
+        int(checkpoint["streams"]),
+        digest,
+        bytes.fromhex(checkpoint["previous"]),
+    )
+    if not signer.verify(bytes.fromhex(checkpoint["signature"]), payload):
         findings.append(Finding(stream, None, "bad signature", "not signed by this key"))
     for s, version, head in heads:
         if s == stream and chained_at.get(version) != head:

@@ -25,6 +25,7 @@ from crm_ledger.adapters.eventstore import (
     sqlite_env,
 )
 from crm_ledger.adapters.kafka import IngestWorker, KafkaSettings, Publisher
+from crm_ledger.adapters.receipts import ReceiptFile
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.application import Ledger
 from crm_ledger.audit import Auditor
@@ -46,6 +47,9 @@ PROJECTIONS_FILE = "projections.sqlite"
 
 #: The snapshot seal key's file in the key folder.
 SNAPSHOT_KEY_FILE = "snapshot.key"
+
+#: The auditor's copy of the checkpoint receipts, in the key folder unless set elsewhere.
+RECEIPTS_FILE = "checkpoint-receipts.jsonl"
 
 
 #: First-generation GC threshold for bulk writes (CPython's default is 700).
@@ -279,4 +283,10 @@ def open_auditor(settings: Settings, ledger: Ledger) -> Auditor:
         ledger.log_head,
         SealedValues(),
         cast("SnapshotCheck", ledger.mapper),
+        ReceiptFile(receipts_path(settings)),
     )
+
+
+def receipts_path(settings: Settings) -> Path:
+    """The auditor's copy of the checkpoint receipts (outside the database)."""
+    return settings.audit_receipts or audit_keys_dir(settings) / RECEIPTS_FILE

@@ -1172,7 +1172,12 @@ def audit() -> None:
 @audit.command("checkpoint")
 @pass_context
 def audit_checkpoint(ctx: Context) -> None:
-    """Sign (Ed25519) the current head of every stream's hash chain into a checkpoint."""
+    """Sign (Ed25519) the current head of every stream's hash chain into a checkpoint.
+
+    The signature covers every field and the link to the previous checkpoint; the receipt is
+    appended to the auditor's copy (CRM_LEDGER_AUDIT_RECEIPTS; default in the key folder),
+    against which `audit verify` finds checkpoints removed from the database.
+    """
     with bootstrap.open_ledger(ctx.settings) as ledger:
         cp = bootstrap.open_auditor(ctx.settings, ledger).checkpoint()
     emit_record(
@@ -1183,6 +1188,7 @@ def audit_checkpoint(ctx: Context) -> None:
             "position": cp.position,
             "streams": cp.streams,
             "digest": cp.digest.hex(),
+            "receipt": str(bootstrap.receipts_path(ctx.settings)),
         },
         title="checkpoint signed",
     )

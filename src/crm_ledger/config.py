@@ -35,6 +35,8 @@ class Settings:
     #: Keys that must not sit with the data: the checkpoint signing key and the snapshot seal
     #: key (default: a folder beside the data folder, NAME.keys).
     keys_dir: Path | None = None
+    #: The auditor's copy of checkpoint receipts (default: in the key folder).
+    audit_receipts: Path | None = None
     database_url: str | None = None
     database_schema: str = "public"
     schemas_dir: Path = field(default_factory=_default_schemas_dir)
@@ -79,6 +81,8 @@ class Settings:
             values["database_schema"] = env[f"{ENV_PREFIX}DATABASE_SCHEMA"]
         if env.get(f"{ENV_PREFIX}KEYS_DIR"):
             values["keys_dir"] = Path(env[f"{ENV_PREFIX}KEYS_DIR"])
+        if env.get(f"{ENV_PREFIX}AUDIT_RECEIPTS"):
+            values["audit_receipts"] = Path(env[f"{ENV_PREFIX}AUDIT_RECEIPTS"])
         if env.get(f"{ENV_PREFIX}SCHEMAS_DIR"):
             values["schemas_dir"] = Path(env[f"{ENV_PREFIX}SCHEMAS_DIR"])
         values.update(_kafka_values(env))

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from crm_ledger.adapters.crypto import SealedValues, create_key_pair, load_signer
+from crm_ledger.adapters.receipts import ReceiptFile
 from crm_ledger.aggregates import customer_uuid
 from crm_ledger.audit import Auditor, chain_hash, content_hash
 from tests.factories import AT, tp
@@ -69,6 +70,7 @@ def history(
         load_signer(tmp_path / "keys"),
         ledger.log_head,
         SealedValues(),
+        receipts=ReceiptFile(tmp_path / "keys" / "receipts.jsonl"),
     )
     auditor.checkpoint()
     for c in ("C1", "C2", "C3"):
@@ -324,3 +326,115 @@ def test_an_edited_snapshot_is_never_used_and_verify_names_it(
             assert found(auditor) == {(stream("C9"), version, "snapshot altered")}
     finally:
         rows.close()
+
+
+def _three_checkpoints(history: Any, ledger: Ledger) -> tuple[Auditor, Rows]:
+    auditor, rows = history
+    for _ in range(2):
+        ledger.record(tp("InteractionRecorded", "C1", at=AT))
+        auditor.checkpoint()
+    assert [cp.checkpoint_id for cp in auditor.store.checkpoints()] == [1, 2, 3]
+    assert found(auditor) == set()
+    return auditor, rows
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("created_at", "2020-01-01T00:00:00+00:00"),
+        ("position", 1),
+        ("streams", 2),
+        ("digest", b"\x00" * 32),
+        ("signature", b"\x01" * 64),
+    ],
+)
+def test_every_field_of_a_checkpoint_is_signed(
+    history: Any, ledger: Ledger, column: str, value: Any
+) -> None:
+    auditor, rows = _three_checkpoints(history, ledger)
+    rows.run(f"UPDATE ledger_checkpoints SET {column}=? WHERE checkpoint_id=2", value)
+    problems = {(problem, detail.split(":")[0]) for problem, detail in problems_of(auditor)}
+    assert ("checkpoint altered", "checkpoint 2") in problems
+
+
+def problems_of(auditor: Auditor) -> set[tuple[str, str]]:
+    return {(f.problem, f.detail) for f in auditor.verify().findings}
+
+
+def test_a_checkpoint_removed_from_the_middle_breaks_the_link_and_the_copy(
+    history: Any, ledger: Ledger
+) -> None:
+    auditor, rows = _three_checkpoints(history, ledger)
+    rows.run("DELETE FROM ledger_checkpoint_heads WHERE checkpoint_id=2")
+    rows.run("DELETE FROM ledger_checkpoints WHERE checkpoint_id=2")
+    problems = {p for p, _ in problems_of(auditor)}
+    assert {"checkpoint altered", "checkpoint removed"} <= problems
+
+
+def test_every_checkpoint_removed_is_found_against_the_auditors_copy(
+    history: Any, ledger: Ledger
+) -> None:
+    auditor, rows = _three_checkpoints(history, ledger)
+    rows.run("DELETE FROM ledger_checkpoint_heads")
+    rows.run("DELETE FROM ledger_checkpoints")
+    result = auditor.verify()
+    assert result.checkpoints == 0
+    removed = [f.detail for f in result.findings if f.problem == "checkpoint removed"]
+    assert [d.split(" signed")[0] for d in removed] == [
+        "checkpoint 1",
+        "checkpoint 2",
+        "checkpoint 3",
+    ]
+
+
+def test_a_history_re_signed_with_a_key_that_is_not_the_auditors_is_found(
+    history: Any, ledger: Ledger, tmp_path: Path
+) -> None:
+    auditor, rows = history
+    # Rewrite an event and its chain, then sign the new heads with a key of one's own.
+    [(state,)] = rows.run(
+        "SELECT state FROM {events} WHERE originator_id=? AND originator_version=3",
+        rows.key("C2"),
+    )
+    forged = bytes(state).replace(b'"amount_minor":101', b'"amount_minor":901')
+    rows.run(
+        "UPDATE {events} SET state=? WHERE originator_id=? AND originator_version=3",
+        forged,
+        rows.key("C2"),
+    )
+    links = rows.run(
+        "SELECT originator_version, content_hash FROM ledger_chain WHERE originator_id=? "
+        "ORDER BY originator_version",
+        customer_uuid("C2").bytes,
+    )
+    previous = bytes(32)
+    topics = dict(
+        rows.run(
+            "SELECT originator_version, topic FROM {events} WHERE originator_id=?",
+            rows.key("C2"),
+        )
+    )
+    for version, content in links:
+        if version == 3:
+            content = content_hash(customer_uuid("C2").bytes, 3, topics[3], forged)
+        previous = chain_hash(previous, bytes(content))
+        rows.run(
+            "UPDATE ledger_chain SET content_hash=?, chain_hash=? "
+            "WHERE originator_id=? AND originator_version=?",
+            bytes(content),
+            previous,
+            customer_uuid("C2").bytes,
+            version,
+        )
+    create_key_pair(tmp_path / "forger")
+    forger = Auditor(
+        ledger.recorder,  # type: ignore[arg-type]
+        load_signer(tmp_path / "forger"),
+        ledger.log_head,
+    )
+    rows.run("DELETE FROM ledger_checkpoint_heads")
+    rows.run("DELETE FROM ledger_checkpoints")
+    forger.checkpoint()
+    assert forger.verify().ok  # consistent under the forger's own key...
+    problems = {p for p, _ in problems_of(auditor)}  # ...not under the auditor's
+    assert {"checkpoint altered", "checkpoint removed"} <= problems

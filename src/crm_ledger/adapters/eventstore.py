@@ -357,13 +357,13 @@ class LedgerSQLiteRecorder(_LedgerRecording, SQLiteApplicationRecorder):
 
     def save_checkpoint(
         self,
+        created: datetime,
         position: int,
         digest: bytes,
         signature: bytes,
         heads: Sequence[tuple[bytes, int, bytes]],
     ) -> Checkpoint:
         """Store a checkpoint and the heads it signed."""
-        created = datetime.now(UTC)
         with self.datastore.transaction(commit=True) as c:
             c.execute(
                 "INSERT INTO ledger_checkpoints (created_at, position, streams, digest, signature)"
@@ -700,13 +700,13 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
 
     def save_checkpoint(
         self,
+        created: datetime,
         position: int,
         digest: bytes,
         signature: bytes,
         heads: Sequence[tuple[bytes, int, bytes]],
     ) -> Checkpoint:
         """Store a checkpoint and the heads it signed."""
-        created = datetime.now(UTC)
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
                 SQL(
