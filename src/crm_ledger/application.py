@@ -147,6 +147,17 @@ class LogMapper(Protocol):
         """The record of a stored event, or None for events projections never read."""
 
 
+class KeyWrapping(Protocol):
+    """Key-encryption keys kept outside the database (the crypto adapter's Keyring)."""
+
+    def rotate(self) -> int:
+        """Make a new current KEK; its number."""
+        ...
+
+    def retire(self) -> None:
+        """Destroy every KEK but the current one."""
+
+
 class LedgerRecorder(Protocol):
     """What the ledger needs of its recorder beyond eventsourcing's ApplicationRecorder."""
 
@@ -185,6 +196,10 @@ class LedgerRecorder(Protocol):
 
     def count_receipts(self) -> int:
         """How many distinct events the ledger holds."""
+        ...
+
+    def rewrap_keys(self) -> int:
+        """Wrap every live data key again by the current KEK; how many."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +277,12 @@ class Ledger(Application[UUID]):
         clock: Callable[[], datetime] | None = None,
         max_future: timedelta = timedelta(days=1),
         snapshot_key: bytes | None = None,
+        keyring: KeyWrapping | None = None,
     ) -> None:
         """``snapshot_key`` seals snapshots (keep it outside the database); without one, a
         key for this instance alone is made, so snapshots stored before are not trusted and
-        aggregates are rebuilt from their events."""
+        aggregates are rebuilt from their events. ``keyring`` wraps the data keys (bootstrap
+        always passes one; without, keys are stored as they are, for embedded use only)."""
         settings = {
             # Bounded (memory stays flat), but big enough for the customers active at once:
             # at 1M events / 47k customers a 20,000 cache halved throughput with misses.
@@ -294,6 +311,9 @@ class Ledger(Application[UUID]):
         # Personal fields are sealed with per-customer keys the recorder keeps (and stores in
         # the same transaction as the events that first need them).
         cast("Any", self.mapper).data_keys = getattr(self.recorder, "data_keys", None)
+        self.keyring = keyring
+        if keyring is not None:
+            cast("Any", self.recorder).data_keys.keyring = keyring
         cast("Any", self.mapper).snapshot_key = snapshot_key or os.urandom(32)
         if self.snapshots is not None:
             snapshots: Any = self.snapshots.recorder
@@ -460,7 +480,22 @@ class Ledger(Application[UUID]):
         erased = [customer_id, *view.merged_from]
         for member in erased:
             self.ledger_recorder.destroy_key(customer_uuid(member).bytes)
+        # Copies of the destroyed keys may remain wrapped in old WAL segments or backups: a
+        # new KEK for the live keys, and the old one destroyed, leaves them unreadable.
+        self.rotate_keys()
         return erased
+
+    def rotate_keys(self) -> int:
+        """Wrap every live data key by a new KEK and destroy the old KEK; how many keys."""
+        if self.keyring is None:
+            return 0
+        self.keyring.rotate()
+        count = self.ledger_recorder.rewrap_keys()
+        # Again, for keys another process wrapped by the old KEK meanwhile (writers look for
+        # the current KEK's file before each wrap, so after this there are none).
+        self.ledger_recorder.rewrap_keys()
+        self.keyring.retire()
+        return count
 
     def customer_as_of(
         self,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
 from crm_ledger.adapters.crypto import (
     Ed25519Signer,
+    Keyring,
     SealedValues,
     create_key_pair,
     load_public_key,
@@ -97,7 +98,12 @@ def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
     """The Ledger on the configured store (created first when ``create``)."""
     env = store_env(settings, create=create)
     snapshot_key = secret_key(settings.key_folder / SNAPSHOT_KEY_FILE)
-    return Ledger(env, max_future=settings.max_future, snapshot_key=snapshot_key)
+    return Ledger(
+        env,
+        max_future=settings.max_future,
+        snapshot_key=snapshot_key,
+        keyring=Keyring(settings.key_folder),
+    )
 
 
 def open_registry(settings: Settings) -> SchemaRegistry:
@@ -281,7 +287,7 @@ def open_auditor(settings: Settings, ledger: Ledger) -> Auditor:
         store,
         load_signer(audit_keys_dir(settings)),
         ledger.log_head,
-        SealedValues(),
+        SealedValues(Keyring(settings.key_folder)),
         cast("SnapshotCheck", ledger.mapper),
         ReceiptFile(receipts_path(settings)),
     )

@@ -1783,6 +1783,26 @@ def ingest(
 
 
 @cli.group()
+def keys() -> None:
+    """The keys kept outside the database (the key folder, --keys-dir)."""
+
+
+@keys.command("rotate")
+@pass_context
+def keys_rotate(ctx: Context) -> None:
+    """Wrap every customer's data key by a new key-encryption key and destroy the old one.
+
+    `erase` does this itself; run it after restoring a backup, or on a schedule, so that data
+    keys in old WAL segments and backups can no longer be unwrapped.
+    """
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        count = ledger.rotate_keys()
+    emit_record(
+        ctx, {"data_keys": count, "key_folder": str(ctx.settings.key_folder)}, title="rotated"
+    )
+
+
+@cli.group()
 def positions() -> None:
     """Where the ledger has read its sources (Kafka topics) up to."""
 

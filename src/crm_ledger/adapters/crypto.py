@@ -118,13 +118,89 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
 SEALED = "enc1:"
 
 
+#: Marks a data key stored wrapped: "w1", the KEK's number (4 bytes), nonce, ciphertext.
+WRAPPED = b"w1"
+KEK_PATTERN = "kek-*.key"
+
+
+class Keyring:
+    """Key-encryption keys, kept in a folder outside the database: data keys are stored only
+    wrapped by one of them. Rotating makes a new KEK, re-wraps every live data key and then
+    destroys the old KEK, so that copies of wrapped keys left in old WAL segments, dead rows
+    or backups can no longer be unwrapped by anyone."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._load()
+
+    def _load(self) -> None:
+        self.keks: dict[int, AESGCM] = {}
+        for path in sorted(self.folder.glob(KEK_PATTERN)):
+            number = int(path.stem.removeprefix("kek-"))
+            self.keks[number] = AESGCM(secret_key(path))
+        if not self.keks:
+            self.current = self._make(1)
+        else:
+            self.current = max(self.keks)
+
+    def _make(self, number: int) -> int:
+        self.keks[number] = AESGCM(secret_key(self.folder / f"kek-{number}.key"))
+        return number
+
+    def wrap(self, stream: bytes, key: bytes) -> bytes:
+        """``key`` wrapped by the current KEK, bound to ``stream``."""
+        if not (self.folder / f"kek-{self.current}.key").exists():
+            self._load()  # another process rotated: wrap with the KEK that now stands
+        nonce = os.urandom(12)
+        sealed = self.keks[self.current].encrypt(nonce, key, stream)
+        return WRAPPED + self.current.to_bytes(4, "big") + nonce + sealed
+
+    def unwrap(self, stream: bytes, blob: bytes) -> bytes | None:
+        """The data key in ``blob``; None if the KEK that wrapped it is gone (or it is not
+        ``stream``'s). A key stored before wrapping existed is returned as it is."""
+        if not blob.startswith(WRAPPED):
+            return blob if len(blob) == 32 else None
+        kek = self.keks.get(int.from_bytes(blob[2:6], "big"))
+        if kek is None:
+            return None
+        try:
+            return kek.decrypt(blob[6:18], blob[18:], stream)
+        except InvalidTag:
+            return None
+
+    def rotate(self) -> int:
+        """Make a new current KEK (the old ones stay until ``retire``); its number."""
+        self.current = self._make(self.current + 1)
+        return self.current
+
+    def retire(self) -> None:
+        """Destroy every KEK but the current one: overwritten, flushed, then removed."""
+        for number in [n for n in self.keks if n != self.current]:
+            path = self.folder / f"kek-{number}.key"
+            with path.open("r+b") as f:
+                f.write(bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            path.unlink()
+            del self.keks[number]
+
+
 class SealedValues:
-    """The audit's view of sealed personal values: their marker, and whether a key opens one."""
+    """The audit's view of sealed personal values: their marker, and whether a stored data
+    key (wrapped by ``keyring``'s KEKs) opens one."""
 
     marker = SEALED.encode()
 
+    def __init__(self, keyring: Keyring | None = None) -> None:
+        self.keyring = keyring
+
     def opens(self, key: bytes, stream: bytes, field: str, value: str) -> bool:
         """Whether ``key`` is the key that sealed ``value`` of ``field`` in ``stream``."""
+        if self.keyring is not None:
+            unwrapped = self.keyring.unwrap(stream, key)
+            if unwrapped is None:
+                return False
+            key = unwrapped
         try:
             raw = base64.urlsafe_b64decode(value[len(SEALED) :])
             AESGCM(key).decrypt(raw[:12], raw[12:], stream + field.encode())
@@ -143,6 +219,8 @@ class DataKeys:
 
     def __init__(self, load: Callable[[bytes], bytes | None]) -> None:
         self.load = load
+        #: Set by the Ledger when its data keys are stored wrapped (the normal case).
+        self.keyring: Keyring | None = None
         self.keys: dict[bytes, bytes | None] = {}
         self.ciphers: dict[bytes, AESGCM] = {}
         self.pending: dict[bytes, bytes] = {}
@@ -178,8 +256,19 @@ class DataKeys:
         self.pending.pop(stream, None)
 
     def take_pending(self) -> list[tuple[bytes, bytes]]:
-        """Keys created since the last commit, to store with the batch."""
-        return list(self.pending.items())
+        """Keys created since the last commit, to store with the batch (wrapped)."""
+        return [(stream, self.stored_form(stream, key)) for stream, key in self.pending.items()]
+
+    def stored_form(self, stream: bytes, key: bytes) -> bytes:
+        """What the database keeps of ``key``: wrapped, when there is a keyring."""
+        return key if self.keyring is None else self.keyring.wrap(stream, key)
+
+    def rewrapped(self, stream: bytes, stored: bytes) -> bytes | None:
+        """A stored key wrapped again by the current KEK (None if it cannot be unwrapped)."""
+        if self.keyring is None:
+            return stored
+        key = self.keyring.unwrap(stream, stored)
+        return None if key is None else self.keyring.wrap(stream, key)
 
     def settle(self, committed: bool) -> None:
         """After a transaction: keep its new keys, or forget them (a retry makes new ones)."""
@@ -198,7 +287,10 @@ class DataKeys:
         cipher = self.ciphers.get(stream)
         if cipher is None:
             if stream not in self.keys:
-                self.keys[stream] = self.load(stream)
+                stored = self.load(stream)
+                if stored is not None and self.keyring is not None:
+                    stored = self.keyring.unwrap(stream, stored)
+                self.keys[stream] = stored
             key = self.keys[stream]
             if key is None:
                 return None

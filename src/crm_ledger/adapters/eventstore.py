@@ -317,6 +317,21 @@ class LedgerSQLiteRecorder(_LedgerRecording, SQLiteApplicationRecorder):
             c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.data_keys.forget(stream)
 
+    def rewrap_keys(self) -> int:
+        """Wrap every live data key again by the current KEK (in one transaction), leaving no
+        old wrapping in the file; how many keys were re-wrapped."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA secure_delete=ON")
+            c.execute("SELECT originator_id, data_key FROM ledger_keys WHERE data_key NOT NULL")
+            rows = [(bytes(r[0]), bytes(r[1])) for r in c.fetchall()]
+            c.executemany(
+                "UPDATE ledger_keys SET data_key=? WHERE originator_id=?",
+                [(self.data_keys.rewrapped(k, v) or v, k) for k, v in rows],
+            )
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(rows)
+
     def stored_records(self) -> Iterator[StoredRecord]:
         """Every stored event, by stream then version (for verification)."""
         with self.datastore.transaction(commit=False) as c:
@@ -542,6 +557,9 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
                 "chain_hash bytea NOT NULL, PRIMARY KEY (originator_id, originator_version))",
                 "CREATE TABLE IF NOT EXISTS {}.ledger_keys (originator_id bytea PRIMARY KEY, "
                 "data_key bytea, destroyed_at timestamptz)",
+                # The planner's statistics copy column values into pg_statistic, which no
+                # VACUUM rewrites: never collect them for the keys.
+                "ALTER TABLE {}.ledger_keys ALTER COLUMN data_key SET STATISTICS 0",
                 "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoints (checkpoint_id bigserial PRIMARY "
                 "KEY, created_at timestamptz NOT NULL, position bigint NOT NULL, streams bigint "
                 "NOT NULL, digest bytea NOT NULL, signature bytea NOT NULL)",
@@ -632,11 +650,34 @@ class LedgerPostgresRecorder(_LedgerRecording, PostgresApplicationRecorder):
                 ).format(self._schema),
                 [stream],
             )
+        self._vacuum_keys()
+        self.data_keys.forget(stream)
+
+    def rewrap_keys(self) -> int:
+        """Wrap every live data key again by the current KEK (in one transaction), then
+        rewrite the key table so that no dead row version keeps an old wrapping."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT originator_id, data_key FROM {}.ledger_keys "
+                    "WHERE data_key IS NOT NULL FOR UPDATE"
+                ).format(self._schema)
+            )
+            rows = [(bytes(r["originator_id"]), bytes(r["data_key"])) for r in curs.fetchall()]
+            curs.executemany(
+                SQL("UPDATE {}.ledger_keys SET data_key=%s WHERE originator_id=%s").format(
+                    self._schema
+                ),
+                [(self.data_keys.rewrapped(k, v) or v, k) for k, v in rows],
+            )
+        self._vacuum_keys()
+        return len(rows)
+
+    def _vacuum_keys(self) -> None:
         with self.datastore.get_connection() as conn:
             conn.autocommit = True
             conn.execute(SQL("VACUUM FULL {}.ledger_keys").format(self._schema))
             conn.autocommit = False
-        self.data_keys.forget(stream)
 
     def stored_records(self) -> Iterator[StoredRecord]:
         """Every stored event, by stream then version (for verification)."""
