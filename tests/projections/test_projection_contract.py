@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound
+from crm_ledger.projections.lifetime_value import LifetimeValue
 from crm_ledger.projections.model import Changes, micros
 from crm_ledger.projections.runtime import (
     BUILDING,
@@ -340,3 +341,37 @@ def test_marketing_after_a_withdrawal_is_flagged_whatever_the_arrival_order(
     ]
     assert listed[0].withdrawn_at == AT + 2 * DAY
     assert listed[1].withdrawn_at == AT + 6 * DAY
+
+
+class ChangedLifetimeValue(LifetimeValue):
+    """The lifetime value read model as a new release would ship it (its code differs)."""
+
+
+def test_a_read_model_whose_code_changed_rebuilds_itself_on_the_next_catch_up(
+    ledger: Ledger, projector: Projector, projection_store: SqlProjectionStore
+) -> None:
+    ledger.record_many([order(f"C{i % 3}", 100 + i, days=i) for i in range(12)])
+    projector.catch_up()
+    before = {name: s.label for name, s in projector.live().items()}
+    assert projector.catch_up() == 0  # same code: nothing to do
+
+    released = Projector(
+        ledger,
+        projection_store,
+        projections=[
+            projector.projections["customer_360"],
+            ChangedLifetimeValue(),
+            projector.projections["journey_timeline"],
+        ],
+    )
+    seen: list[tuple[int, int]] = []
+    assert released.catch_up(lambda position, head: seen.append((position, head))) > 0
+    after = {name: s.label for name, s in released.live().items()}
+    assert after["lifetime_value"] != before["lifetime_value"]  # rebuilt...
+    assert after["customer_360"] == before["customer_360"]  # ...and only it
+    assert after["journey_timeline"] == before["journey_timeline"]
+    assert seen  # with progress
+    assert seen[-1][0] == seen[-1][1] == ledger.log_head()
+    assert released.catch_up() == 0
+    rows = dump(projection_store, released, released.live())
+    assert len(rows["ltv"]) == 3

@@ -71,6 +71,14 @@ class SqlProjectionStore:
             sa.Column("valid_at", sa.BigInteger),
             sa.Column("created", sa.BigInteger, nullable=False),
         )
+        # Apart from the sets, so that stores made before versions existed gain it as a table.
+        self.versions = sa.Table(
+            "crm_projection_versions",
+            self.metadata,
+            sa.Column("projection", sa.Text, primary_key=True),
+            sa.Column("label", sa.Text, primary_key=True),
+            sa.Column("version", sa.Text, nullable=False),
+        )
         self.clv_models = sa.Table(
             "crm_clv_models",
             self.metadata,
@@ -96,15 +104,19 @@ class SqlProjectionStore:
         self._upserts: dict[tuple[str, str], Any] = {}
         with self._begin() as conn:
             self.metadata.create_all(
-                conn, tables=[self.sets, self.clv_models, self.clv_customers], checkfirst=True
+                conn,
+                tables=[self.sets, self.versions, self.clv_models, self.clv_customers],
+                checkfirst=True,
             )
 
     # Table sets.
 
     def table_sets(self) -> list[TableSet]:
         """Every table set, any status."""
+        s, v = self.sets, self.versions
+        joined = s.outerjoin(v, (v.c.projection == s.c.projection) & (v.c.label == s.c.label))
         with self._connect() as conn:
-            rows = conn.execute(sa.select(self.sets)).mappings().all()
+            rows = conn.execute(sa.select(s, v.c.version).select_from(joined)).mappings().all()
         return [TableSet(**dict(r)) for r in rows]
 
     def create(self, projection: Projection, table_set: TableSet) -> None:
@@ -130,6 +142,20 @@ class SqlProjectionStore:
                     created=time.time_ns() // 1000,
                 )
             )
+            if table_set.version is not None:
+                conn.execute(
+                    sa.delete(self.versions).where(
+                        self.versions.c.projection == table_set.projection,
+                        self.versions.c.label == table_set.label,
+                    )
+                )
+                conn.execute(
+                    sa.insert(self.versions).values(
+                        projection=table_set.projection,
+                        label=table_set.label,
+                        version=table_set.version,
+                    )
+                )
 
     def write(self, writes: Sequence[SetWrite]) -> None:
         """Apply every write and move each set's position in one transaction."""
@@ -180,11 +206,12 @@ class SqlProjectionStore:
         with self._begin() as conn:
             for spec in projection.tables:
                 self.table(spec, label).drop(conn, checkfirst=True)
-            conn.execute(
-                sa.delete(self.sets).where(
-                    self.sets.c.projection == projection.name, self.sets.c.label == label
+            for table in (self.sets, self.versions):
+                conn.execute(
+                    sa.delete(table).where(
+                        table.c.projection == projection.name, table.c.label == label
+                    )
                 )
-            )
 
     # Queries.
 

@@ -8,8 +8,12 @@ compare-and-set, so a batch is applied exactly once even when two processes catc
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import inspect
 import re
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,6 +53,8 @@ class TableSet:
     as_of: int | None = None
     valid_at: int | None = None
     created: int = 0
+    #: The projection's code version the set was built with (None: built before versions).
+    version: str | None = None
 
     @property
     def snapshot(self) -> str | None:
@@ -151,9 +157,15 @@ class Projector:
         return {s.projection: s for s in self._sets() if s.status == LIVE}
 
     def catch_up(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Bring every live set up to the head of the log (building the missing ones first);
-        the number of records applied."""
-        missing = [name for name in self.projections if name not in self.live()]
+        """Bring every live set up to the head of the log (building the missing ones first,
+        and rebuilding those whose code changed since they were built); the number of
+        records applied."""
+        live = self.live()
+        missing = [
+            name
+            for name, projection in self.projections.items()
+            if name not in live or live[name].version != projection_version(type(projection))
+        ]
         applied = self.rebuild(missing, progress) if missing else 0
         head = self.log.log_head()
         targets = [_Target(self.projections[n], s) for n, s in self.live().items()]
@@ -195,7 +207,8 @@ class Projector:
             )
             if building is None:
                 label = _next_label(sets, projection.name)
-                building = TableSet(projection.name, label, BUILDING, 0)
+                version = projection_version(type(projection))
+                building = TableSet(projection.name, label, BUILDING, 0, version=version)
                 self.store.create(projection, building)
                 sets.append(building)
             targets.append(_Target(projection, building))
@@ -232,7 +245,10 @@ class Projector:
         targets = []
         for name, projection in self.projections.items():
             if name not in have:
-                have[name] = TableSet(name, label, SNAPSHOT_BUILDING, 0, as_of, valid_at)
+                version = projection_version(type(self.projections[name]))
+                have[name] = TableSet(
+                    name, label, SNAPSHOT_BUILDING, 0, as_of, valid_at, version=version
+                )
                 self.store.create(projection, have[name])
             targets.append(_Target(projection, have[name]))
         keep = _moment_filter(as_of, valid_at)
@@ -328,10 +344,18 @@ class Projector:
 
 
 def _moved(table_set: TableSet, position: int) -> TableSet:
-    return TableSet(
-        table_set.projection, table_set.label, table_set.status, position,
-        table_set.as_of, table_set.valid_at, table_set.created,
-    )  # fmt: skip
+    return dataclasses.replace(table_set, position=position)
+
+
+@functools.cache
+def projection_version(projection_type: type) -> str:
+    """The version of a read model's code: a digest of the module that defines it (its
+    contributions and tables) and of the framework that merges them, so that a change to
+    either rebuilds the tables on the next catch-up."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[projection_type.__module__], sys.modules[Changes.__module__]):
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]
 
 
 def _next_label(sets: Sequence[TableSet], projection: str) -> str:
