@@ -91,15 +91,16 @@ class Worker:
         return time.monotonic() - sent
 
 
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `crm-ledger ARGS` to its end (two minutes at most)."""
+    return subprocess.run(
+        [str(CLI), *args], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+
+
 def init_ledger(data_dir: Path) -> Path:
     """An empty ledger in ``data_dir`` (commands other than `init` refuse a folder without)."""
-    made = subprocess.run(
-        [str(CLI), "--data-dir", str(data_dir), "init"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    made = run_cli(["--data-dir", str(data_dir), "init"])
     assert made.returncode == 0, made.stderr
     return data_dir
 

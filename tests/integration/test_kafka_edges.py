@@ -27,12 +27,12 @@ from crm_ledger.application import Ledger
 from kafka import KafkaAdminClient, KafkaProducer
 from tests.factories import tp
 from tests.integration.conftest import (
-    CLI,
     KAFKA_SCRIPT,
     Worker,
     batches,
     init_ledger,
     kafka_env,
+    run_cli,
     wait_until,
 )
 
@@ -307,40 +307,19 @@ def test_a_recreated_topic_stops_the_worker_with_the_command_that_resets_it(
     producer.close()
     env = kafka_env(kafka)
     args = ["--data-dir", str(init_ledger(tmp_path)), "--format", "json"]
-    ran = subprocess.run(
-        [str(CLI), *args, "ingest", "--until-caught-up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    ran = run_cli([*args, "ingest", "--until-caught-up"], env)
     assert ran.returncode == 0, ran.stderr
     admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     admin.delete_topics([kafka.topic])
     wait_until(lambda: kafka.topic not in admin.list_topics(), 60, "topic deleted")
     admin.close()
     ensure_topics(kafka)  # re-created, empty
-    again = subprocess.run(
-        [str(CLI), *args, "ingest", "--until-caught-up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    again = run_cli([*args, "ingest", "--until-caught-up"], env)
     assert again.returncode == 1
     [line] = [ln for ln in again.stderr.splitlines() if ln.startswith("crm-ledger:")]
     assert "was deleted and re-created" in line
     assert f"crm-ledger positions reset --topic {kafka.topic}" in line
-    reset = subprocess.run(
-        [str(CLI), *args, "positions", "reset", "--yes"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    reset = run_cli([*args, "positions", "reset", "--yes"], env)
     assert reset.returncode == 0, reset.stderr
     assert '"partitions_reset": 1' in reset.stdout
 

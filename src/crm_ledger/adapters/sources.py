@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from crm_ledger.aggregates import Touchpoint
 from crm_ledger.aggregates.touchpoint import ID_NAMESPACE
@@ -48,12 +48,7 @@ def read_jsonl(path: Path, codec: Codec) -> Iterator[tuple[int, Touchpoint]]:
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """The file's lines, numbered from 1, read as UTF-8: a line that is not says so."""
-    try:
-        stream = path.open("rb")
-    except OSError as e:
-        msg = f"{path}: {e.strerror}"
-        raise UnreadableFile(msg) from None
-    with stream:
+    with _open_bytes(path) as stream:
         for number, raw in enumerate(stream, start=1):
             try:
                 yield number, raw.decode("utf-8")
@@ -64,12 +59,7 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def read_avro(path: Path, codec: Codec) -> Iterator[tuple[int, Touchpoint]]:
     """Touchpoints from an Avro object container file; numbers count records from 1."""
-    try:
-        stream = path.open("rb")
-    except OSError as e:
-        msg = f"{path}: {e.strerror}"
-        raise UnreadableFile(msg) from None
-    with stream:
+    with _open_bytes(path) as stream:
         try:
             yield from enumerate(codec.read_container(stream), start=1)
         except UnreadableFile as e:
@@ -132,3 +122,10 @@ def _cdnow_order(row: tuple[str, str, str, str], occurrence: int) -> Touchpoint:
             "channel": None,
         },
     )
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise UnreadableFile(f"{path}: {e.strerror}") from None
