@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 ## demo: generate an 18-month multi-channel history, import it into SQLite, show a customer
 demo: venv
-	rm -rf $(DEMO)
+	rm -rf $(DEMO) $(DEMO).keys
 	$(BIN)/crm-ledger --data-dir $(DEMO) generate --seed $(SEED) --out $(DEMO)/events.jsonl
 	$(BIN)/crm-ledger --data-dir $(DEMO) init
 	$(BIN)/crm-ledger --data-dir $(DEMO) import $(DEMO)/events.jsonl
@@ -67,4 +67,4 @@ bench: venv
 clean:
 	scripts/pg_test_server.sh stop
 	scripts/kafka_server.sh stop
-	rm -rf $(VENV) .cache $(DEMO) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .cache $(DEMO) $(DEMO).keys .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -91,6 +91,16 @@ class Worker:
         return time.monotonic() - sent
 
 
+def cli_ledger(data_dir: Path, *, database_url: str | None = None, schema: str = "public") -> Any:
+    """The ledger a `crm-ledger --data-dir DATA_DIR` process writes, opened the same way (its
+    key folder, DATA_DIR.keys, holds the key-encryption key of its data keys)."""
+    from crm_ledger.bootstrap import open_ledger
+    from crm_ledger.config import Settings
+
+    settings = Settings(data_dir=data_dir, database_url=database_url, database_schema=schema)
+    return open_ledger(settings)
+
+
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `crm-ledger ARGS` to its end (two minutes at most)."""
     return subprocess.run(
@@ -98,9 +108,9 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.Co
     )
 
 
-def init_ledger(data_dir: Path) -> Path:
+def init_ledger(data_dir: Path, *options: str) -> Path:
     """An empty ledger in ``data_dir`` (commands other than `init` refuse a folder without)."""
-    made = run_cli(["--data-dir", str(data_dir), "init"])
+    made = run_cli(["--data-dir", str(data_dir), *options, "init"])
     assert made.returncode == 0, made.stderr
     return data_dir
 

@@ -21,7 +21,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from crm_ledger.adapters.avro import to_json, to_record
-from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
+from crm_ledger.adapters.eventstore import sqlite_env
 from crm_ledger.adapters.kafka import (
     IngestWorker,
     KafkaSettings,
@@ -40,6 +40,7 @@ from tests.integration.conftest import (
     KAFKA_SCRIPT,
     Worker,
     batches,
+    cli_ledger,
     init_ledger,
     kafka_env,
     stored_touchpoints,
@@ -143,19 +144,19 @@ def _split_settled(logs: list[dict[str, Any]]) -> bool:
 
 
 def test_two_workers_split_the_partitions_and_store_every_event_once(
-    kafka: KafkaSettings, codec: Codec, pg_url: str, pg_schema: str
+    kafka: KafkaSettings, codec: Codec, pg_url: str, pg_schema: str, tmp_path: Path
 ) -> None:
     ensure_topics(kafka)
     env = kafka_env(kafka)
-    base = ["--database-url", pg_url, "--database-schema", pg_schema]
-    with Ledger(postgres_env(pg_url, pg_schema)):
-        pass  # create the tables once, before two processes race to
+    keys = tmp_path / "keys"
+    base = ["--database-url", pg_url, "--database-schema", pg_schema, "--data-dir", str(keys)]
+    init_ledger(keys, *base)  # the tables once, before two processes race to make them
     workers = [Worker([*base, "ingest", "--batch-size", "500"], env) for _ in range(2)]
     for worker in workers:  # both joined the group and hold a share before anything arrives
         worker.wait_for(_split_settled)
     batch = events(10_000, seed=9)
     publish(kafka, codec, batch)
-    with Ledger(postgres_env(pg_url, pg_schema)) as ledger:
+    with cli_ledger(keys, database_url=pg_url, schema=pg_schema) as ledger:
         wait_until(lambda: ledger.count_events() >= 10_000, 180, "10,000 events stored")
         for worker in workers:
             worker.stop(signal.SIGTERM)
@@ -201,7 +202,7 @@ def test_a_worker_killed_mid_batch_and_restarted_leaves_one_copy_of_each_event(
     unread = time.monotonic() - final.started
 
     assert kills >= 3, f"the worker finished before it could be killed (seed {seed})"
-    with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
+    with cli_ledger(tmp_path) as ledger:
         assert ledger.count_events() == 20_000, f"seed {seed}"
         assert stored(ledger) == expected(batch), f"seed {seed}"
     print(f"kill test: seed {seed}, last worker {unread:.1f} s (session {SESSION_TIMEOUT_S} s)")
@@ -228,7 +229,7 @@ def test_a_broker_restart_mid_ingest_loses_nothing(
     code, _, err = worker.finish()
     assert code == 0, _errors(err)
 
-    with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
+    with cli_ledger(tmp_path) as ledger:
         assert stored(ledger) == expected(batch)
 
 

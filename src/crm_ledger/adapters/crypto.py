@@ -290,6 +290,12 @@ class DataKeys:
                 stored = self.load(stream)
                 if stored is not None and self.keyring is not None:
                     stored = self.keyring.unwrap(stream, stored)
+                elif stored is not None and stored.startswith(WRAPPED) and len(stored) != 32:
+                    msg = (
+                        "this ledger's data keys are wrapped by a key-encryption key: open it "
+                        "with its key folder (--keys-dir)"
+                    )
+                    raise ConfigurationError(msg)
                 self.keys[stream] = stored
             key = self.keys[stream]
             if key is None:
