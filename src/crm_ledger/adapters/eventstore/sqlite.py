@@ -1,0 +1,402 @@
+"""The SQLite event store: eventsourcing's recorder plus the ledger's receipts, positions, hash
+chain, data keys, checkpoints and outbox, written in the same transaction as the events.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import get_topic
+
+from crm_ledger.adapters.eventstore.mapper import LedgerMapper
+from crm_ledger.adapters.eventstore.recording import (
+    HEADS_QUERY,
+    LOOKUP_CHUNK,
+    OUTBOX_COLUMNS,
+    OUTBOX_FIELDS,
+    SQLITE_CACHE_KIB,
+    SQLITE_ID,
+    LedgerRecording,
+    as_bytes,
+    chunks,
+    raw_cursor,
+    stream_bytes,
+)
+from crm_ledger.application import OutboxLetter, StoredCopy
+from crm_ledger.audit import (
+    ChainLink,
+    Checkpoint,
+    StoredRecord,
+)
+from crm_ledger.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.sqlite import SQLiteCursor
+
+    from crm_ledger.application import Position, Receipt
+
+#: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
+
+
+class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
+    """SQLite recorder that also writes receipts, positions and the hash chain with the
+    events."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        """Add the receipts and positions tables to eventsourcing's own."""
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS ledger_receipts ("
+            "event_id BLOB PRIMARY KEY, originator_id BLOB NOT NULL, "
+            "originator_version INTEGER NOT NULL) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_positions ("
+            "source TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, "
+            "PRIMARY KEY (source, partition)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_chain ("
+            "originator_id BLOB NOT NULL, originator_version INTEGER NOT NULL, "
+            "content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL, "
+            "PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_keys ("
+            "originator_id BLOB PRIMARY KEY, data_key BLOB, destroyed_at TEXT) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS ledger_checkpoints ("
+            "checkpoint_id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, "
+            "position INTEGER NOT NULL, streams INTEGER NOT NULL, digest BLOB NOT NULL, "
+            "signature BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS ledger_checkpoint_heads ("
+            "checkpoint_id INTEGER NOT NULL, originator_id BLOB NOT NULL, "
+            "originator_version INTEGER NOT NULL, chain_hash BLOB NOT NULL, "
+            "PRIMARY KEY (checkpoint_id, originator_id)) WITHOUT ROWID",
+            f"CREATE TABLE IF NOT EXISTS ledger_outbox ({OUTBOX_COLUMNS.format(id=SQLITE_ID)})",
+        ]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # Both primary keys are random UUIDs, so inserts land all over their B-trees: keep
+        # more of them in memory than SQLite's 2 MB default.
+        c.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+        # One executemany instead of eventsourcing's row-by-row inserts (which exist only to
+        # return notification ids, and the ledger does not use them).
+        c.executemany(
+            self.insert_events_statement,
+            [
+                (
+                    s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
+                    s.originator_version,
+                    s.topic,
+                    s.state,
+                )
+                for s in stored_events
+            ],
+        )
+        self._chain(c, stored_events)
+        c.executemany("INSERT INTO ledger_keys VALUES (?,?,NULL)", self.data_keys.take_pending())
+        receipts: Sequence[Receipt] = kwargs.get("receipts", ())
+        c.executemany(
+            "INSERT INTO ledger_receipts VALUES (?,?,?)",
+            [(r.event_id.bytes, r.originator_id.bytes, r.originator_version) for r in receipts],
+        )
+        positions: Sequence[Position] = kwargs.get("positions", ())
+        c.executemany(
+            # Positions only move forward: a stale writer (say, a worker that lost its
+            # partition in a rebalance) cannot send the ledger back to re-read.
+            "INSERT INTO ledger_positions VALUES (?,?,?) ON CONFLICT (source, partition) "
+            "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
+            [(p.source, p.partition, p.next_offset) for p in positions],
+        )
+        letters: Sequence[OutboxLetter] = kwargs.get("dead_letters", ())
+        c.executemany(
+            f"INSERT INTO ledger_outbox ({OUTBOX_FIELDS}) VALUES (?,?,?,?,?,?,?,?)", letters
+        )
+        return None
+
+    def _chain(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
+        """Write each event's content and chain hash."""
+        streams = [stream_bytes(s.originator_id) for s in stored_events]
+        wanted = self.heads.missing(streams, stored_events)
+        found: dict[bytes, tuple[int, bytes]] = {}
+        pairs = list(wanted.items())
+        for start in range(0, len(pairs), LOOKUP_CHUNK // 2):
+            chunk = pairs[start : start + LOOKUP_CHUNK // 2]
+            c.execute(
+                "SELECT originator_id, originator_version, chain_hash FROM ledger_chain "
+                "WHERE (originator_id, originator_version) IN "
+                f"(VALUES {','.join(['(?,?)'] * len(chunk))})",
+                [value for pair in chunk for value in pair],
+            )
+            found.update((row[0], (row[1], row[2])) for row in c.fetchall())
+        links = self.heads.chain(streams, stored_events, found)
+        c.executemany("INSERT INTO ledger_chain VALUES (?,?,?,?)", links)
+
+    def load_key(self, stream: bytes) -> bytes | None:
+        """The stream's data key; None if it has none or it was destroyed."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT data_key FROM ledger_keys WHERE originator_id=?", [stream])
+            row = c.fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    def destroy_key(self, stream: bytes) -> None:
+        """Destroy the stream's data key, leaving no copy in the database files."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA secure_delete=ON")  # freed bytes are overwritten with zeros
+            c.execute(
+                "INSERT INTO ledger_keys VALUES (?,NULL,?) ON CONFLICT (originator_id) "
+                "DO UPDATE SET data_key=NULL, destroyed_at=excluded.destroyed_at",
+                [stream, datetime.now(UTC).isoformat()],
+            )
+        with self.datastore.transaction(commit=False) as c:
+            # Earlier page images in the write-ahead log still hold the key: fold the log
+            # into the database and empty it.
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.data_keys.forget(stream)
+
+    def rewrap_keys(self) -> int:
+        """Wrap every live data key again by the current KEK (in one transaction), leaving no
+        old wrapping in the file; how many keys were re-wrapped."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA secure_delete=ON")
+            c.execute("SELECT originator_id, data_key FROM ledger_keys WHERE data_key NOT NULL")
+            rows = [(bytes(r[0]), bytes(r[1])) for r in c.fetchall()]
+            c.executemany(
+                "UPDATE ledger_keys SET data_key=? WHERE originator_id=?",
+                [(self.data_keys.rewrapped(k, v) or v, k) for k, v in rows],
+            )
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(rows)
+
+    def stored_records(self) -> Iterator[StoredRecord]:
+        """Every stored event, by stream then version (for verification)."""
+        with self.datastore.transaction(commit=False) as c:
+            raw = raw_cursor(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
+                "SELECT originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} ORDER BY originator_id, originator_version"
+            )
+            while rows := raw.fetchmany(10_000):
+                for stream, version, topic, state in rows:
+                    yield StoredRecord(bytes.fromhex(stream), version, str(topic), as_bytes(state))
+
+    def chain_links(self) -> Iterator[ChainLink]:
+        """Every chain row, by stream then version."""
+        with self.datastore.transaction(commit=False) as c:
+            raw = raw_cursor(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute("SELECT * FROM ledger_chain ORDER BY originator_id, originator_version")
+            while rows := raw.fetchmany(10_000):
+                for row in rows:
+                    yield ChainLink(*row)
+
+    def stream_chain(self, stream: bytes) -> list[ChainLink]:
+        """One stream's chain rows, in version order."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT * FROM ledger_chain WHERE originator_id=? ORDER BY originator_version",
+                [stream],
+            )
+            return [ChainLink(*row) for row in c.fetchall()]
+
+    def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
+        """(stream, version, chain hash) of every stream's newest event."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(HEADS_QUERY.format(schema=""))
+            return [(r[0], r[1], r[2]) for r in c.fetchall()]
+
+    def save_checkpoint(
+        self,
+        created: datetime,
+        position: int,
+        digest: bytes,
+        signature: bytes,
+        heads: Sequence[tuple[bytes, int, bytes]],
+    ) -> Checkpoint:
+        """Store a checkpoint and the heads it signed."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "INSERT INTO ledger_checkpoints (created_at, position, streams, digest, signature)"
+                " VALUES (?,?,?,?,?)",
+                [created.isoformat(), position, len(heads), digest, signature],
+            )
+            checkpoint_id = int(raw_cursor(c).lastrowid)
+            c.executemany(
+                "INSERT INTO ledger_checkpoint_heads VALUES (?,?,?,?)",
+                [(checkpoint_id, *h) for h in heads],
+            )
+        return Checkpoint(checkpoint_id, created, position, len(heads), digest, signature)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, oldest first."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT * FROM ledger_checkpoints ORDER BY checkpoint_id")
+            return [
+                Checkpoint(r[0], datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5])
+                for r in c.fetchall()
+            ]
+
+    def snapshot_rows(self) -> Iterator[StoredRecord]:
+        """Every stored snapshot (the snapshot table is named by the Ledger)."""
+        table = getattr(self, "snapshots_table", None)
+        if table is None:
+            return
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT originator_id, originator_version, topic, state FROM {table}")
+            rows = c.fetchall()
+        for r in rows:
+            yield StoredRecord(bytes.fromhex(r[0]), r[1], str(r[2]), as_bytes(r[3]))
+
+    def key_rows(self) -> list[tuple[bytes, bytes | None]]:
+        """(stream, data key) of every key row; None where the key was destroyed."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT originator_id, data_key FROM ledger_keys ORDER BY originator_id")
+            return [(bytes(r[0]), None if r[1] is None else bytes(r[1])) for r in c.fetchall()]
+
+    def checkpoint_heads(self, checkpoint_id: int) -> list[tuple[bytes, int, bytes]]:
+        """The heads a checkpoint signed."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT originator_id, originator_version, chain_hash "
+                "FROM ledger_checkpoint_heads WHERE checkpoint_id=?",
+                [checkpoint_id],
+            )
+            return [(r[0], r[1], r[2]) for r in c.fetchall()]
+
+    def existing_ids(self, originator_ids: Sequence[UUID]) -> set[UUID]:
+        """The subset of ``originator_ids`` that have stored events."""
+        found: set[UUID] = set()
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in chunks(originator_ids):
+                marks = ",".join("?" * len(chunk))
+                c.execute(
+                    f"SELECT DISTINCT originator_id FROM {self.events_table_name} "
+                    f"WHERE originator_id IN ({marks})",
+                    [i.hex for i in chunk],
+                )
+                found.update(UUID(row[0]) for row in c.fetchall())
+        return found
+
+    def receipted_events(self, event_ids: Sequence[UUID]) -> list[StoredCopy]:
+        """The stored events of those of ``event_ids`` already stored."""
+        found: list[StoredCopy] = []
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in chunks(event_ids):
+                marks = ",".join("?" * len(chunk))
+                c.execute(
+                    "SELECT r.event_id, e.originator_id, e.originator_version, e.topic, e.state "
+                    f"FROM ledger_receipts r JOIN {self.events_table_name} e "
+                    "ON e.originator_id = lower(hex(r.originator_id)) "
+                    "AND e.originator_version = r.originator_version "
+                    f"WHERE r.event_id IN ({marks})",
+                    [e.bytes for e in chunk],
+                )
+                found += [
+                    StoredCopy(UUID(bytes=r[0]), UUID(r[1]), r[2], r[3], as_bytes(r[4]))
+                    for r in c.fetchall()
+                ]
+        return found
+
+    def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
+        """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT id, {OUTBOX_FIELDS} FROM ledger_outbox ORDER BY id LIMIT ?", [limit])
+            return [(r[0], OutboxLetter(*tuple(r)[1:])) for r in c.fetchall()]
+
+    def remove_dead_letters(self, ids: Sequence[int]) -> None:
+        """Forget outbox letters the dead-letter topic acknowledged."""
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany("DELETE FROM ledger_outbox WHERE id=?", [(i,) for i in ids])
+
+    def reset_positions(self, source: str) -> int:
+        """Forget every stored position of ``source``; how many partitions had one."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("SELECT COUNT(*) FROM ledger_positions WHERE source=?", [source])
+            count = int(c.fetchone()[0])
+            c.execute("DELETE FROM ledger_positions WHERE source=?", [source])
+            return count
+
+    def positions(self, source: str) -> dict[int, int]:
+        """Partition -> next offset stored for ``source``."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT partition, next_offset FROM ledger_positions WHERE source=?", [source]
+            )
+            return {row[0]: row[1] for row in c.fetchall()}
+
+    def select_log(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """(position, originator id, version, topic, state) of up to ``limit`` notifications
+        after ``after``: the notification log without building library objects."""
+        with self.datastore.transaction(commit=False) as c:
+            raw = raw_cursor(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
+                "SELECT rowid, originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} WHERE rowid>? ORDER BY rowid LIMIT ?",
+                [after, limit],
+            )
+            return cast("list[tuple[Any, ...]]", raw.fetchall())
+
+    def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
+        """(0, originator id, version, topic, state) of one stream's events, in order."""
+        with self.datastore.transaction(commit=False) as c:
+            raw = raw_cursor(c)
+            raw.row_factory = None  # plain tuples, not sqlite3.Row
+            raw.execute(
+                "SELECT 0, originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} WHERE originator_id=? "
+                "ORDER BY originator_version",
+                [originator_id.hex],
+            )
+            return cast("list[tuple[Any, ...]]", raw.fetchall())
+
+    def count_receipts(self) -> int:
+        """How many distinct events the ledger holds."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT COUNT(*) FROM ledger_receipts")
+            return int(c.fetchone()[0])
+
+
+SQLITE_APPLICATION_ID = 0x43524D4C
+
+
+def claim_sqlite(db_path: str, *, create: bool) -> None:
+    """Check that ``db_path`` is a ledger (with ``create``: a ledger, an empty database or no
+    file yet, which then becomes one); raise StoreUnavailable for anything else."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode={'rwc' if create else 'rw'}", uri=True)
+    except sqlite3.Error as e:
+        raise StoreUnavailable(f"cannot open {db_path}: {e}") from None
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        ours = app_id == SQLITE_APPLICATION_ID or (app_id == 0 and "ledger_receipts" in tables)
+        if not ours and (app_id != 0 or tables):
+            msg = f"{db_path} is not a crm-ledger database (another program's file); not touched"
+            raise StoreUnavailable(msg)
+        if not ours and not create:
+            msg = f"no ledger at {db_path}; run `crm-ledger init` or pass --data-dir"
+            raise StoreUnavailable(msg)
+        if app_id != SQLITE_APPLICATION_ID:
+            conn.execute(f"PRAGMA application_id = {SQLITE_APPLICATION_ID}")
+            conn.commit()
+    except sqlite3.DatabaseError as e:
+        raise StoreUnavailable(f"{db_path} is not a crm-ledger database: {e}") from None
+    finally:
+        conn.close()
+
+
+def sqlite_env(db_path: str) -> dict[str, str]:
+    """eventsourcing settings for the ledger's SQLite file."""
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": db_path,
+        "SQLITE_LOCK_TIMEOUT": "30",
+        "APPLICATION_RECORDER_TOPIC": f"{__name__}:LedgerSQLiteRecorder",
+        "MAPPER_TOPIC": get_topic(LedgerMapper),
+    }
