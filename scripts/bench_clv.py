@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from crm_ledger import bootstrap
+from crm_ledger.analytics import clv
 from crm_ledger.config import Settings
-from crm_ledger.projections import clv
 
 ROOT = Path(__file__).resolve().parents[1]
 LIFETIMES_ENV = ROOT / ".cache" / "bench-lifetimes"

@@ -27,6 +27,7 @@ from crm_ledger.adapters.avro import to_json
 from crm_ledger.adapters.charts import impact_chart, tracking_chart
 from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
 from crm_ledger.aggregates import customer_uuid
+from crm_ledger.analytics.impact import METRICS
 from crm_ledger.application import BatchResult, Rejection
 from crm_ledger.audit import verify_export
 from crm_ledger.config import Settings
@@ -37,7 +38,6 @@ from crm_ledger.errors import (
     InvalidInput,
     UnreadableFile,
 )
-from crm_ledger.projections.impact import METRICS
 from crm_ledger.projections.lifetime_value import minor_unit_exponent
 from crm_ledger.projections.model import micros, moment
 from crm_ledger.projections.views import Moment

@@ -21,6 +21,8 @@
     │   └── IncompatibleSchema          a new schema version cannot read older data
     ├── ConfigurationError              settings that cannot work
     ├── StoreUnavailable                the event store cannot be reached or opened
+    │   └── KafkaUnavailable            the Kafka cluster cannot be reached, or refused a request
+    ├── PositionConflict                another process moved a read model's position first
     └── UntrustedSnapshot               a stored snapshot whose seal does not match (never used)
 
 The CLI turns any ``CrmLedgerError`` into one line on stderr and exit code 1; anything else
@@ -148,6 +150,14 @@ class ConfigurationError(CrmLedgerError):
 
 class StoreUnavailable(CrmLedgerError):
     """The event store cannot be reached or opened."""
+
+
+class KafkaUnavailable(StoreUnavailable):
+    """The Kafka cluster cannot be reached, or refused a request."""
+
+
+class PositionConflict(CrmLedgerError):
+    """Another process moved a table set's position first; this batch was not applied."""
 
 
 class UntrustedSnapshot(CrmLedgerError):

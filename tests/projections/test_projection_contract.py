@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound
+from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound, PositionConflict
 from crm_ledger.projections.lifetime_value import LifetimeValue
 from crm_ledger.projections.model import Changes, micros
 from crm_ledger.projections.runtime import (
     BUILDING,
     LIVE,
-    PositionConflict,
     Projector,
     SetWrite,
     _Target,

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from crm_ledger.analytics import clv
 from crm_ledger.errors import InvalidInput
-from crm_ledger.projections import clv
 from crm_ledger.projections.model import micros
 
 START = datetime(2024, 1, 1, tzinfo=UTC)

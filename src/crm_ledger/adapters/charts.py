@@ -10,8 +10,8 @@ mpl.use("Agg")  # no display: files only
 
 import matplotlib.pyplot as plt
 
+from crm_ledger.analytics.impact import CONTROL, EXPOSED
 from crm_ledger.errors import InvalidInput
-from crm_ledger.projections.impact import CONTROL, EXPOSED
 from crm_ledger.projections.model import week_start
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from crm_ledger.errors import (
     CrmLedgerError,
     InvalidEventInBatch,
     InvalidInput,
+    KafkaUnavailable,
     StoreUnavailable,
     UndecodableMessage,
     WrongMessageKey,
@@ -132,10 +133,6 @@ def _lenient_header_names() -> None:
 
 
 _lenient_header_names()
-
-
-class KafkaUnavailable(StoreUnavailable):
-    """The Kafka cluster cannot be reached, or refused a request."""
 
 
 @dataclass(frozen=True, slots=True)

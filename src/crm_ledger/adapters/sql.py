@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from crm_ledger.errors import StoreUnavailable
+from crm_ledger.errors import PositionConflict, StoreUnavailable
 from crm_ledger.projections.model import Rule
 from crm_ledger.projections.runtime import (
     BUILDING,
@@ -23,7 +23,6 @@ from crm_ledger.projections.runtime import (
     RETIRED,
     SNAPSHOT,
     SNAPSHOT_BUILDING,
-    PositionConflict,
     TableSet,
 )
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from crm_ledger.analytics import clv
+from crm_ledger.analytics.clv import DAY_MICROS
 from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound
-from crm_ledger.projections import clv
-from crm_ledger.projections.clv import DAY_MICROS
 from crm_ledger.projections.journey_timeline import TOUCHES
 from crm_ledger.projections.lifetime_value import LTV, minor_unit_exponent
 from crm_ledger.projections.model import micros, moment

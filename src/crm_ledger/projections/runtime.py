@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from crm_ledger.errors import InvalidInput, NotFound
+from crm_ledger.errors import InvalidInput, NotFound, PositionConflict
 from crm_ledger.projections.customer_360 import Customer360
 from crm_ledger.projections.journey_timeline import JourneyTimeline
 from crm_ledger.projections.lifetime_value import LifetimeValue
@@ -69,10 +69,6 @@ class SetWrite:
     table_set: TableSet
     changes: Changes
     position: int
-
-
-class PositionConflict(Exception):
-    """Another process moved a table set's position first; this batch was not applied."""
 
 
 class ProjectionStore(Protocol):

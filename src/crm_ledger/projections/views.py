@@ -12,9 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crm_ledger.aggregates import customer_uuid
-from crm_ledger.errors import CustomerNotFound, InitiativeNotFound, InvalidInput
-from crm_ledger.projections.customer_360 import CUSTOMERS, ORGANISATION_LINKS, SCOPE_ATTRIBUTES
-from crm_ledger.projections.impact import (
+from crm_ledger.analytics.impact import (
     CONTROL,
     EXPOSED,
     METRICS,
@@ -23,6 +21,8 @@ from crm_ledger.projections.impact import (
     Impact,
     measure,
 )
+from crm_ledger.errors import CustomerNotFound, InitiativeNotFound, InvalidInput
+from crm_ledger.projections.customer_360 import CUSTOMERS, ORGANISATION_LINKS, SCOPE_ATTRIBUTES
 from crm_ledger.projections.journey_timeline import (
     TOUCHES,
     JourneyTimeline,
