@@ -19,9 +19,9 @@ from crm_ledger.adapters.kafka import (
     HEADER_ROOM,
     IngestWorker,
     KafkaSettings,
-    _max_message_bytes,
     dead_letters,
     ensure_topics,
+    max_message_bytes,
 )
 from crm_ledger.application import Ledger
 from kafka import KafkaAdminClient, KafkaProducer
@@ -191,7 +191,7 @@ def test_the_dead_letter_topic_is_raised_to_take_the_largest_message_plus_header
             [NewTopic(kafka.dlq_topic, 1, 1, topic_configs={"max.message.bytes": "100000"})]
         )
         ensure_topics(kafka)
-        assert _max_message_bytes(admin, kafka.dlq_topic) == TOPIC_LIMIT + HEADER_ROOM
+        assert max_message_bytes(admin, kafka.dlq_topic) == TOPIC_LIMIT + HEADER_ROOM
     finally:
         admin.close()
 
@@ -259,7 +259,7 @@ def _limit_dlq(kafka: KafkaSettings, max_bytes: int) -> None:
         )
         admin.alter_configs([resource])
         wait_until(
-            lambda: _max_message_bytes(admin, kafka.dlq_topic) == max_bytes, 30, "DLQ limit set"
+            lambda: max_message_bytes(admin, kafka.dlq_topic) == max_bytes, 30, "DLQ limit set"
         )
     finally:
         admin.close()

@@ -1,11 +1,10 @@
-"""Kafka transport: the Publisher, the exactly-once ingest worker, the dead-letter topic and lag.
-The only importer of kafka-python.
+"""The exactly-once ingest worker.
 
-Exactly once: the ingest worker stores each batch's events together with the (topic,
-partition, next offset) positions in one ledger transaction, and on every (re)assignment seeks
-to the ledger's stored positions, not to Kafka's committed offsets (those are committed after
-the transaction only so that lag tools see progress). A crash at any instant therefore neither
-loses nor duplicates an event; event_id dedup is a second line of defence.
+The worker stores each batch's events together with the (topic, partition, next offset)
+positions in one ledger transaction, and on every (re)assignment seeks to the ledger's stored
+positions, not to Kafka's committed offsets (those are committed after the transaction only so
+that lag tools see progress). A crash at any instant therefore neither loses nor duplicates an
+event; event_id dedup is a second line of defence. Every message is stored or dead-lettered.
 """
 
 from __future__ import annotations
@@ -15,58 +14,40 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
-from kafka.record.default_records import DefaultRecordBatch
+from kafka.errors import KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from crm_ledger.aggregates import check_touchpoint
+from crm_ledger.adapters.kafka.client import (
+    KafkaSettings,
+    ensure_topics,
+    new_consumer,
+    new_producer,
+)
 from crm_ledger.application import OutboxLetter, Position
 from crm_ledger.errors import (
     ConfigurationError,
-    CrmLedgerError,
-    InvalidEventInBatch,
     InvalidInput,
     KafkaUnavailable,
     StoreUnavailable,
     UndecodableMessage,
     WrongMessageKey,
 )
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from uuid import UUID
 
     from crm_ledger.adapters.avro import Codec
     from crm_ledger.aggregates import Touchpoint
     from crm_ledger.application import Ledger
 
-log = logging.getLogger("crm_ledger.ingest")
-
-TOPIC = "crm.touchpoints"
-DLQ_TOPIC = "crm.touchpoints.dlq"
-GROUP = "crm-ledger-ingest"
-REDRIVE_SOURCE_PREFIX = "redrive:"
-T = TypeVar("T")
-DAY_MS = 86_400_000
-DELIVERY_TIMEOUT_S = 120
-
-#: A crashed worker's partitions are taken over within this, plus a rebalance.
-SESSION_TIMEOUT_MS = 10_000
-HEARTBEAT_INTERVAL_MS = 3_000
 
 #: An unexpected error on one message (or batch) is retried this many times.
 MESSAGE_ATTEMPTS = 3
 #: A poll that fails for a reason retrying cannot mend stops the worker after this many.
 POLL_ATTEMPTS = 5
-#: The broker's default largest message (message.max.bytes), for a topic that sets none.
-BROKER_MAX_MESSAGE_BYTES = 1_048_588
-#: Room for the dead-letter headers beyond the largest message the source topic takes.
-HEADER_ROOM = 64 * 1024
 #: The error message kept in a dead letter's header, at most.
 MAX_REASON_BYTES = 4000
 #: Dead letters sent at a time from the outbox, and the pause before retrying a refused one.
@@ -75,256 +56,9 @@ OUTBOX_RETRY_S = 30.0
 SEND_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_MS = 2_000
 
+log = logging.getLogger("crm_ledger.ingest")
 
-class _RawHeaderName(str):
-    """A header name that is not UTF-8: its bytes kept as they came (``encode`` gives them
-    back, as kafka-python's size accounting asks for)."""
-
-    raw: bytes
-
-    def __new__(cls, raw: bytes) -> _RawHeaderName:
-        name = super().__new__(cls, raw.decode("utf-8", "surrogateescape"))
-        name.raw = raw
-        return name
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return self.raw
-
-
-class _SurrogateName(bytes):
-    """A header name's bytes that decode whatever they hold."""
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        try:
-            return bytes.decode(self, encoding)
-        except UnicodeDecodeError:
-            return _RawHeaderName(bytes(self))
-
-
-class _LenientBuffer(bytearray):
-    """A record batch's buffer whose slices decode without failing."""
-
-    def __getitem__(self, index: Any) -> Any:
-        item = super().__getitem__(index)
-        return _SurrogateName(item) if isinstance(index, slice) else item
-
-
-def _lenient_header_names() -> None:
-    """Let kafka-python read header names that are not UTF-8.
-
-    Kafka's protocol calls a header name a string but brokers pass any bytes, and kafka-python
-    decodes names strictly: one such message made every poll of its partition fail, so the
-    worker never got past it. A batch that fails so is read again with such names kept as
-    their bytes (only then: the common path is untouched).
-    """
-    strict = DefaultRecordBatch._read_msg
-    if getattr(strict, "lenient", False):
-        return
-
-    def read_msg(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return strict(self, *args, **kwargs)
-        except UnicodeDecodeError:
-            self._buffer = _LenientBuffer(self._buffer)
-            return strict(self, *args, **kwargs)
-
-    read_msg.lenient = True  # type: ignore[attr-defined]
-    DefaultRecordBatch._read_msg = read_msg
-
-
-_lenient_header_names()
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaSettings:
-    """Where and how the ledger talks to Kafka."""
-
-    bootstrap: str
-    topic: str = TOPIC
-    dlq_topic: str = DLQ_TOPIC
-    group: str = GROUP
-    partitions: int = 6
-    retention_days: int = 7
-    session_timeout_ms: int = SESSION_TIMEOUT_MS
-    heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
-    #: Dead-letter a message whose key is not its event's customer_id.
-    check_keys: bool = True
-
-
-def _connect(client: Callable[..., T], bootstrap: str, **config: Any) -> T:
-    """A kafka-python client, or KafkaUnavailable saying why there is none."""
-    try:
-        return client(bootstrap_servers=bootstrap, bootstrap_timeout_ms=10_000, **config)
-    except KafkaError as e:
-        raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {e}") from None
-
-
-def _consumer(bootstrap: str, **config: Any) -> KafkaConsumer:
-    return _connect(KafkaConsumer, bootstrap, metrics_enabled=False, **config)
-
-
-def _producer(bootstrap: str, **config: Any) -> KafkaProducer:
-    return _connect(
-        KafkaProducer,
-        bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        allow_auto_create_topics=False,
-        metrics_enabled=False,
-        **config,
-    )
-
-
-def ensure_topics(settings: KafkaSettings) -> int:
-    """Create the touchpoint and dead-letter topics if missing, with bounded retention, and
-    let the dead-letter topic take the largest message the touchpoint topic takes plus the
-    dead-letter headers. Returns the dead-letter topic's largest message, in bytes."""
-    config = {"retention.ms": str(settings.retention_days * DAY_MS)}
-    admin = _connect(KafkaAdminClient, settings.bootstrap, request_timeout_ms=30_000)
-    try:
-        _create(admin, settings.topic, settings.partitions, config)
-        source_max = _max_message_bytes(admin, settings.topic)
-        dlq_max = source_max + HEADER_ROOM
-        dlq_config = {**config, "max.message.bytes": str(dlq_max)}
-        created = _create(admin, settings.dlq_topic, settings.partitions, dlq_config)
-        if not created and _max_message_bytes(admin, settings.dlq_topic) < dlq_max:
-            resource = ConfigResource(
-                ConfigResourceType.TOPIC,
-                settings.dlq_topic,
-                configs={"max.message.bytes": str(dlq_max)},
-            )
-            admin.alter_configs([resource])
-    except KafkaError as e:
-        raise KafkaUnavailable(f"cannot set up the topics at {settings.bootstrap}: {e}") from None
-    finally:
-        admin.close()
-    return dlq_max
-
-
-def _create(admin: Any, name: str, partitions: int, config: dict[str, str]) -> bool:
-    """Create topic ``name`` unless it exists; True if this call created it."""
-    if name in set(admin.list_topics()):
-        return False
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
-    except TopicAlreadyExistsError:  # another process got there between our look and ask
-        return False
-    return True
-
-
-def _max_message_bytes(admin: Any, topic: str) -> int:
-    """The largest message ``topic`` accepts (its own setting or the broker's default)."""
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None})
-    described = admin.describe_configs([resource], config_filter="all")
-    for by_name in described.values():
-        entry = by_name.get(topic, {}).get("max.message.bytes")
-        if entry and entry.get("value"):
-            return int(entry["value"])
-    return BROKER_MAX_MESSAGE_BYTES
-
-
-# Publishing.
-
-
-class PublishResult(NamedTuple):
-    """Where one event landed, or why it did not."""
-
-    event_id: UUID
-    customer_id: str
-    partition: int | None
-    offset: int | None
-    error: str | None = None
-
-
-class Publisher:
-    """Publishes touchpoints to Kafka: validated, Avro in the Confluent wire format, keyed by
-    customer id (murmur2 partitioning, as the Java client), idempotent with acks=all."""
-
-    def __init__(
-        self,
-        settings: KafkaSettings,
-        codec: Codec,
-        *,
-        linger_ms: int = 20,
-        batch_bytes: int = 512 * 1024,
-        clock: Callable[[], datetime] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.codec = codec
-        self._clock = clock or (lambda: datetime.now(UTC))
-        ensure_topics(settings)
-        self._producer = _producer(
-            settings.bootstrap,
-            linger_ms=linger_ms,
-            batch_size=batch_bytes,
-            max_in_flight_requests_per_connection=5,
-        )
-
-    def encode(self, tp: Touchpoint) -> bytes:
-        """The wire bytes of ``tp``, after the same checks the ledger applies."""
-        check_touchpoint(tp, now=self._clock())
-        return self.codec.encode(tp)
-
-    def send(self, tp: Touchpoint) -> Any:
-        """Send one event without waiting; returns kafka-python's future."""
-        return self._send(tp, self.encode(tp))
-
-    def _send(self, tp: Touchpoint, value: bytes) -> Any:
-        return self._producer.send(self.settings.topic, key=tp.customer_id.encode(), value=value)
-
-    def publish(self, tp: Touchpoint) -> PublishResult:
-        """Send one event and wait for the broker; raises KafkaUnavailable if it failed."""
-        result = self._wait(tp, self.send(tp))
-        if result.error:
-            raise KafkaUnavailable(f"event {tp.event_id} was not delivered: {result.error}")
-        return result
-
-    def publish_many(self, touchpoints: Sequence[Touchpoint]) -> list[PublishResult]:
-        """Validate and encode every event, then send them all (batched) and wait.
-
-        All or nothing on bad input: an invalid event raises before anything is sent. One
-        result per event, in order; a delivery failure is reported in its result.
-        """
-        values = []
-        for index, tp in enumerate(touchpoints):
-            try:
-                values.append(self.encode(tp))
-            except InvalidInput as e:
-                raise InvalidEventInBatch(index, e) from None
-        pending = [self._send(tp, value) for tp, value in zip(touchpoints, values, strict=True)]
-        self._producer.flush(timeout=DELIVERY_TIMEOUT_S)
-        results = []
-        for tp, future in zip(touchpoints, pending, strict=True):
-            if future.is_done and future.succeeded():  # the common case, without get()'s work
-                meta = future.value
-                results.append(
-                    PublishResult(tp.event_id, tp.customer_id, meta.partition, meta.offset)
-                )
-            else:
-                results.append(self._wait(tp, future))
-        return results
-
-    def _wait(self, tp: Touchpoint, future: Any) -> PublishResult:
-        try:
-            meta = future.get(timeout=DELIVERY_TIMEOUT_S)
-        except KafkaError as e:
-            return PublishResult(tp.event_id, tp.customer_id, None, None, repr(e))
-        return PublishResult(tp.event_id, tp.customer_id, meta.partition, meta.offset)
-
-    def flush(self) -> None:
-        """Wait until everything sent so far is acknowledged."""
-        self._producer.flush()
-
-    def close(self) -> None:
-        """Flush and close the producer."""
-        self._producer.close()
-
-    def __enter__(self) -> Publisher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
+log = logging.getLogger("crm_ledger.ingest")
 
 # Ingesting.
 
@@ -405,7 +139,7 @@ class IngestWorker:
         self._poll_failures = 0
         self.stats = IngestStats()
         dlq_bytes = ensure_topics(settings)
-        self._consumer = _consumer(
+        self._consumer = new_consumer(
             settings.bootstrap,
             group_id=settings.group,
             enable_auto_commit=False,
@@ -422,7 +156,7 @@ class IngestWorker:
         )
         # A send never blocks for long (a stop must come within seconds): what is not sent
         # stays in the outbox.
-        self._dlq = _producer(
+        self._dlq = new_producer(
             settings.bootstrap, max_request_size=dlq_bytes, max_block_ms=int(SEND_TIMEOUT_S * 1000)
         )
         self._consumer.subscribe([settings.topic], listener=_SeekToLedger(self))
@@ -815,119 +549,3 @@ def dead_letter_headers(letter: OutboxLetter) -> list[tuple[str, bytes]]:
         ("source.offset", str(letter.offset).encode()),
         ("dlq.time", letter.at.encode()),
     ]
-
-
-# Dead-letter inspection and redrive, lag.
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One message in the dead-letter topic."""
-
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: dict[str, str]
-
-
-def read_topic(bootstrap: str, topic: str, start: dict[int, int] | None = None) -> list[Any]:
-    """Every record of ``topic`` from ``start`` (partition -> offset) to its current end."""
-    consumer = _consumer(bootstrap, enable_auto_commit=False, group_id=None)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        ends = consumer.end_offsets(partitions)
-        for tp in partitions:
-            consumer.seek(tp, (start or {}).get(tp.partition, 0))
-        records: list[Any] = []
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            for batch in consumer.poll(timeout_ms=1000).values():
-                records.extend(
-                    r for r in batch if r.offset < ends[TopicPartition(topic, r.partition)]
-                )
-        return sorted(records, key=lambda r: (r.partition, r.offset))
-    finally:
-        consumer.close()
-
-
-def dead_letters(settings: KafkaSettings, start: dict[int, int] | None = None) -> list[DeadLetter]:
-    """The dead-letter topic's messages (from ``start``)."""
-    return [
-        DeadLetter(
-            r.partition,
-            r.offset,
-            r.key,
-            r.value,
-            {k: v.decode(errors="replace") for k, v in r.headers},
-        )
-        for r in read_topic(settings.bootstrap, settings.dlq_topic, start)
-    ]
-
-
-def redrive(settings: KafkaSettings, ledger: Ledger) -> list[DeadLetter]:
-    """Re-publish dead letters not redriven before to their source topic (after a fix).
-
-    How far redrive has gone is kept in the ledger's positions, so each message is redriven
-    once; one that fails again lands in the DLQ anew.
-    """
-    source = f"{REDRIVE_SOURCE_PREFIX}{settings.dlq_topic}"
-    done = ledger.positions(source)
-    letters = dead_letters(settings, done)
-    if not letters:
-        return []
-    producer = _producer(settings.bootstrap, max_request_size=ensure_topics(settings))
-    try:
-        futures = [
-            producer.send(
-                letter.headers.get("source.topic", settings.topic),
-                key=letter.key,
-                value=letter.value,
-                headers=[("redriven.from", f"{letter.partition}/{letter.offset}".encode())],
-            )
-            for letter in letters
-        ]
-        producer.flush()
-        for future in futures:
-            future.get(timeout=60)
-    finally:
-        producer.close()
-    last: dict[int, int] = {}
-    for letter in letters:
-        last[letter.partition] = max(last.get(letter.partition, -1), letter.offset)
-    ledger.record_many([], [Position(source, p, o + 1) for p, o in last.items()])
-    return letters
-
-
-@dataclass(frozen=True, slots=True)
-class Lag:
-    """One partition's ledger position against the topic's end."""
-
-    partition: int
-    ledger_position: int
-    end_offset: int
-
-    @property
-    def lag(self) -> int:
-        """Messages in the topic the ledger has not taken yet."""
-        return self.end_offset - self.ledger_position
-
-
-def lag(settings: KafkaSettings, ledger: Ledger) -> list[Lag]:
-    """Per partition: the ledger's stored position against the topic's end offset."""
-    consumer = _consumer(settings.bootstrap, group_id=None)
-    try:
-        partitions = [
-            TopicPartition(settings.topic, p)
-            for p in sorted(consumer.partitions_for_topic(settings.topic) or ())
-        ]
-        if not partitions:
-            raise CrmLedgerError(f"topic {settings.topic} does not exist")
-        ends = consumer.end_offsets(partitions)
-        begins = consumer.beginning_offsets(partitions)
-    finally:
-        consumer.close()
-    stored = ledger.positions(settings.topic)
-    return [Lag(tp.partition, stored.get(tp.partition, begins[tp]), ends[tp]) for tp in partitions]

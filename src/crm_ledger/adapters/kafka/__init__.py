@@ -1,0 +1,43 @@
+"""Kafka transport: the Publisher, the exactly-once ingest worker, the dead-letter topic and lag.
+The only importer of kafka-python."""
+
+from crm_ledger.adapters.kafka.client import (
+    DLQ_TOPIC,
+    GROUP,
+    HEADER_ROOM,
+    TOPIC,
+    KafkaSettings,
+    ensure_topics,
+    max_message_bytes,
+)
+from crm_ledger.adapters.kafka.ingest import IngestStats, IngestWorker, dead_letter_headers
+from crm_ledger.adapters.kafka.operations import (
+    DeadLetter,
+    Lag,
+    dead_letters,
+    lag,
+    read_topic,
+    redrive,
+)
+from crm_ledger.adapters.kafka.publisher import Publisher, PublishResult
+
+__all__ = [
+    "DLQ_TOPIC",
+    "GROUP",
+    "HEADER_ROOM",
+    "TOPIC",
+    "DeadLetter",
+    "IngestStats",
+    "IngestWorker",
+    "KafkaSettings",
+    "Lag",
+    "PublishResult",
+    "Publisher",
+    "dead_letter_headers",
+    "dead_letters",
+    "ensure_topics",
+    "lag",
+    "max_message_bytes",
+    "read_topic",
+    "redrive",
+]
