@@ -1,0 +1,224 @@
+"""Audit commands (checkpoints, verification, history, exports) and the key folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from crm_ledger import bootstrap
+from crm_ledger.aggregates import customer_uuid
+from crm_ledger.audit import verify_export
+from crm_ledger.cli.base import Context, cli, emit, emit_record, parse_when, pass_context
+from crm_ledger.errors import (
+    InvalidInput,
+)
+
+if TYPE_CHECKING:
+    import io
+
+
+@cli.group()
+def audit() -> None:
+    """Tamper-evident history: signed checkpoints and verification."""
+
+
+@audit.command("checkpoint")
+@pass_context
+def audit_checkpoint(ctx: Context) -> None:
+    """Sign (Ed25519) the current head of every stream's hash chain into a checkpoint.
+
+    The signature covers every field and the link to the previous checkpoint; the receipt is
+    appended to the auditor's copy (CRM_LEDGER_AUDIT_RECEIPTS; default in the key folder),
+    against which `audit verify` finds checkpoints removed from the database.
+    """
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        cp = bootstrap.open_auditor(ctx.settings, ledger).checkpoint()
+    emit_record(
+        ctx,
+        {
+            "checkpoint": cp.checkpoint_id,
+            "created_at": cp.created_at,
+            "position": cp.position,
+            "streams": cp.streams,
+            "digest": cp.digest.hex(),
+            "receipt": str(bootstrap.receipts_path(ctx.settings)),
+        },
+        title="checkpoint signed",
+    )
+
+
+@audit.command("verify")
+@click.option(
+    "--since",
+    type=click.IntRange(1),
+    metavar="CHECKPOINT",
+    help="Check only against checkpoints from this one on.",
+)
+@pass_context
+def audit_verify(ctx: Context, since: int | None) -> None:
+    """Recompute every event's hash and every stream's chain from the stored bytes, compare
+    them with the stored chain and the signed checkpoints, and report each modified,
+    deleted, reordered or inserted event by stream and version. Exits 1 if anything is wrong."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        started = time.perf_counter()
+        result = bootstrap.open_auditor(ctx.settings, ledger).verify(since=since)
+        seconds = time.perf_counter() - started
+        names = {f.stream: ledger.stream_name(f.stream) for f in result.findings if f.stream}
+    rows = [
+        {
+            "stream": f.stream.hex() if f.stream else "",
+            "subject": names.get(f.stream) or "",
+            "version": f.version,
+            "problem": f.problem,
+            "detail": f.detail,
+        }
+        for f in result.findings
+    ]
+    summary = (
+        f"{result.events:,} events in {result.streams:,} streams, {result.checkpoints} "
+        f"checkpoints checked in {seconds:.1f} s: "
+        + ("intact" if result.ok else f"{len(result.findings)} problems")
+    )
+    if ctx.output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "events": result.events,
+                    "streams": result.streams,
+                    "checkpoints": result.checkpoints,
+                    "findings": rows,
+                },
+                indent=2,
+            )
+        )
+    elif rows:
+        emit(ctx, rows, title=summary)
+    else:
+        ctx.out.print(summary)
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@audit.command("history")
+@click.argument("customer_id")
+@click.option("--as-of", "as_of", metavar="TIME", help="Only facts recorded by TIME.")
+@pass_context
+def audit_history(ctx: Context, customer_id: str, as_of: str | None) -> None:
+    """Every fact about CUSTOMER_ID: who (actor), which service (source), when it occurred
+    and when it was recorded, with the event's content and chain hash."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        entries = ledger.history(customer_id, as_of=parse_when(as_of))
+        auditor = bootstrap.open_auditor(ctx.settings, ledger)
+        links = {
+            link.version: link
+            for link in auditor.store.stream_chain(customer_uuid(customer_id).bytes)
+        }
+    rows: list[dict[str, Any]] = []
+    for e in entries:
+        link = links.get(e.version)
+        rows.append(
+            {
+                "version": e.version,
+                "fact": e.event_type,
+                "actor": e.actor,
+                "source": e.source,
+                "occurred_at": e.occurred_at,
+                "recorded_at": e.recorded_at,
+                "event_id": str(e.event_id),
+                "content_hash": link.content.hex() if link else None,
+                "chain_hash": link.chained.hex() if link else None,
+            }
+        )
+    if ctx.output == "table":
+        for row in rows:
+            row["occurred_at"] = f"{row['occurred_at']:%Y-%m-%d %H:%M:%S}"
+            row["recorded_at"] = f"{row['recorded_at']:%Y-%m-%d %H:%M:%S}"
+            row["content_hash"] = (row["content_hash"] or "")[:12]
+            row["chain_hash"] = (row["chain_hash"] or "")[:12]
+            del row["event_id"]
+    emit(ctx, rows, title=f"audit history of {customer_id}{' as of ' + as_of if as_of else ''}")
+
+
+@audit.command("export")
+@click.argument("customer_id")
+@click.option("--out", type=click.File("w"), default="-", help="JSON Lines file [stdout].")
+@pass_context
+def audit_export(ctx: Context, customer_id: str, out: io.TextIOBase) -> None:
+    """Write CUSTOMER_ID's stored events as JSON Lines for an external auditor, with the
+    proofs to check them offline (crm-ledger audit verify-export): each event's bytes and
+    hashes, the newest checkpoint that signed the stream, and the heads it signed."""
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        ledger.customer(customer_id)  # a clear error for an unknown customer
+        auditor = bootstrap.open_auditor(ctx.settings, ledger)
+        for line in auditor.export(customer_uuid(customer_id).bytes):
+            if line["kind"] == "header":
+                line["customer_id"] = customer_id
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+@audit.command("verify-export")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The ledger's public key (crm-ledger audit public-key).",
+)
+@pass_context
+def audit_verify_export(ctx: Context, file: Path, public_key: Path) -> None:
+    """Check an export offline, with nothing but the file and the public key: every event's
+    hashes from its bytes, the chain, the signed head, the checkpoint's digest and signature.
+    Exits 1 if anything is wrong."""
+    signer = bootstrap.verifier(public_key.read_bytes())
+    try:
+        lines = [json.loads(line) for line in file.read_bytes().splitlines() if line.strip()]
+        if not all(isinstance(line, dict) for line in lines):
+            raise ValueError("every line must be a JSON object")
+        findings = verify_export(lines, signer)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InvalidInput(f"{file} is not an audit export: {e}") from None
+    except RecursionError:
+        raise InvalidInput(f"{file} is not an audit export: nested too deeply") from None
+    rows = [{"version": f.version, "problem": f.problem, "detail": f.detail} for f in findings]
+    events = sum(1 for line in lines if line.get("kind") == "event")
+    if ctx.output == "json":
+        click.echo(json.dumps({"ok": not findings, "events": events, "findings": rows}, indent=2))
+    elif rows:
+        emit(ctx, rows, title=f"{file}: {len(rows)} problems")
+    else:
+        ctx.out.print(f"{file}: {events} events, chain and signed checkpoint verified")
+    if findings:
+        raise SystemExit(1)
+
+
+@audit.command("public-key")
+@pass_context
+def audit_public_key(ctx: Context) -> None:
+    """Print the public key that verifies this ledger's checkpoints (PEM)."""
+    click.echo(bootstrap.open_signer(ctx.settings).public_pem(), nl=False)
+
+
+@cli.group()
+def keys() -> None:
+    """The keys kept outside the database (the key folder, --keys-dir)."""
+
+
+@keys.command("rotate")
+@pass_context
+def keys_rotate(ctx: Context) -> None:
+    """Wrap every customer's data key by a new key-encryption key and destroy the old one.
+
+    `erase` does this itself; run it after restoring a backup, or on a schedule, so that data
+    keys in old WAL segments and backups can no longer be unwrapped.
+    """
+    with bootstrap.open_ledger(ctx.settings) as ledger:
+        count = ledger.rotate_keys()
+    emit_record(
+        ctx, {"data_keys": count, "key_folder": str(ctx.settings.key_folder)}, title="rotated"
+    )

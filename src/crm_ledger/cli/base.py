@@ -1,0 +1,238 @@
+"""The root command, its options and context, and the one-line error handling every command
+shares; plus how results are printed (table, JSON, CSV) and progress bars."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from crm_ledger import __version__
+from crm_ledger.config import Settings
+from crm_ledger.errors import (
+    CrmLedgerError,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+FORMATS = ("table", "json", "csv")
+
+
+class Context:
+    """What the global options decided, handed to every command."""
+
+    def __init__(self, settings: Settings, output: str) -> None:
+        self.settings = settings
+        self.output = output
+        # Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns.
+        self.out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def parse_when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        msg = f"{value!r} is not an ISO 8601 time such as 2025-03-01T12:00:00Z"
+        raise click.BadParameter(msg) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_moment(value: str) -> datetime:
+    moment = parse_when(value)
+    if moment is None:
+        raise click.BadParameter("a time is required")
+    return moment
+
+
+# Output.
+
+
+def plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()  # full precision: a printed time must work as --as-of
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, sort_keys=True)
+    if value is None:
+        return ""
+    return str(value)
+
+
+def emit(ctx: Context, rows: Sequence[dict[str, Any]], title: str | None = None) -> None:
+    """Print rows as a table, JSON (a list of objects) or CSV, by ``--format``."""
+    if ctx.output == "json":
+        click.echo(json.dumps(list(rows), default=json_default, indent=2))
+        return
+    columns = list(rows[0]) if rows else []
+    if ctx.output == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: plain(v) for k, v in row.items()} for row in rows)
+        click.echo(buffer.getvalue(), nl=False)
+        return
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(plain(row[c]) for c in columns))
+    ctx.out.print(table)
+
+
+def emit_record(ctx: Context, record: dict[str, Any], title: str) -> None:
+    """Print one object: a two-column table, a JSON object, or CSV field,value rows."""
+    if ctx.output == "json":
+        click.echo(json.dumps(record, default=json_default, indent=2))
+        return
+    emit(ctx, [{"field": k, "value": v} for k, v in record.items()], title=title)
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+# Errors: one line, exit code 1.
+
+
+class LedgerGroup(click.Group):
+    """Turns every CrmLedgerError, and every usage error, into one line on stderr and exit
+    code 1."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI; a usage error is one line naming the problem and where help is."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            click.echo(f"crm-ledger: error: {e.format_message()}{where}", err=True)
+            sys.exit(1)
+        except click.ClickException as e:
+            click.echo(f"crm-ledger: error: {e.format_message()}", err=True)
+            sys.exit(1)
+        except click.Abort:
+            click.echo("crm-ledger: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, reporting ledger errors without a traceback."""
+        try:
+            return super().invoke(ctx)
+        except CrmLedgerError as e:
+            click.echo(f"crm-ledger: error: {e}", err=True)
+            ctx.exit(1)
+        except BrokenPipeError:
+            ctx.exit(1)
+
+
+@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="crm-ledger")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the embedded SQLite ledger [env CRM_LEDGER_DATA_DIR; "
+    "default ~/.local/share/crm-ledger].",
+)
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="PostgreSQL store, postgresql://user:pass@host:5432/db, instead of SQLite "
+    "[env CRM_LEDGER_DATABASE_URL].",
+)
+@click.option(
+    "--database-schema",
+    metavar="NAME",
+    help="PostgreSQL schema to keep the ledger in [env CRM_LEDGER_DATABASE_SCHEMA; public].",
+)
+@click.option(
+    "--schemas-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Folder of the Avro schemas and registry.json [env CRM_LEDGER_SCHEMAS_DIR].",
+)
+@click.option(
+    "--keys-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the keys that must not sit with the data (checkpoint signing, snapshot "
+    "seal) [env CRM_LEDGER_KEYS_DIR; default DATA_DIR.keys beside the data folder].",
+)
+@click.option(
+    "--bootstrap-servers",
+    metavar="HOST:PORT",
+    help="Kafka cluster for publish, ingest, dlq and lag [env KAFKA_BOOTSTRAP_SERVERS].",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="How to print results.",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    data_dir: Path | None,
+    database_url: str | None,
+    database_schema: str | None,
+    schemas_dir: Path | None,
+    keys_dir: Path | None,
+    bootstrap_servers: str | None,
+    output: str,
+) -> None:
+    """crm-ledger: every customer touchpoint as an immutable, schema-checked event.
+
+    Record and import touchpoints, then look at customers and their full history. The
+    ledger lives in an SQLite file under --data-dir unless --database-url names PostgreSQL.
+    """
+    settings = Settings.from_env(
+        data_dir=data_dir,
+        database_url=database_url,
+        database_schema=database_schema,
+        schemas_dir=schemas_dir,
+        keys_dir=keys_dir,
+        kafka_bootstrap=bootstrap_servers,
+    )
+    ctx.obj = Context(settings, output)
+
+
+def progress_bar(ctx: Context) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} ev/s"),
+        TimeRemainingColumn(),
+        console=ctx.err,
+        disable=not ctx.err.is_terminal,
+        transient=False,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="crm-ledger")
