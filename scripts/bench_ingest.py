@@ -140,7 +140,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from crm_ledger.adapters.eventstore import sqlite_env
     from crm_ledger.adapters.kafka import KafkaSettings, Publisher, ensure_topics
     from crm_ledger.application import Ledger
-    from crm_ledger.synthetic import generate
+    from crm_ledger.sources.synthetic import generate
     from kafka import KafkaConsumer, KafkaProducer
 
     n = args.events

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from crm_ledger import bootstrap
 from crm_ledger.adapters.eventstore import drop_postgres_schema, postgres_env, sqlite_env
 from crm_ledger.application import Ledger
-from crm_ledger.synthetic import generate
+from crm_ledger.sources.synthetic import generate
 
 if TYPE_CHECKING:
     from crm_ledger.aggregates import Touchpoint

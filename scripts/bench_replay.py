@@ -39,7 +39,7 @@ from crm_ledger import bootstrap
 from crm_ledger.aggregates import Touchpoint
 from crm_ledger.config import Settings
 from crm_ledger.projections.views import Moment
-from crm_ledger.synthetic import generate
+from crm_ledger.sources.synthetic import generate
 
 if TYPE_CHECKING:
     from crm_ledger.application import Ledger

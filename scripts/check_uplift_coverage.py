@@ -17,7 +17,7 @@ from pathlib import Path
 
 from crm_ledger import bootstrap
 from crm_ledger.config import Settings
-from crm_ledger.synthetic import generate
+from crm_ledger.sources.synthetic import generate
 
 
 def one_seed(seed: int, customers: int, metric: str, resamples: int) -> dict[str, float]:

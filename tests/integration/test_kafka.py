@@ -33,7 +33,7 @@ from crm_ledger.adapters.kafka import (
 )
 from crm_ledger.application import Ledger
 from crm_ledger.errors import CustomerNotFound
-from crm_ledger.synthetic import generate
+from crm_ledger.sources.synthetic import generate
 from kafka import KafkaProducer
 from tests.factories import tp
 from tests.integration.conftest import (

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from crm_ledger import bootstrap
-from crm_ledger.adapters import sources
 from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
 from crm_ledger.cli.base import Context, cli, emit, emit_record, pass_context, progress_bar
 from crm_ledger.errors import (
     InvalidEventInBatch,
     InvalidInput,
 )
+from crm_ledger.sources import files as sources
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from crm_ledger import bootstrap
-from crm_ledger.adapters import sources
 from crm_ledger.adapters.avro import to_json
 from crm_ledger.application import BatchResult, Rejection
 from crm_ledger.cli.base import (
@@ -27,6 +26,7 @@ from crm_ledger.errors import (
     InvalidInput,
     UnreadableFile,
 )
+from crm_ledger.sources import files as sources
 
 if TYPE_CHECKING:
     import io
@@ -311,7 +311,7 @@ def status(ctx: Context) -> None:
 @pass_context
 def generate(ctx: Context, seed: int, customers: int, out: Path) -> None:
     """Write a realistic synthetic multi-channel history (18 months) as JSON Lines."""
-    from crm_ledger.synthetic import generate as build
+    from crm_ledger.sources.synthetic import generate as build
 
     events, truth = build(seed, customers=customers)
     out.parent.mkdir(parents=True, exist_ok=True)
