@@ -160,7 +160,10 @@ class Keyring:
         ``stream``'s). A key stored before wrapping existed is returned as it is."""
         if not blob.startswith(WRAPPED):
             return blob if len(blob) == 32 else None
-        kek = self.keks.get(int.from_bytes(blob[2:6], "big"))
+        number = int.from_bytes(blob[2:6], "big")
+        if number not in self.keks and (self.folder / f"kek-{number}.key").exists():
+            self._load()  # rotated by another process (or another Keyring) since we loaded
+        kek = self.keks.get(number)
         if kek is None:
             return None
         try:
