@@ -12,12 +12,11 @@ import copy
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     ConnectionUnavailableError,
     EventStore,
@@ -29,8 +28,6 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment
 
 from crm_ledger.aggregates import (
-    CATALOGUE,
-    PERSONAL_FIELDS,
     Customer,
     Initiative,
     Organisation,
@@ -40,10 +37,18 @@ from crm_ledger.aggregates import (
     customer_uuid,
     subject_uuid,
 )
-from crm_ledger.aggregates.customer import MERGE_TYPES, merge, unmerge
 from crm_ledger.aggregates.envelope import Touched, own_fields
+from crm_ledger.application.batch import UnitOfWork, check_same_content
+from crm_ledger.application.records import (
+    BatchResult,
+    CustomerView,
+    HistoryEntry,
+    LogMapper,
+    LogPage,
+    LogRecord,
+    Rejection,
+)
 from crm_ledger.errors import (
-    ConflictingDuplicate,
     CrmLedgerError,
     CustomerNotFound,
     InvalidInput,
@@ -57,6 +62,9 @@ if TYPE_CHECKING:
 
     from eventsourcing.domain import MutableOrImmutableAggregate
 
+    from crm_ledger.application.records import KeyWrapping, LedgerRecorder, OutboxLetter, Position
+
+
 #: Aggregates kept in memory between batches.
 DEFAULT_CACHE_SIZE = 100_000
 
@@ -68,197 +76,6 @@ OPEN_ATTEMPTS = 5
 
 #: A batch that loses a race with another writer is retried this many times.
 MAX_ATTEMPTS = 12
-
-
-class Receipt(NamedTuple):
-    """Proof that an event_id was stored, and in which stream at which version."""
-
-    event_id: UUID
-    originator_id: UUID
-    originator_version: int
-
-
-class Position(NamedTuple):
-    """The next offset to read from one partition of an external source (e.g. a Kafka topic)."""
-
-    source: str
-    partition: int
-    next_offset: int
-
-
-class OutboxLetter(NamedTuple):
-    """A message the ledger could not take, kept until it is sent to the dead-letter topic.
-
-    Written in the same transaction as the batch it came with (an outbox), so a crash
-    between the ledger's commit and the send loses no refusal.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    error_class: str
-    error_message: str
-    at: str
-
-
-class StoredCopy(NamedTuple):
-    """An event_id's stored event, as the receipts find it."""
-
-    event_id: UUID
-    originator_id: UUID
-    originator_version: int
-    topic: str
-    state: bytes
-
-
-class LogRecord(NamedTuple):
-    """One stored customer event as projections read it: plain values, no domain objects.
-
-    Times are whole microseconds since 1970-01-01 UTC. ``occurred`` is None for the ledger's
-    own bookkeeping (a stream being opened), which has no business time. ``data`` holds the
-    event type's own fields and the envelope's source, actor, correlation_id and addressed_to.
-    """
-
-    position: int
-    stream: str
-    version: int
-    kind: str
-    recorded: int
-    occurred: int | None
-    event_id: str | None
-    data: dict[str, Any]
-
-
-class LogPage(NamedTuple):
-    """Records read from the notification log, and the last position the read covered."""
-
-    records: list[LogRecord]
-    last: int
-
-
-class LogMapper(Protocol):
-    """Turns stored events into log records (the event store adapter's mapper does this)."""
-
-    def to_record(
-        self, position: int, originator_id: UUID | str, version: int, topic: str, state: bytes
-    ) -> LogRecord | None:
-        """The record of a stored event, or None for events projections never read."""
-
-
-class KeyWrapping(Protocol):
-    """Key-encryption keys kept outside the database (the crypto adapter's Keyring)."""
-
-    def rotate(self) -> int:
-        """Make a new current KEK; its number."""
-        ...
-
-    def retire(self) -> None:
-        """Destroy every KEK but the current one."""
-
-
-class LedgerRecorder(Protocol):
-    """What the ledger needs of its recorder beyond eventsourcing's ApplicationRecorder."""
-
-    def receipted_events(self, event_ids: Sequence[UUID]) -> list[StoredCopy]:
-        """The stored events of those of ``event_ids`` already stored."""
-        ...
-
-    def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
-        """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
-        ...
-
-    def remove_dead_letters(self, ids: Sequence[int]) -> None:
-        """Forget outbox letters the dead-letter topic acknowledged."""
-
-    def reset_positions(self, source: str) -> int:
-        """Forget every stored position of ``source``; how many partitions had one."""
-        ...
-
-    def existing_ids(self, originator_ids: Sequence[UUID]) -> set[UUID]:
-        """The subset of ``originator_ids`` that have stored events."""
-
-    def positions(self, source: str) -> dict[int, int]:
-        """Partition -> next offset stored for ``source``."""
-
-    def select_log(self, after: int, limit: int) -> list[tuple[Any, ...]]:
-        """(position, originator id, version, topic, state) rows after ``after``."""
-        ...
-
-    def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
-        """(0, originator id, version, topic, state) rows of one stream, in order."""
-        ...
-
-    def destroy_key(self, stream: bytes) -> None:
-        """Destroy a stream's data key for good."""
-        ...
-
-    def count_receipts(self) -> int:
-        """How many distinct events the ledger holds."""
-        ...
-
-    def rewrap_keys(self) -> int:
-        """Wrap every live data key again by the current KEK; how many."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """An event of a batch that was not stored, and why."""
-
-    index: int
-    event_id: UUID
-    error: CrmLedgerError
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What ``record_many`` did with a batch."""
-
-    recorded: int = 0
-    duplicates: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class CustomerView:
-    """A customer's current state, as the CLI and SDK show it."""
-
-    customer_id: str
-    profile: dict[str, str]
-    lifecycle_stage: str
-    consent: dict[str, dict[str, Any]]
-    identities: list[list[str]]
-    organisations: dict[str, str]
-    merged_into: str | None
-    merged_from: list[str]
-    erased: bool
-    touchpoints: int
-    orders: int
-    refunds: int
-    interactions: int
-    active_subscriptions: list[str]
-    open_tickets: list[str]
-    first_occurred_at: datetime | None
-    last_occurred_at: datetime | None
-    version: int
-    first_recorded_at: datetime
-    last_recorded_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One stored event of a customer's stream, with both of its times."""
-
-    version: int
-    event_type: str
-    event_id: UUID
-    occurred_at: datetime
-    recorded_at: datetime
-    source: str
-    actor: str | None
-    addressed_to: str | None
-    details: dict[str, Any]
 
 
 class Ledger(Application[UUID]):
@@ -362,7 +179,7 @@ class Ledger(Application[UUID]):
         ``dead_letter_for(index, error)`` of every event the batch rejects.
         """
         for _attempt in range(MAX_ATTEMPTS):
-            batch = _Batch(self, touchpoints)
+            batch = UnitOfWork(self, touchpoints)
             try:
                 result = self._record_batch(batch, touchpoints)
                 letters = list(dead_letters)
@@ -387,7 +204,7 @@ class Ledger(Application[UUID]):
         msg = f"gave up after {MAX_ATTEMPTS} conflicting writes to the same customers"
         raise StoreUnavailable(msg)
 
-    def _forget(self, batch: _Batch) -> None:
+    def _forget(self, batch: UnitOfWork) -> None:
         # Commands mutate cached aggregates in place, so after a failed batch the cache may
         # hold state the store never saw: drop every aggregate the batch touched.
         cache = self.repository.cache
@@ -396,7 +213,7 @@ class Ledger(Application[UUID]):
                 with contextlib.suppress(KeyError):
                     cache.get(aggregate_id, evict=True)
 
-    def _record_batch(self, batch: _Batch, touchpoints: Sequence[Touchpoint]) -> BatchResult:
+    def _record_batch(self, batch: UnitOfWork, touchpoints: Sequence[Touchpoint]) -> BatchResult:
         result = BatchResult()
         # Known: stored before this batch, or recorded earlier in it. A copy that was rejected
         # leaves no receipt, so a later copy is judged afresh, as it would be one at a time.
@@ -405,7 +222,7 @@ class Ledger(Application[UUID]):
         for index, tp in enumerate(touchpoints):
             try:
                 if tp.event_id in known:
-                    _check_same(tp, *known[tp.event_id])
+                    check_same_content(tp, *known[tp.event_id])
                     result.duplicates += 1
                     continue
                 check_touchpoint(tp, now=now, max_future=self._max_future)  # one clock per batch
@@ -433,7 +250,7 @@ class Ledger(Application[UUID]):
         c = self._get(Customer, customer_uuid(customer_id))
         if c is None:
             raise CustomerNotFound(customer_id)
-        return _view(c)
+        return customer_view(c)
 
     def history(self, customer_id: str, *, as_of: datetime | None = None) -> list[HistoryEntry]:
         """Every touchpoint stored in the customer's stream, optionally as recorded by ``as_of``."""
@@ -520,7 +337,7 @@ class Ledger(Application[UUID]):
                 customer.modified_on = e.timestamp
         if customer is None:
             raise CustomerNotFound(customer_id)
-        return _view(customer)
+        return customer_view(customer)
 
     def read_log(self, after: int, limit: int) -> LogPage:
         """Up to ``limit`` notifications after position ``after``, as log records."""
@@ -615,165 +432,7 @@ class _TrustedSnapshots(EventStore[UUID]):
                 continue
 
 
-class _Batch:
-    """The aggregates one batch touches, their new events in arrival order, and receipts."""
-
-    def __init__(self, ledger: Ledger, touchpoints: Sequence[Touchpoint]) -> None:
-        self.ledger = ledger
-        self.aggregates: dict[UUID, Any] = {}
-        self.absent = self._absent(touchpoints)
-        # One recorded time per transaction: the moment the ledger accepted the batch.
-        self.recorded_at = datetime.now(UTC)
-        self.changed: dict[UUID, Any] = {}
-        self.events: list[Any] = []
-        self.receipts: list[Receipt] = []
-
-    def _absent(self, touchpoints: Sequence[Touchpoint]) -> set[UUID]:
-        """Subjects of the batch that the store has never seen (one query, not one each)."""
-        subjects = {subject_uuid(tp.subject, tp.customer_id) for tp in touchpoints}
-        cache = self.ledger.repository.cache
-        unknown = []
-        for aggregate_id in subjects:
-            try:
-                if cache is not None:
-                    cache.get(aggregate_id)
-                    continue
-            except KeyError:
-                pass
-            unknown.append(aggregate_id)
-        return set(unknown) - self.ledger.ledger_recorder.existing_ids(unknown)
-
-    def load(self, kind: type[Any], subject_id: str, aggregate_id: UUID) -> Any:
-        """The aggregate from this batch, the cache or the store; a new one if unknown."""
-        aggregate = self.aggregates.get(aggregate_id)
-        if aggregate is None:
-            if aggregate_id in self.absent:
-                aggregate = self._open(kind, subject_id)
-            else:
-                try:
-                    aggregate = self.ledger.repository.get(aggregate_id)
-                except AggregateNotFoundError:
-                    aggregate = self._open(kind, subject_id)
-            self.aggregates[aggregate_id] = aggregate
-        return aggregate
-
-    def _open(self, kind: type[Any], subject_id: str) -> Any:
-        # The stream opens at the batch's recorded time too, so that "as of" any moment sees
-        # a stream together with its first events.
-        aggregate = kind(subject_id)
-        object.__setattr__(aggregate.pending_events[0], "timestamp", self.recorded_at)
-        aggregate._created_on = aggregate.modified_on = self.recorded_at
-        return aggregate
-
-    def customer(self, customer_id: str) -> Customer:
-        """The customer, loaded or opened."""
-        return cast("Customer", self.load(Customer, customer_id, customer_uuid(customer_id)))
-
-    def apply(self, tp: Touchpoint) -> None:
-        """Run the command ``tp`` calls for on the aggregates it concerns."""
-        if tp.subject is Subject.ORGANISATION:
-            org_id = subject_uuid(Subject.ORGANISATION, tp.customer_id)
-            org = self.load(Organisation, tp.customer_id, org_id)
-            org.register(tp)
-            self._collect(tp, org)
-        elif tp.subject is Subject.INITIATIVE:
-            ini_id = subject_uuid(Subject.INITIATIVE, tp.customer_id)
-            ini = self.load(Initiative, tp.customer_id, ini_id)
-            ini.record(tp)
-            self._collect(tp, ini)
-        elif tp.event_type in MERGE_TYPES:
-            self._merge(tp)
-        else:
-            self._record_customer_event(tp)
-
-    def _record_customer_event(self, tp: Touchpoint) -> None:
-        target = self.customer(tp.customer_id)
-        if tp.event_type != "CustomerErased":  # erasure is about the id it names, never routed
-            # An erased duplicate takes no personal data, even where it would be routed.
-            target.refuse_personal_data_if_erased(tp)
-            target = self._survivor_of(target)
-        routed = target.customer_id != tp.customer_id
-        target.record(
-            tp, addressed_to=tp.customer_id if routed else None, recorded_at=self.recorded_at
-        )
-        self._collect(tp, target)
-
-    def _survivor_of(self, customer: Customer) -> Customer:
-        if customer.merged_into is None:  # nearly always: no set to build
-            return customer
-        seen = {customer.customer_id}
-        while customer.merged_into is not None and customer.merged_into not in seen:
-            seen.add(customer.merged_into)
-            customer = self.customer(customer.merged_into)
-        return customer
-
-    def _merge(self, tp: Touchpoint) -> None:
-        absorbed = self.customer(tp.customer_id)
-        survivor = self.customer(tp.data["survivor_id"])
-        if tp.event_type == "CustomersMerged":
-            merge(absorbed, survivor, tp)
-        else:
-            unmerge(absorbed, survivor, tp)
-        self._collect(tp, absorbed)
-        self._collect(tp, survivor, receipt=False)
-
-    def _collect(self, tp: Touchpoint, aggregate: Any, *, receipt: bool = True) -> None:
-        new = aggregate.collect_events()
-        self.events.extend(new)
-        self.changed[aggregate.id] = aggregate
-        if receipt:
-            self.receipts.append(Receipt(tp.event_id, aggregate.id, new[-1].originator_version))
-
-    def save(self, positions: Sequence[Position], letters: Sequence[OutboxLetter] = ()) -> None:
-        """Write every new event, receipt, position and outbox letter in one transaction."""
-        processing = ProcessingEvent[UUID]()
-        processing.events = self.events
-        # Only aggregates with new events: one opened for an event that was then rejected
-        # must not reach the cache, as it is not in the store.
-        processing.aggregates = self.changed
-        processing.saved_kwargs = {
-            "receipts": self.receipts,
-            "positions": list(positions),
-            "dead_letters": list(letters),
-        }
-        self.ledger._record(processing)
-        self.ledger._take_snapshots(processing)
-
-
-def _check_same(received: Touchpoint, stored: Any, stream: UUID | None) -> None:
-    """Raise ConflictingDuplicate unless ``received`` repeats what is stored for its id: an
-    earlier touchpoint of the batch, or a stored event of ``stream``."""
-    stored_tp = stored if stream is None else _as_received(received, stored, stream)
-    # Personal data of an erased customer reads as None: it can no longer be compared.
-    kind = stored_tp.event_type
-    unknown = frozenset(n for n in PERSONAL_FIELDS.get(kind, ()) if stored_tp.data.get(n) is None)
-    theirs, ours = stored_tp.fingerprint(unknown=unknown), received.fingerprint(unknown=unknown)
-    if theirs != ours:
-        raise ConflictingDuplicate(str(received.event_id), theirs, ours)
-
-
-def _as_received(received: Touchpoint, stored: Any, stream: UUID) -> Touchpoint:
-    """The stored event as the touchpoint that made it."""
-    customer_id = stored.addressed_to  # set when the event was routed to a merge survivor
-    if customer_id is None:
-        # Not routed: the event lives in the stream the ledger derives from its subject's id.
-        same = received.event_type in CATALOGUE and stream == subject_uuid(
-            received.subject, received.customer_id
-        )
-        customer_id = received.customer_id if same else f"stream {stream}"
-    return Touchpoint(
-        type(stored).__name__,
-        stored.event_id,
-        customer_id,
-        stored.occurred_at,
-        stored.source,
-        stored.actor,
-        stored.correlation_id,
-        own_fields(stored),
-    )
-
-
-def _view(c: Customer) -> CustomerView:
+def customer_view(c: Customer) -> CustomerView:
     return CustomerView(
         customer_id=c.customer_id,
         profile=dict(c.profile),
