@@ -223,7 +223,9 @@ def rebuild_projections(
         head = ledger.log_head()
         context = multiprocessing.get_context("spawn")  # no inherited database connections
         with ProcessPoolExecutor(len(groups), mp_context=context) as pool:
-            running = [pool.submit(_rebuild_worker, settings, g, batch_size) for g in groups]
+            running = [
+                pool.submit(_rebuild_worker, settings, g, batch_size, os.getpid()) for g in groups
+            ]
             while not all(f.done() for f in running):
                 time.sleep(0.25)
                 if progress is not None:
@@ -235,16 +237,20 @@ def rebuild_projections(
         store.engine.dispose()
 
 
-def _rebuild_worker(settings: Settings, names: list[str], batch_size: int | None) -> None:
+def _rebuild_worker(
+    settings: Settings, names: list[str], batch_size: int | None, parent: int
+) -> None:
     tune_for_throughput()
-    parent = os.getppid()
 
-    def stop_if_orphaned(_position: int, _head: int) -> None:
+    def stop_if_orphaned(_position: int = 0, _head: int = 0) -> None:
         # A parent killed outright cannot stop its workers; they stop themselves (the
-        # batch in flight was committed, so a rerun carries on from here).
+        # batch in flight was committed, so a rerun carries on from here). The parent's pid
+        # comes from the parent: a worker still starting when it was killed would otherwise
+        # take its new parent (init) for the real one and race the next rebuild.
         if os.getppid() != parent:
             raise SystemExit(1)
 
+    stop_if_orphaned()
     with open_ledger(settings) as ledger:
         store = open_projection_store(settings)
         open_projector(ledger, store, batch_size=batch_size).rebuild(names, stop_if_orphaned)

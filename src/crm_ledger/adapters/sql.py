@@ -125,7 +125,8 @@ class SqlProjectionStore:
         with self._begin() as conn:
             for spec in projection.tables:
                 table = self.table(spec, table_set.label)
-                table.drop(conn, checkfirst=True)  # left over from an unrecorded attempt
+                # Left over from an unrecorded attempt.
+                conn.execute(sa.schema.DropTable(table, if_exists=True))
                 conn.execute(sa.schema.CreateTable(table))
                 if not building:
                     for index in table.indexes:
@@ -204,7 +205,9 @@ class SqlProjectionStore:
         """Drop a set's tables and forget it."""
         with self._begin() as conn:
             for spec in projection.tables:
-                self.table(spec, label).drop(conn, checkfirst=True)
+                # IF EXISTS in the statement itself: two rebuild workers may drop the same
+                # retired set at once, and a check-then-drop races.
+                conn.execute(sa.schema.DropTable(self.table(spec, label), if_exists=True))
             for table in (self.sets, self.versions):
                 conn.execute(
                     sa.delete(table).where(

@@ -1,229 +1,37 @@
-"""Tamper-evident history: every stored event is hash-chained within its stream, chain heads
-are checkpointed and signed, and ``verify`` recomputes everything from the stored bytes.
-
-Each event's *content hash* covers exactly what is stored (stream id, version, topic and the
-state bytes); its *chain hash* covers the previous event's chain hash and its own content
-hash. The event store writes both in the same transaction as the event. A checkpoint signs
-(Ed25519) a digest of every stream's head at that moment, so that rewriting an event *and* its
-chain afterwards is still found: the recomputed chain no longer reaches the signed head.
-"""
+"""The auditor: signs checkpoints and verifies the stored history, keys and snapshots."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from crm_ledger.aggregates import customer_uuid
+from crm_ledger.audit.model import (
+    ERASED_TOPIC,
+    GENESIS,
+    AuditStore,
+    ChainLink,
+    Checkpoint,
+    Finding,
+    KeyCheck,
+    Receipts,
+    Signer,
+    SnapshotCheck,
+    StoredRecord,
+    Verification,
+    chain_hash,
+    checkpoint_link,
+    checkpoint_payload,
+    content_hash,
+    heads_digest,
+)
 from crm_ledger.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
-
-#: The chain hash before a stream's first event.
-GENESIS = bytes(32)
-
-
-def content_hash(stream: bytes, version: int, topic: str, state: bytes) -> bytes:
-    """SHA-256 of an event exactly as stored."""
-    return hashlib.sha256(
-        b"".join((stream, version.to_bytes(8, "big"), topic.encode(), b"\x00", state))
-    ).digest()
-
-
-def chain_hash(previous: bytes, content: bytes) -> bytes:
-    """SHA-256 of the previous event's chain hash followed by this event's content hash."""
-    return hashlib.sha256(previous + content).digest()
-
-
-def checkpoint_payload(
-    created_at: datetime, position: int, streams: int, digest: bytes, previous: bytes
-) -> bytes:
-    """What a checkpoint's signature covers: every field, and the link to the one before."""
-    micros = round(created_at.timestamp() * 1_000_000)
-    return b"".join(
-        (
-            b"crm-ledger checkpoint 2\x00",
-            micros.to_bytes(8, "big", signed=True),
-            position.to_bytes(8, "big"),
-            streams.to_bytes(8, "big"),
-            digest,
-            previous,
-        )
-    )
-
-
-def checkpoint_link(payload: bytes, signature: bytes) -> bytes:
-    """The link the next checkpoint signs: SHA-256 of this one's payload and signature."""
-    return hashlib.sha256(payload + signature).digest()
-
-
-def heads_digest(heads: Iterable[tuple[bytes, int, bytes]]) -> bytes:
-    """One digest of (stream, version, chain hash) heads, in stream order."""
-    h = hashlib.sha256()
-    for stream, version, chained in sorted(heads):
-        h.update(stream)
-        h.update(version.to_bytes(8, "big"))
-        h.update(chained)
-    return h.digest()
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    """An event as stored: stream id (16 bytes), version, topic, state bytes."""
-
-    stream: bytes
-    version: int
-    topic: str
-    state: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ChainLink:
-    """The chain row the store wrote beside an event."""
-
-    stream: bytes
-    version: int
-    content: bytes
-    chained: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Signed heads of every stream at one moment."""
-
-    checkpoint_id: int
-    created_at: datetime
-    position: int
-    streams: int
-    digest: bytes
-    signature: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """Something wrong with the stored history, located by stream and version."""
-
-    stream: bytes
-    version: int | None
-    problem: str
-    detail: str = ""
-
-
-@dataclass
-class Verification:
-    """What ``verify`` checked and found."""
-
-    events: int = 0
-    streams: int = 0
-    checkpoints: int = 0
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing is wrong."""
-        return not self.findings
-
-
-class AuditStore(Protocol):
-    """The event store's audit queries."""
-
-    def stored_records(self) -> Iterator[StoredRecord]:
-        """Every stored event, by stream then version."""
-        ...
-
-    def chain_links(self) -> Iterator[ChainLink]:
-        """Every chain row, by stream then version."""
-        ...
-
-    def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
-        """(stream, version, chain hash) of every stream's newest event."""
-        ...
-
-    def stream_chain(self, stream: bytes) -> list[ChainLink]:
-        """One stream's chain rows, in version order."""
-        ...
-
-    def stream_records(self, stream: bytes) -> list[StoredRecord]:
-        """One stream's stored events, in version order."""
-        ...
-
-    def save_checkpoint(
-        self,
-        created: datetime,
-        position: int,
-        digest: bytes,
-        signature: bytes,
-        heads: Sequence[tuple[bytes, int, bytes]],
-    ) -> Checkpoint:
-        """Store a checkpoint and its heads."""
-        ...
-
-    def checkpoints(self) -> list[Checkpoint]:
-        """Every checkpoint, oldest first."""
-        ...
-
-    def checkpoint_heads(self, checkpoint_id: int) -> list[tuple[bytes, int, bytes]]:
-        """The heads a checkpoint signed."""
-        ...
-
-    def key_rows(self) -> list[tuple[bytes, bytes | None]]:
-        """(stream, data key) of every key row; None where the key was destroyed."""
-        ...
-
-    def snapshot_rows(self) -> Iterator[StoredRecord]:
-        """Every stored snapshot."""
-        ...
-
-
-class SnapshotCheck(Protocol):
-    """Tells whether a stored snapshot's seal matches its content (the event store's mapper)."""
-
-    def snapshot_trusted(self, stream: bytes, version: int, topic: str, state: bytes) -> bool:
-        """Whether the snapshot is as the ledger sealed it."""
-        ...
-
-
-class KeyCheck(Protocol):
-    """Tells sealed personal values apart and whether a data key opens one (crypto adapter)."""
-
-    marker: bytes
-
-    def opens(self, key: bytes, stream: bytes, field: str, value: str) -> bool:
-        """Whether ``key`` is the key that sealed ``value`` of ``field`` in ``stream``."""
-        ...
-
-
-#: The topic ending of the event that alone may destroy a customer's data key.
-ERASED_TOPIC = ":Customer.CustomerErased"
-
-
-class Receipts(Protocol):
-    """The auditor's own copy of every checkpoint, kept where the database's owner cannot
-    rewrite it (a file the auditor keeps)."""
-
-    def append(self, receipt: dict[str, Any]) -> None:
-        """Keep one more checkpoint's receipt."""
-
-    def read(self) -> list[dict[str, Any]] | None:
-        """Every receipt kept, oldest first; None when there is no copy at all."""
-        ...
-
-
-class Signer(Protocol):
-    """Signs and verifies checkpoint digests (Ed25519 in the crypto adapter)."""
-
-    def sign(self, data: bytes) -> bytes:
-        """The signature of ``data``."""
-        ...
-
-    def verify(self, signature: bytes, data: bytes) -> bool:
-        """Whether ``signature`` is this key's signature of ``data``."""
-        ...
+    from collections.abc import Callable, Iterator, Sequence
 
 
 class Auditor:
@@ -488,62 +296,6 @@ class _KeyFacts:
         for owner in sorted(set(self.samples) - set(stored)):
             found.append(Finding(owner, None, "key missing", "sealed data, but no data key row"))
         return found
-
-
-def verify_export(lines: Iterable[dict[str, Any]], signer: Signer) -> list[Finding]:
-    """Check an export offline: every event's hashes from its bytes, the chain from the
-    first event on, the stream's signed head, the checkpoint's digest and its signature."""
-    items = list(lines)
-    header = next((i for i in items if i.get("kind") == "header"), None)
-    if header is None:
-        return [Finding(b"", None, "not an export", "no header line")]
-    stream = bytes.fromhex(header["stream"])
-    findings: list[Finding] = []
-    previous, stated = GENESIS, GENESIS  # recomputed from the bytes; as the export states
-    chained_at: dict[int, bytes] = {}
-    events = [i for i in items if i.get("kind") == "event"]
-    for expected, item in enumerate(events, start=1):
-        version = int(item["version"])
-        if version != expected:
-            findings.append(Finding(stream, expected, "missing", f"the export jumps to {version}"))
-            break
-        content = content_hash(stream, version, item["topic"], base64.b64decode(item["state"]))
-        previous = chain_hash(previous, content)
-        chained_at[version] = previous
-        stated_content = bytes.fromhex(item.get("content_hash") or "")
-        if stated_content != content:
-            findings.append(Finding(stream, version, "modified", "bytes do not match the hash"))
-        if bytes.fromhex(item.get("chain_hash") or "") != chain_hash(stated, stated_content):
-            findings.append(Finding(stream, version, "chain broken", "the chain does not follow"))
-        stated = bytes.fromhex(item.get("chain_hash") or "")
-    if len(events) != header.get("events"):
-        findings.append(Finding(stream, None, "missing", "the export lost or gained lines"))
-    checkpoint = header.get("checkpoint")
-    heads_line = next((i for i in items if i.get("kind") == "checkpoint_heads"), None)
-    if checkpoint is None or heads_line is None:
-        findings.append(Finding(stream, None, "unsigned", "no checkpoint covers this stream"))
-        return findings
-    heads = [(bytes.fromhex(s), int(v), bytes.fromhex(h)) for s, v, h in heads_line["heads"]]
-    digest = bytes.fromhex(checkpoint["digest"])
-    if heads_digest(heads) != digest:
-        findings.append(Finding(stream, None, "checkpoint altered", "heads do not match digest"))
-    payload = checkpoint_payload(
-        datetime.fromisoformat(checkpoint["created_at"]),
-        int(checkpoint["position"]),
-        int(checkpoint["streams"]),
-        digest,
-        bytes.fromhex(checkpoint["previous"]),
-    )
-    if not signer.verify(bytes.fromhex(checkpoint["signature"]), payload):
-        findings.append(Finding(stream, None, "bad signature", "not signed by this key"))
-    for s, version, head in heads:
-        if s == stream and chained_at.get(version) != head:
-            findings.append(
-                Finding(
-                    stream, version, "history changed", "the chain does not reach the signed head"
-                )
-            )
-    return findings
 
 
 def _merge(
