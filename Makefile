@@ -27,12 +27,13 @@ demo: venv
 	$(BIN)/crm-ledger --data-dir $(DEMO) ltv --top 5
 	$(BIN)/crm-ledger --data-dir $(DEMO) compare loyalty-north --truth $(DEMO)/events.truth.json --chart $(DEMO)/loyalty-north.png
 
-## lint: ruff, mypy (strict on src/), import-linter contracts, schema compatibility
+## lint: ruff, mypy (strict on src/), import-linter contracts, sizes, schema compatibility
 lint: venv
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_sizes.py --strict
 	$(BIN)/crm-ledger schemas check > /dev/null
 
 cdnow: venv

@@ -86,13 +86,11 @@ def build_summary(folder: Path, master: Path) -> clv.Summary:
     )
     print(f"imported CDNOW_master in {time.perf_counter() - started:.1f} s", flush=True)
     settings = Settings.from_env({}, data_dir=folder)
-    with bootstrap.open_ledger(settings) as ledger:
-        predictions = bootstrap.open_predictions(settings, ledger)
+    with bootstrap.build(settings) as services:
         end = datetime(1997, 9, 30, tzinfo=UTC)
         started = time.perf_counter()
-        summary = predictions.summary(end, currency="USD")
+        summary = services.predictions.summary(end, currency="USD")
         print(f"summary from the ledger in {time.perf_counter() - started:.2f} s", flush=True)
-        predictions.models.projector.store.engine.dispose()
     return summary
 
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from crm_ledger import bootstrap
 from crm_ledger.aggregates import Touchpoint
 from crm_ledger.config import Settings
-from crm_ledger.projections.views import Moment
+from crm_ledger.services.read_models import Moment
 from crm_ledger.sources.synthetic import generate
 
 if TYPE_CHECKING:
@@ -198,9 +198,9 @@ def rebuild(folder: Path, workers: int) -> dict[str, Any]:
 def as_of_times(folder: Path, settings: Settings, repeats: int) -> tuple[float, float, int]:
     """p95 of the heavy customer's lifetime value and 360 view as of the moment their last
     event was recorded, in milliseconds, and how many of their events that moment covers."""
-    with bootstrap.open_ledger(settings) as ledger:
-        models = bootstrap.open_read_models(settings, ledger)
-        stream = ledger.read_stream(HEAVY)
+    with bootstrap.build(settings) as services:
+        models = services.read_models
+        stream = services.ledger.read_stream(HEAVY)
         last = stream[-1].recorded
         at = Moment(as_of=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=last))
         values, views = [], []
@@ -212,8 +212,7 @@ def as_of_times(folder: Path, settings: Settings, repeats: int) -> tuple[float, 
             started = time.perf_counter()
             models.view(HEAVY, at)
             views.append((time.perf_counter() - started) * 1000)
-        models.projector.store.engine.dispose()
-    covered = sum(1 for r in stream if at.keeps(r))
+    covered = sum(1 for r in stream if at.counts(r))
     return _p95(values), _p95(views), covered
 
 

@@ -25,12 +25,12 @@ def one_seed(seed: int, customers: int, metric: str, resamples: int) -> dict[str
     events, truth = generate(seed, customers=customers)
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings.from_env({}, data_dir=Path(folder))
-        with bootstrap.open_ledger(settings, create=True) as ledger:
+        with bootstrap.build(settings, create=True) as services:
             for start in range(0, len(events), 10_000):
-                ledger.record_many(events[start : start + 10_000])
-            models = bootstrap.open_read_models(settings, ledger)
-            result = models.compare(truth.initiative_id, metric=metric, resamples=resamples)
-            models.projector.store.engine.dispose()
+                services.ledger.record_many(events[start : start + 10_000])
+            result = services.read_models.compare(
+                truth.initiative_id, metric=metric, resamples=resamples
+            )
     during = result.impact.estimates[0]
     expected = (
         truth.expected_uplift_net_revenue_minor_per_customer_week

@@ -11,7 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from crm_ledger.adapters.avro import Codec, SchemaRegistry
-from crm_ledger.adapters.eventstore import drop_postgres_schema, postgres_env, sqlite_env
+from crm_ledger.adapters.eventstore import (
+    drop_postgres_schema,
+    memory_env,
+    postgres_env,
+    sqlite_env,
+)
 from crm_ledger.application import Ledger
 
 if TYPE_CHECKING:
@@ -21,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
 PG_URL_VAR = "CRM_LEDGER_TEST_DATABASE_URL"
 STORES = ["sqlite", "postgres"]
+#: The ledger's contract also holds for the in-memory store the services' unit tests use
+#: (tests that reopen a store or read its files take ``store_env``: real stores only).
+LEDGER_STORES = ["memory", *STORES]
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +65,19 @@ def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 def ledger(store_env: dict[str, str]) -> Iterator[Ledger]:
     """A Ledger on an empty store (SQLite, then PostgreSQL)."""
     with Ledger(store_env) as app:
+        yield app
+
+
+@pytest.fixture(params=LEDGER_STORES)
+def any_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """A Ledger on an empty store: in memory, SQLite, then PostgreSQL."""
+    if request.param == "memory":
+        env = memory_env()
+    elif request.param == "sqlite":
+        env = sqlite_env(str(tmp_path / "ledger.sqlite"))
+    else:
+        env = postgres_env(request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema"))
+    with Ledger(env) as app:
         yield app
 
 

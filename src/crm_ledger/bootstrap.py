@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import multiprocessing
 import os
@@ -25,15 +26,21 @@ from crm_ledger.adapters.eventstore import (
     postgres_env,
     sqlite_env,
 )
-from crm_ledger.adapters.kafka import IngestWorker, KafkaSettings, Publisher
+from crm_ledger.adapters.kafka import (
+    IngestStats,
+    IngestWorker,
+    KafkaSettings,
+    KafkaTopics,
+    Publisher,
+)
 from crm_ledger.adapters.receipts import ReceiptFile
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.application import Ledger
 from crm_ledger.audit import Auditor
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
-from crm_ledger.projections.predictive import Predictions
 from crm_ledger.projections.runtime import BUILDING, DEFAULT_BATCH, Projector
-from crm_ledger.projections.views import ReadModels
+from crm_ledger.services import Services, Wiring
+from crm_ledger.sources.files import FileSource, file_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -42,6 +49,9 @@ if TYPE_CHECKING:
     from crm_ledger.audit import AuditStore, SnapshotCheck
     from crm_ledger.config import Settings
     from crm_ledger.projections.runtime import TableSet
+    from crm_ledger.services import Charts
+
+__all__ = ["IngestStats", "Services", "build"]
 
 #: The read models' file beside the embedded event store.
 PROJECTIONS_FILE = "projections.sqlite"
@@ -106,6 +116,49 @@ def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
     )
 
 
+def build(
+    settings: Settings,
+    *,
+    create: bool = False,
+    read_only: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Services:
+    """Every use case over the configured ledger, each part opened on first use; close it
+    (or use it as a context manager) to release them. ``create`` makes the ledger first
+    (``init``); ``read_only`` queries never catch the read models up."""
+    if create:
+        open_ledger(settings, create=True).close()
+    wiring = Wiring(
+        store=settings.store_name,
+        location=settings.database_url or str(settings.sqlite_path),
+        open_ledger=lambda: open_ledger(settings),
+        open_read_model_store=lambda: open_projection_store(settings),
+        open_auditor=lambda ledger: open_auditor(settings, ledger),
+        open_kafka=lambda: KafkaTopics(kafka_settings(settings)),
+        open_decoder=lambda: open_codec(settings),
+        open_charts=open_charts,
+        rebuild=functools.partial(rebuild_projections, settings),
+        receipts=str(receipts_path(settings)),
+        retention_days=settings.kafka_retention_days,
+        topics=(settings.kafka_topic, settings.kafka_dlq_topic),
+        batch_size=settings.batch_size,
+    )
+    return Services(wiring, read_only=read_only, progress=progress)
+
+
+def open_charts() -> Charts:
+    """The charts adapter, imported on first use (matplotlib is slow to load)."""
+    from crm_ledger.adapters.charts import MatplotlibCharts
+
+    return MatplotlibCharts()
+
+
+def file_sources(settings: Settings, paths: Sequence[Path], kind: str) -> list[FileSource]:
+    """Input files as sources for the import service (``kind`` auto, jsonl, avro, cdnow)."""
+    codec = open_codec(settings)
+    return [file_source(path, kind, codec) for path in paths]
+
+
 def open_registry(settings: Settings) -> SchemaRegistry:
     """The schema registry kept in the schemas folder."""
     return SchemaRegistry(settings.schemas_dir)
@@ -167,22 +220,6 @@ def open_projector(
 ) -> Projector:
     """The projection runtime over ``ledger``'s log and ``store``."""
     return Projector(ledger, store, batch_size=batch_size or DEFAULT_BATCH)
-
-
-def open_read_models(
-    settings: Settings, ledger: Ledger, *, progress: Callable[[int, int], None] | None = None
-) -> ReadModels:
-    """Queries over the read models of ``ledger`` (kept up to date as they are asked)."""
-    store = open_projection_store(settings)
-    return ReadModels(ledger, open_projector(ledger, store), store, progress=progress)
-
-
-def open_predictions(
-    settings: Settings, ledger: Ledger, *, progress: Callable[[int, int], None] | None = None
-) -> Predictions:
-    """Predictive lifetime value over the read models of ``ledger``."""
-    models = open_read_models(settings, ledger, progress=progress)
-    return Predictions(models, cast("SqlProjectionStore", models.store))
 
 
 #: Projections by the work a replay does for them, heaviest first.

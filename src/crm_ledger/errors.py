@@ -132,6 +132,10 @@ class InitiativeNotFound(NotFound):
         super().__init__(f"initiative {initiative_id!r} not found")
 
 
+class NotBuilt(NotFound):
+    """A read-only reader was asked for read models that were never built."""
+
+
 class SchemaError(CrmLedgerError):
     """The schema registry or a schema file is wrong."""
 

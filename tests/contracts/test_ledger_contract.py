@@ -23,6 +23,12 @@ from crm_ledger.errors import (
 from tests.factories import AT, tp
 
 
+@pytest.fixture
+def ledger(any_ledger: Ledger) -> Ledger:
+    """This contract holds on every store, the in-memory one included."""
+    return any_ledger
+
+
 def test_a_recorded_touchpoint_shows_in_the_customer_and_its_history(ledger: Ledger) -> None:
     registered = tp("CustomerRegistered", "C1", actor="agent-7")
     order = tp("OrderPlaced", "C1", at=AT + timedelta(days=3))

@@ -8,7 +8,7 @@ import pytest
 
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.projections.runtime import Projector
-from crm_ledger.projections.views import ReadModels
+from crm_ledger.services.read_models import ReadModels
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound, PositionConflict
+from crm_ledger.projections.contributions import Changes, micros
 from crm_ledger.projections.lifetime_value import LifetimeValue
-from crm_ledger.projections.model import Changes, micros
 from crm_ledger.projections.runtime import (
     BUILDING,
     LIVE,
@@ -18,7 +18,7 @@ from crm_ledger.projections.runtime import (
     SetWrite,
     _Target,
 )
-from crm_ledger.projections.views import Moment
+from crm_ledger.services.read_models import Moment
 from tests.factories import AT, tp
 from tests.projections.conftest import dump
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from crm_ledger.adapters.sql import SqlProjectionStore
     from crm_ledger.aggregates import Touchpoint
     from crm_ledger.application import Ledger
-    from crm_ledger.projections.views import ReadModels
+    from crm_ledger.services.read_models import ReadModels
 
 DAY = timedelta(days=1)
 

@@ -19,9 +19,9 @@ from crm_ledger.adapters.eventstore import sqlite_env
 from crm_ledger.adapters.sql import SqlProjectionStore, sqlite_engine
 from crm_ledger.application import Ledger
 from crm_ledger.errors import CustomerNotFound
-from crm_ledger.projections.model import micros
+from crm_ledger.projections.contributions import micros
 from crm_ledger.projections.runtime import Projector
-from crm_ledger.projections.views import Moment, ReadModels
+from crm_ledger.services.read_models import Moment, ReadModels
 from tests.factories import AT, tp
 from tests.projections.conftest import dump
 

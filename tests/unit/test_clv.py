@@ -10,7 +10,7 @@ import pytest
 
 from crm_ledger.analytics import clv
 from crm_ledger.errors import InvalidInput
-from crm_ledger.projections.model import micros
+from crm_ledger.projections.contributions import micros
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 PARAMS = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}

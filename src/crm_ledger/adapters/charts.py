@@ -12,13 +12,13 @@ import matplotlib.pyplot as plt
 
 from crm_ledger.analytics.impact import CONTROL, EXPOSED
 from crm_ledger.errors import InvalidInput
-from crm_ledger.projections.model import week_start
+from crm_ledger.projections.contributions import week_start
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from crm_ledger.projections.predictive import Holdout
-    from crm_ledger.projections.views import Comparison
+    from crm_ledger.services.predictions import Holdout
+    from crm_ledger.services.read_models import Comparison
 
 
 def impact_chart(result: Comparison, path: Path) -> None:
@@ -96,6 +96,18 @@ def tracking_chart(result: Holdout, path: Path) -> None:
         _save(figure, path)
     finally:
         plt.close(figure)
+
+
+class MatplotlibCharts:
+    """The services' charts, drawn with matplotlib into PNG files."""
+
+    def impact(self, result: Comparison, path: Path) -> None:
+        """An initiative's weekly series and window."""
+        impact_chart(result, path)
+
+    def tracking(self, result: Holdout, path: Path) -> None:
+        """A CLV holdout's tracking curves."""
+        tracking_chart(result, path)
 
 
 def _save(figure: Any, path: Path) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from crm_ledger.errors import PositionConflict, StoreUnavailable
-from crm_ledger.projections.model import Rule
+from crm_ledger.projections.contributions import Rule
 from crm_ledger.projections.runtime import (
     BUILDING,
     LIVE,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Connection, Engine
 
-    from crm_ledger.projections.model import Projection, Table
+    from crm_ledger.projections.contributions import Projection, Table
     from crm_ledger.projections.runtime import SetWrite
 
 _TYPES: dict[str, Any] = {"int": sa.BigInteger, "text": sa.Text, "float": sa.Float}
@@ -78,27 +78,7 @@ class SqlProjectionStore:
             sa.Column("label", sa.Text, primary_key=True),
             sa.Column("version", sa.Text, nullable=False),
         )
-        self.clv_models = sa.Table(
-            "crm_clv_models",
-            self.metadata,
-            sa.Column("model_id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("fitted_at", sa.BigInteger, nullable=False),
-            sa.Column("calibration_end", sa.BigInteger, nullable=False),
-            sa.Column("as_of", sa.BigInteger),
-            sa.Column("currency", sa.Text, nullable=False),
-            sa.Column("unit", sa.Text, nullable=False),
-            sa.Column("horizon", sa.Float, nullable=False),
-            sa.Column("annual_discount", sa.Float, nullable=False),
-            sa.Column("fits", sa.Text, nullable=False),  # JSON: both models' fits
-        )
-        self.clv_customers = sa.Table(
-            "crm_clv_customers",
-            self.metadata,
-            sa.Column("model_id", sa.Integer, primary_key=True, autoincrement=False),
-            sa.Column("customer_id", sa.Text, primary_key=True),
-            *(sa.Column(name, sa.Float, nullable=False) for name in CLV_COLUMNS),
-            sa.Index("crm_clv_customers__model_value", "model_id", "clv"),
-        )
+        self.clv_models, self.clv_customers = _clv_tables(self.metadata)
         self._tables: dict[tuple[str, str], sa.Table] = {}
         self._upserts: dict[tuple[str, str], Any] = {}
         with self._begin() as conn:
@@ -109,6 +89,10 @@ class SqlProjectionStore:
             )
 
     # Table sets.
+
+    def dispose(self) -> None:
+        """Close the store's pooled connections."""
+        self.engine.dispose()
 
     def table_sets(self) -> list[TableSet]:
         """Every table set, any status."""
@@ -475,6 +459,32 @@ def _merge(rule: Rule, old: Any, new: Any) -> Any:
         return sa.func.coalesce(new, old)
     better = new < old if rule is Rule.MIN else new > old
     return sa.case((new.is_(None), old), (old.is_(None), new), (better, new), else_=old)
+
+
+def _clv_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    """The stored CLV fits and their per-customer predictions."""
+    models = sa.Table(
+        "crm_clv_models",
+        metadata,
+        sa.Column("model_id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("fitted_at", sa.BigInteger, nullable=False),
+        sa.Column("calibration_end", sa.BigInteger, nullable=False),
+        sa.Column("as_of", sa.BigInteger),
+        sa.Column("currency", sa.Text, nullable=False),
+        sa.Column("unit", sa.Text, nullable=False),
+        sa.Column("horizon", sa.Float, nullable=False),
+        sa.Column("annual_discount", sa.Float, nullable=False),
+        sa.Column("fits", sa.Text, nullable=False),  # JSON: both models' fits
+    )
+    customers = sa.Table(
+        "crm_clv_customers",
+        metadata,
+        sa.Column("model_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("customer_id", sa.Text, primary_key=True),
+        *(sa.Column(name, sa.Float, nullable=False) for name in CLV_COLUMNS),
+        sa.Index("crm_clv_customers__model_value", "model_id", "clv"),
+    )
+    return models, customers
 
 
 def sqlite_engine(path: str) -> Engine:

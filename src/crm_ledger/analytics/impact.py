@@ -114,27 +114,10 @@ def measure(
     sums: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
     weekly: dict[str, list[float | None]] = {}
     for group in (EXPOSED, CONTROL):
-        members = [c for c in by_customer if groups[c] == group]
-        value = np.zeros((len(members), 3))
-        span = np.zeros((len(members), 3))
-        week_value = np.zeros(len(weeks))
-        week_count = np.zeros(len(weeks))
-        for i, customer in enumerate(members):
-            acts = by_customer[customer]
-            active = [a.week for a in acts if a.active]
-            if active:
-                lo, hi = min(active), max(active)
-                for w in range(lo, hi + 1):
-                    span[i, period_of(w, start_week, end_week)] += 1
-                week_count[lo - first_week : hi - first_week + 1] += 1
-            for a in acts:
-                v = getattr(a, metric)
-                value[i, period_of(a.week, start_week, end_week)] += v
-                week_value[a.week - first_week] += v
-        sums[group] = (value, span)
-        weekly[group] = [
-            float(v / n) if n else None for v, n in zip(week_value, week_count, strict=True)
-        ]
+        members = {c: acts for c, acts in by_customer.items() if groups[c] == group}
+        sums[group], weekly[group] = _group_sums(
+            members, metric, weeks, start_week=start_week, end_week=end_week
+        )
     rng = np.random.default_rng(seed)
     boot = {g: _bootstrap(*sums[g], resamples, rng) for g in sums}
     return Impact(
@@ -147,6 +130,36 @@ def measure(
         weekly=weekly,
         resamples=resamples,
     )
+
+
+def _group_sums(
+    members: Mapping[str, list[Activity]],
+    metric: str,
+    weeks: list[int],
+    *,
+    start_week: int,
+    end_week: int | None,
+) -> tuple[tuple[NDArray[np.float64], NDArray[np.float64]], list[float | None]]:
+    """Per member and period: the metric's total and the active weeks; and per week, the
+    metric per active member."""
+    first_week = weeks[0]
+    value = np.zeros((len(members), 3))
+    span = np.zeros((len(members), 3))
+    week_value = np.zeros(len(weeks))
+    week_count = np.zeros(len(weeks))
+    for i, acts in enumerate(members.values()):
+        active = [a.week for a in acts if a.active]
+        if active:
+            lo, hi = min(active), max(active)
+            for w in range(lo, hi + 1):
+                span[i, period_of(w, start_week, end_week)] += 1
+            week_count[lo - first_week : hi - first_week + 1] += 1
+        for a in acts:
+            v = getattr(a, metric)
+            value[i, period_of(a.week, start_week, end_week)] += v
+            week_value[a.week - first_week] += v
+    weekly = [float(v / n) if n else None for v, n in zip(week_value, week_count, strict=True)]
+    return (value, span), weekly
 
 
 def _group_period(

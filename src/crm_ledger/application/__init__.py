@@ -9,6 +9,8 @@ from crm_ledger.application.ledger import (
     Ledger,
 )
 from crm_ledger.application.records import (
+    RECORDS_KWARG,
+    BatchRecords,
     BatchResult,
     CustomerView,
     HistoryEntry,
@@ -22,6 +24,7 @@ from crm_ledger.application.records import (
     Receipt,
     Rejection,
     StoredCopy,
+    batch_records,
 )
 
 __all__ = [
@@ -29,6 +32,8 @@ __all__ = [
     "ERASURE_SOURCE",
     "MAX_ATTEMPTS",
     "OPEN_ATTEMPTS",
+    "RECORDS_KWARG",
+    "BatchRecords",
     "BatchResult",
     "CustomerView",
     "HistoryEntry",
@@ -43,4 +48,5 @@ __all__ = [
     "Receipt",
     "Rejection",
     "StoredCopy",
+    "batch_records",
 ]

@@ -22,7 +22,7 @@ from crm_ledger.aggregates import (
 )
 from crm_ledger.aggregates.customer import MERGE_TYPES, merge, unmerge
 from crm_ledger.aggregates.envelope import own_fields
-from crm_ledger.application.records import Receipt
+from crm_ledger.application.records import RECORDS_KWARG, BatchRecords, Receipt
 from crm_ledger.errors import (
     ConflictingDuplicate,
 )
@@ -151,9 +151,7 @@ class UnitOfWork:
         # must not reach the cache, as it is not in the store.
         processing.aggregates = self.changed
         processing.saved_kwargs = {
-            "receipts": self.receipts,
-            "positions": list(positions),
-            "dead_letters": list(letters),
+            RECORDS_KWARG: BatchRecords(self.receipts, list(positions), list(letters))
         }
         self.ledger._record(processing)
         self.ledger._take_snapshots(processing)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -47,6 +47,30 @@ class OutboxLetter(NamedTuple):
     error_class: str
     error_message: str
     at: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecords:
+    """What a batch writes beside its events, in the same transaction.
+
+    eventsourcing hands a ``ProcessingEvent``'s ``saved_kwargs`` to the recorder's
+    ``insert_events(stored_events, **kwargs)``; the ledger passes exactly one, ``records``,
+    holding this value, and each recorder reads it with ``batch_records(kwargs)``.
+    """
+
+    receipts: Sequence[Receipt] = ()
+    positions: Sequence[Position] = ()
+    dead_letters: Sequence[OutboxLetter] = ()
+
+
+#: The one keyword argument the ledger gives the recorder's insert_events.
+RECORDS_KWARG = "records"
+
+
+def batch_records(kwargs: Mapping[str, Any]) -> BatchRecords:
+    """The batch's records from the recorder's keyword arguments (none for a plain save)."""
+    records = kwargs.get(RECORDS_KWARG)
+    return records if isinstance(records, BatchRecords) else BatchRecords()
 
 
 class StoredCopy(NamedTuple):

@@ -318,6 +318,25 @@ def _merge(
             r, c = next(records, None), next(links, None)
 
 
+def _compare_link(
+    record: StoredRecord, content: bytes, stored: dict[int, ChainLink]
+) -> Finding | None:
+    """What is wrong between a stored event and the chain link of its version, if anything."""
+    link = stored.get(record.version)
+    if link is None:
+        return Finding(
+            record.stream, record.version, "inserted", "an event the store never chained"
+        )
+    if link.content == content:
+        return None
+    moved = _chained_as(record, stored)
+    if moved is not None:
+        detail = f"holds the event chained as version {moved}"
+        return Finding(record.stream, record.version, "reordered", detail)
+    detail = "its content differs from what was chained"
+    return Finding(record.stream, record.version, "modified", detail)
+
+
 def _check_stream(
     stream: bytes,
     records: Sequence[StoredRecord],
@@ -336,44 +355,16 @@ def _check_stream(
         previous = chain_hash(previous, content)
         if (stream, record.version) in signed:
             recomputed[stream, record.version] = previous
-        link = stored.get(record.version)
-        if link is None:
-            findings.append(
-                Finding(stream, record.version, "inserted", "an event the store never chained")
-            )
-        elif link.content != content:
-            moved = _chained_as(record, stored)
-            if moved is not None:
-                findings.append(
-                    Finding(
-                        stream,
-                        record.version,
-                        "reordered",
-                        f"holds the event chained as version {moved}",
-                    )
-                )
-            else:
-                findings.append(
-                    Finding(
-                        stream,
-                        record.version,
-                        "modified",
-                        "its content differs from what was chained",
-                    )
-                )
+        finding = _compare_link(record, content, stored)
+        if finding is not None:
+            findings.append(finding)
     # The stored chain on its own: each link must follow from the one before it.
     before = GENESIS
     for version in sorted(stored):
         link = stored[version]
         if link.chained != chain_hash(before, link.content):
-            findings.append(
-                Finding(
-                    stream,
-                    version,
-                    "chain broken",
-                    "the stored chain does not follow from its links",
-                )
-            )
+            detail = "the stored chain does not follow from its links"
+            findings.append(Finding(stream, version, "chain broken", detail))
         before = link.chained
     for version in sorted(set(stored) - seen):
         findings.append(Finding(stream, version, "deleted", "chained, but no longer stored"))

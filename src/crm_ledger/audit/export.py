@@ -28,24 +28,8 @@ def verify_export(lines: Iterable[dict[str, Any]], signer: Signer) -> list[Findi
     if header is None:
         return [Finding(b"", None, "not an export", "no header line")]
     stream = bytes.fromhex(header["stream"])
-    findings: list[Finding] = []
-    previous, stated = GENESIS, GENESIS  # recomputed from the bytes; as the export states
-    chained_at: dict[int, bytes] = {}
     events = [i for i in items if i.get("kind") == "event"]
-    for expected, item in enumerate(events, start=1):
-        version = int(item["version"])
-        if version != expected:
-            findings.append(Finding(stream, expected, "missing", f"the export jumps to {version}"))
-            break
-        content = content_hash(stream, version, item["topic"], base64.b64decode(item["state"]))
-        previous = chain_hash(previous, content)
-        chained_at[version] = previous
-        stated_content = bytes.fromhex(item.get("content_hash") or "")
-        if stated_content != content:
-            findings.append(Finding(stream, version, "modified", "bytes do not match the hash"))
-        if bytes.fromhex(item.get("chain_hash") or "") != chain_hash(stated, stated_content):
-            findings.append(Finding(stream, version, "chain broken", "the chain does not follow"))
-        stated = bytes.fromhex(item.get("chain_hash") or "")
+    findings, chained_at = _check_events(stream, events)
     if len(events) != header.get("events"):
         findings.append(Finding(stream, None, "missing", "the export lost or gained lines"))
     checkpoint = header.get("checkpoint")
@@ -68,9 +52,31 @@ def verify_export(lines: Iterable[dict[str, Any]], signer: Signer) -> list[Findi
         findings.append(Finding(stream, None, "bad signature", "not signed by this key"))
     for s, version, head in heads:
         if s == stream and chained_at.get(version) != head:
-            findings.append(
-                Finding(
-                    stream, version, "history changed", "the chain does not reach the signed head"
-                )
-            )
+            detail = "the chain does not reach the signed head"
+            findings.append(Finding(stream, version, "history changed", detail))
     return findings
+
+
+def _check_events(
+    stream: bytes, events: list[dict[str, Any]]
+) -> tuple[list[Finding], dict[int, bytes]]:
+    """Each event's hashes from its bytes and the chain as stated; the chain hash recomputed
+    at each version."""
+    findings: list[Finding] = []
+    previous, stated = GENESIS, GENESIS  # recomputed from the bytes; as the export states
+    chained_at: dict[int, bytes] = {}
+    for expected, item in enumerate(events, start=1):
+        version = int(item["version"])
+        if version != expected:
+            findings.append(Finding(stream, expected, "missing", f"the export jumps to {version}"))
+            break
+        content = content_hash(stream, version, item["topic"], base64.b64decode(item["state"]))
+        previous = chain_hash(previous, content)
+        chained_at[version] = previous
+        stated_content = bytes.fromhex(item.get("content_hash") or "")
+        if stated_content != content:
+            findings.append(Finding(stream, version, "modified", "bytes do not match the hash"))
+        if bytes.fromhex(item.get("chain_hash") or "") != chain_hash(stated, stated_content):
+            findings.append(Finding(stream, version, "chain broken", "the chain does not follow"))
+        stated = bytes.fromhex(item.get("chain_hash") or "")
+    return findings, chained_at

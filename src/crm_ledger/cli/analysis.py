@@ -11,20 +11,26 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from crm_ledger import bootstrap
-from crm_ledger.adapters.charts import impact_chart
 from crm_ledger.analytics.impact import METRICS
-from crm_ledger.cli.base import Context, cli, emit, emit_record, json_default, pass_context
-from crm_ledger.cli.customers import catch_up_bar, moment_from_options, read_models
-from crm_ledger.errors import (
-    UnreadableFile,
+from crm_ledger.cli.base import (
+    Context,
+    as_dict,
+    catch_up_bar,
+    cli,
+    emit,
+    emit_record,
+    json_default,
+    open_services,
+    pass_context,
 )
-from crm_ledger.projections.model import micros, moment
-from crm_ledger.projections.views import Moment
+from crm_ledger.cli.customers import moment_from_options
+from crm_ledger.errors import UnreadableFile
+from crm_ledger.services.read_models import Moment
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from crm_ledger.projections.views import Comparison
+    from crm_ledger.services.read_models import Comparison
 
 
 @cli.command()
@@ -41,26 +47,9 @@ def replay(ctx: Context, as_of: str | None, valid_at: str | None, into: str) -> 
     if not as_of and not valid_at:
         raise click.UsageError("give --as-of, --valid-at or both")
     at = moment_from_options(as_of, valid_at, None)
-    with bootstrap.open_ledger(ctx.settings) as ledger, catch_up_bar(ctx, "replaying") as bar:
-        store = bootstrap.open_projection_store(ctx.settings)
-        projector = bootstrap.open_projector(ledger, store)
-        sets = projector.replay(
-            into,
-            as_of=micros(at.as_of) if at.as_of else None,
-            valid_at=micros(at.valid_at) if at.valid_at else None,
-            progress=bar,
-        )
-    emit_record(
-        ctx,
-        {
-            "snapshot": into,
-            "as_of": at.as_of,
-            "valid_at": at.valid_at,
-            "position": max((s.position for s in sets), default=0),
-            "projections": sorted(s.projection for s in sets),
-        },
-        title="snapshot ready",
-    )
+    with open_services(ctx) as services, catch_up_bar(ctx, "replaying") as bar:
+        made = services.projections.replay(into, as_of=at.as_of, valid_at=at.valid_at, progress=bar)
+    emit_record(ctx, as_dict(made), title="snapshot ready")
 
 
 @cli.group()
@@ -72,35 +61,17 @@ def projections() -> None:
 @pass_context
 def projections_status(ctx: Context) -> None:
     """Each projection's table sets (live, rebuilding, snapshots), position and lag."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        store = bootstrap.open_projection_store(ctx.settings)
-        rows = bootstrap.open_projector(ledger, store).status()
-    emit(
-        ctx,
-        [
-            {
-                "projection": r.projection,
-                "set": r.label,
-                "status": r.status,
-                "position": r.position,
-                "head": r.head,
-                "lag": r.lag,
-                "as_of": moment(r.as_of) if r.as_of is not None else None,
-                "valid_at": moment(r.valid_at) if r.valid_at is not None else None,
-            }
-            for r in rows
-        ],
-        title="projections",
-    )
+    with open_services(ctx) as services:
+        rows = services.projections.status()
+    emit(ctx, [as_dict(r) for r in rows], title="projections")
 
 
 @projections.command("run")
 @pass_context
 def projections_run(ctx: Context) -> None:
     """Catch every live projection up with the ledger (queries also do this first)."""
-    with bootstrap.open_ledger(ctx.settings) as ledger, catch_up_bar(ctx) as bar:
-        store = bootstrap.open_projection_store(ctx.settings)
-        applied = bootstrap.open_projector(ledger, store).catch_up(bar)
+    with open_services(ctx) as services, catch_up_bar(ctx) as bar:
+        applied = services.projections.catch_up(bar)
     emit_record(ctx, {"records_applied": applied}, title="caught up")
 
 
@@ -129,23 +100,12 @@ def projections_rebuild(
     when the machine has more than one core."""
     bootstrap.tune_for_throughput()
     started = time.perf_counter()
-    with catch_up_bar(ctx, "rebuilding") as bar:
-        bootstrap.rebuild_projections(
-            ctx.settings, names, workers=workers, batch_size=batch_size, progress=bar
+    with open_services(ctx) as services, catch_up_bar(ctx, "rebuilding") as bar:
+        live = services.projections.rebuild(
+            names, workers=workers, batch_size=batch_size, progress=bar
         )
     seconds = time.perf_counter() - started
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        store = bootstrap.open_projection_store(ctx.settings)
-        live = bootstrap.open_projector(ledger, store).live()
-    emit(
-        ctx,
-        [
-            {"projection": n, "set": s.label, "position": s.position}
-            for n, s in sorted(live.items())
-            if not names or n in names
-        ],
-        title=f"rebuilt in {seconds:.1f} s",
-    )
+    emit(ctx, [as_dict(s) for s in live], title=f"rebuilt in {seconds:.1f} s")
 
 
 @projections.command("drop")
@@ -153,9 +113,8 @@ def projections_rebuild(
 @pass_context
 def projections_drop(ctx: Context, snapshot: str) -> None:
     """Drop the snapshot SNAPSHOT and its tables."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        store = bootstrap.open_projection_store(ctx.settings)
-        bootstrap.open_projector(ledger, store).drop_snapshot(snapshot)
+    with open_services(ctx) as services:
+        services.projections.drop(snapshot)
     emit_record(ctx, {"dropped": snapshot}, title="snapshot dropped")
 
 
@@ -206,8 +165,8 @@ def compare(
     difference-in-differences with a bootstrap 95% confidence interval."""
     chosen = _pairs(control)
     expected = _truth(truth, metric) if truth else None
-    with read_models(ctx) as models:
-        result = models.compare(
+    with open_services(ctx, "projecting") as services:
+        result = services.read_models.compare(
             initiative_id,
             Moment(snapshot=snapshot),
             control=chosen or None,
@@ -215,8 +174,8 @@ def compare(
             currency=currency,
             resamples=resamples,
         )
-    if chart:
-        impact_chart(result, chart)
+        if chart:
+            services.charts.impact(result, chart)
     _emit_comparison(ctx, result, expected, chart)
 
 
@@ -249,6 +208,56 @@ def _emit_comparison(
     ctx: Context, result: Comparison, expected: float | None, chart: Path | None
 ) -> None:
     impact = result.impact
+    unit = f"{result.currency} minor units" if result.currency else impact.metric
+    if ctx.output == "json":
+        click.echo(
+            json.dumps(
+                _comparison_document(result, unit, expected, chart),
+                default=json_default,
+                indent=2,
+            )
+        )
+        return
+    scope = ", ".join(f"{k}={v}" for k, v in result.scope.items())
+    control = ", ".join(f"{k}={v}" for k, v in (result.control or {}).items()) or "the rest"
+    emit(
+        ctx,
+        _comparison_rows(result, expected),
+        title=f"{result.initiative}: {impact.metric} per customer-week ({unit}), "
+        f"exposed {scope} vs control {control}",
+    )
+    if ctx.output == "table":
+        line = _uplift_line(result, expected)
+        if line:
+            ctx.out.print(line)
+        if chart:
+            ctx.out.print(f"chart written to {chart}")
+
+
+def _comparison_document(
+    result: Comparison, unit: str, expected: float | None, chart: Path | None
+) -> dict[str, Any]:
+    impact = result.impact
+    return {
+        "initiative": result.initiative,
+        "name": result.name,
+        "scope": result.scope,
+        "control": result.control or "everyone outside the scope",
+        "metric": impact.metric,
+        "unit": unit,
+        "started_at": result.started_at,
+        "ended_at": result.ended_at,
+        "resamples": impact.resamples,
+        "groups": [dataclasses.asdict(g) for g in impact.groups],
+        "estimates": [dataclasses.asdict(e) for e in impact.estimates],
+        "true_uplift": expected,
+        "chart": str(chart) if chart else None,
+    }
+
+
+def _comparison_rows(result: Comparison, expected: float | None) -> list[dict[str, Any]]:
+    """Each group and period, then each difference-in-differences estimate (and the truth)."""
+    empty = {"customers": None, "customer_weeks": None, "total": None}
     rows: list[dict[str, Any]] = [
         {
             "group": g.group,
@@ -260,76 +269,34 @@ def _emit_comparison(
             "ci_low": None,
             "ci_high": None,
         }
-        for g in impact.groups
+        for g in result.impact.groups
     ]
     rows += [
-        {
-            "group": "difference-in-differences",
-            "period": e.period,
-            "customers": None,
-            "customer_weeks": None,
-            "total": None,
-            "per_customer_week": _round(e.estimate),
-            "ci_low": _round(e.ci_low),
-            "ci_high": _round(e.ci_high),
-        }
-        for e in impact.estimates
+        {"group": "difference-in-differences", "period": e.period, **empty}
+        | {"per_customer_week": _round(e.estimate)}
+        | {"ci_low": _round(e.ci_low), "ci_high": _round(e.ci_high)}
+        for e in result.impact.estimates
     ]
     if expected is not None:
         rows.append(
-            {
-                "group": "true uplift (generator)",
-                "period": "during",
-                "customers": None,
-                "customer_weeks": None,
-                "total": None,
-                "per_customer_week": _round(expected),
-                "ci_low": None,
-                "ci_high": None,
-            }
+            {"group": "true uplift (generator)", "period": "during", **empty}
+            | {"per_customer_week": _round(expected), "ci_low": None, "ci_high": None}
         )
-    unit = f"{result.currency} minor units" if result.currency else impact.metric
-    if ctx.output == "json":
-        document = {
-            "initiative": result.initiative,
-            "name": result.name,
-            "scope": result.scope,
-            "control": result.control or "everyone outside the scope",
-            "metric": impact.metric,
-            "unit": unit,
-            "started_at": result.started_at,
-            "ended_at": result.ended_at,
-            "resamples": impact.resamples,
-            "groups": [dataclasses.asdict(g) for g in impact.groups],
-            "estimates": [dataclasses.asdict(e) for e in impact.estimates],
-            "true_uplift": expected,
-            "chart": str(chart) if chart else None,
-        }
-        click.echo(json.dumps(document, default=json_default, indent=2))
-        return
-    scope = ", ".join(f"{k}={v}" for k, v in result.scope.items())
-    control = ", ".join(f"{k}={v}" for k, v in (result.control or {}).items()) or "the rest"
-    emit(
-        ctx,
-        rows,
-        title=f"{result.initiative}: {impact.metric} per customer-week ({unit}), "
-        f"exposed {scope} vs control {control}",
+    return rows
+
+
+def _uplift_line(result: Comparison, expected: float | None) -> str | None:
+    during = next((e for e in result.impact.estimates if e.period == "during"), None)
+    if during is None or during.estimate is None:
+        return None
+    line = (
+        f"estimated uplift during the initiative: {during.estimate:,.2f} per "
+        f"customer-week (95% CI {during.ci_low:,.2f} to {during.ci_high:,.2f})"
     )
-    if ctx.output == "table":
-        during = next((e for e in impact.estimates if e.period == "during"), None)
-        if during and during.estimate is not None:
-            line = (
-                f"estimated uplift during the initiative: {during.estimate:,.2f} per "
-                f"customer-week (95% CI {during.ci_low:,.2f} to {during.ci_high:,.2f})"
-            )
-            if expected is not None:
-                inside = during.ci_low <= expected <= during.ci_high  # type: ignore[operator]
-                line += (
-                    f"; true uplift {expected:,.2f} ({'inside' if inside else 'outside'} the CI)"
-                )
-            ctx.out.print(line)
-        if chart:
-            ctx.out.print(f"chart written to {chart}")
+    if expected is not None:
+        inside = during.ci_low <= expected <= during.ci_high  # type: ignore[operator]
+        line += f"; true uplift {expected:,.2f} ({'inside' if inside else 'outside'} the CI)"
+    return line
 
 
 def _round(value: float | None) -> float | None:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from crm_ledger import bootstrap
-from crm_ledger.aggregates import customer_uuid
 from crm_ledger.audit import verify_export
-from crm_ledger.cli.base import Context, cli, emit, emit_record, parse_when, pass_context
+from crm_ledger.cli.base import (
+    Context,
+    as_dict,
+    cli,
+    emit,
+    emit_record,
+    open_services,
+    parse_when,
+    pass_context,
+)
 from crm_ledger.errors import (
     InvalidInput,
 )
@@ -35,20 +42,9 @@ def audit_checkpoint(ctx: Context) -> None:
     appended to the auditor's copy (CRM_LEDGER_AUDIT_RECEIPTS; default in the key folder),
     against which `audit verify` finds checkpoints removed from the database.
     """
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        cp = bootstrap.open_auditor(ctx.settings, ledger).checkpoint()
-    emit_record(
-        ctx,
-        {
-            "checkpoint": cp.checkpoint_id,
-            "created_at": cp.created_at,
-            "position": cp.position,
-            "streams": cp.streams,
-            "digest": cp.digest.hex(),
-            "receipt": str(bootstrap.receipts_path(ctx.settings)),
-        },
-        title="checkpoint signed",
-    )
+    with open_services(ctx) as services:
+        signed = services.audit.checkpoint()
+    emit_record(ctx, as_dict(signed), title="checkpoint signed")
 
 
 @audit.command("verify")
@@ -63,24 +59,12 @@ def audit_verify(ctx: Context, since: int | None) -> None:
     """Recompute every event's hash and every stream's chain from the stored bytes, compare
     them with the stored chain and the signed checkpoints, and report each modified,
     deleted, reordered or inserted event by stream and version. Exits 1 if anything is wrong."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        started = time.perf_counter()
-        result = bootstrap.open_auditor(ctx.settings, ledger).verify(since=since)
-        seconds = time.perf_counter() - started
-        names = {f.stream: ledger.stream_name(f.stream) for f in result.findings if f.stream}
-    rows = [
-        {
-            "stream": f.stream.hex() if f.stream else "",
-            "subject": names.get(f.stream) or "",
-            "version": f.version,
-            "problem": f.problem,
-            "detail": f.detail,
-        }
-        for f in result.findings
-    ]
+    with open_services(ctx) as services:
+        result = services.audit.verify(since)
+    rows = [as_dict(f) for f in result.findings]
     summary = (
         f"{result.events:,} events in {result.streams:,} streams, {result.checkpoints} "
-        f"checkpoints checked in {seconds:.1f} s: "
+        f"checkpoints checked in {result.seconds:.1f} s: "
         + ("intact" if result.ok else f"{len(result.findings)} problems")
     )
     if ctx.output == "json":
@@ -111,29 +95,8 @@ def audit_verify(ctx: Context, since: int | None) -> None:
 def audit_history(ctx: Context, customer_id: str, as_of: str | None) -> None:
     """Every fact about CUSTOMER_ID: who (actor), which service (source), when it occurred
     and when it was recorded, with the event's content and chain hash."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        entries = ledger.history(customer_id, as_of=parse_when(as_of))
-        auditor = bootstrap.open_auditor(ctx.settings, ledger)
-        links = {
-            link.version: link
-            for link in auditor.store.stream_chain(customer_uuid(customer_id).bytes)
-        }
-    rows: list[dict[str, Any]] = []
-    for e in entries:
-        link = links.get(e.version)
-        rows.append(
-            {
-                "version": e.version,
-                "fact": e.event_type,
-                "actor": e.actor,
-                "source": e.source,
-                "occurred_at": e.occurred_at,
-                "recorded_at": e.recorded_at,
-                "event_id": str(e.event_id),
-                "content_hash": link.content.hex() if link else None,
-                "chain_hash": link.chained.hex() if link else None,
-            }
-        )
+    with open_services(ctx) as services:
+        rows = [as_dict(e) for e in services.audit.history(customer_id, parse_when(as_of))]
     if ctx.output == "table":
         for row in rows:
             row["occurred_at"] = f"{row['occurred_at']:%Y-%m-%d %H:%M:%S}"
@@ -152,12 +115,8 @@ def audit_export(ctx: Context, customer_id: str, out: io.TextIOBase) -> None:
     """Write CUSTOMER_ID's stored events as JSON Lines for an external auditor, with the
     proofs to check them offline (crm-ledger audit verify-export): each event's bytes and
     hashes, the newest checkpoint that signed the stream, and the heads it signed."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        ledger.customer(customer_id)  # a clear error for an unknown customer
-        auditor = bootstrap.open_auditor(ctx.settings, ledger)
-        for line in auditor.export(customer_uuid(customer_id).bytes):
-            if line["kind"] == "header":
-                line["customer_id"] = customer_id
+    with open_services(ctx) as services:
+        for line in services.audit.export(customer_id):
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 
@@ -217,8 +176,8 @@ def keys_rotate(ctx: Context) -> None:
     `erase` does this itself; run it after restoring a backup, or on a schedule, so that data
     keys in old WAL segments and backups can no longer be unwrapped.
     """
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        count = ledger.rotate_keys()
+    with open_services(ctx) as services:
+        count = services.records.rotate_keys()
     emit_record(
         ctx, {"data_keys": count, "key_folder": str(ctx.settings.key_folder)}, title="rotated"
     )

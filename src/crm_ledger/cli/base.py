@@ -3,11 +3,14 @@ shares; plus how results are printed (table, JSON, CSV) and progress bars."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import io
 import json
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from crm_ledger import __version__
+from crm_ledger import __version__, bootstrap
 from crm_ledger.config import Settings
 from crm_ledger.errors import (
     CrmLedgerError,
@@ -231,6 +234,40 @@ def progress_bar(ctx: Context) -> Progress:
         disable=not ctx.err.is_terminal,
         transient=False,
     )
+
+
+@contextlib.contextmanager
+def open_services(ctx: Context, label: str | None = None) -> Iterator[bootstrap.Services]:
+    """The services for one command; with a ``label``, a progress bar while the read models
+    catch up."""
+    if label is None:
+        with bootstrap.build(ctx.settings) as services:
+            yield services
+        return
+    with catch_up_bar(ctx, label) as bar, bootstrap.build(ctx.settings, progress=bar) as services:
+        yield services
+
+
+@contextlib.contextmanager
+def catch_up_bar(ctx: Context, label: str = "projecting") -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr fed (position, head) pairs."""
+    with progress_bar(ctx) as bar:
+        task = bar.add_task(label, total=None, rate="-")
+        started = time.perf_counter()
+        first: list[int] = []
+
+        def update(position: int, head: int) -> None:
+            first[:] = first or [position]
+            done = position - first[0]
+            rate = done / max(1e-9, time.perf_counter() - started)
+            bar.update(task, completed=position, total=head, rate=f"{rate:,.0f}")
+
+        yield update
+
+
+def as_dict(result: Any) -> dict[str, Any]:
+    """A service's dataclass result as the dict JSON, CSV and tables print."""
+    return dataclasses.asdict(result)
 
 
 def main() -> None:

@@ -10,24 +10,22 @@ from typing import TYPE_CHECKING
 
 import click
 
-from crm_ledger import bootstrap
-from crm_ledger.adapters.charts import tracking_chart
 from crm_ledger.cli.base import (
     Context,
     cli,
     emit,
     emit_record,
     json_default,
+    open_services,
     parse_moment,
     parse_when,
     pass_context,
 )
-from crm_ledger.cli.customers import catch_up_bar
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from crm_ledger.projections.predictive import ClvModel, Predictions
+    from crm_ledger.services.predictions import ClvModel, Holdout, Predictions
 
 
 @cli.group("clv")
@@ -38,8 +36,8 @@ def clv_() -> None:
 
 @contextlib.contextmanager
 def _predictions(ctx: Context) -> Iterator[Predictions]:
-    with bootstrap.open_ledger(ctx.settings) as ledger, catch_up_bar(ctx) as progress:
-        yield bootstrap.open_predictions(ctx.settings, ledger, progress=progress)
+    with open_services(ctx, "projecting") as services:
+        yield services.predictions
 
 
 _UNIT_OPTION = click.option(
@@ -190,10 +188,10 @@ def clv_holdout(
     """Fit BG/NBD on the calibration period and compare predicted with actual repeat
     purchases per period through the holdout, and per calibration frequency."""
     start, end = parse_moment(calibration_end), parse_moment(holdout_end)
-    with _predictions(ctx) as predictions:
-        result = predictions.holdout(start, end, currency=currency, unit=unit)
+    with open_services(ctx, "projecting") as services:
+        result = services.predictions.holdout(start, end, currency=currency, unit=unit)
     if chart:
-        tracking_chart(result, chart)
+        services.charts.tracking(result, chart)
     if ctx.output == "json":
         click.echo(json.dumps(dataclasses.asdict(result), default=json_default, indent=2))
         return
@@ -210,19 +208,7 @@ def clv_holdout(
     ]
     emit(ctx, rows, title=f"repeat purchases per {unit[:-1]}: {result.customers} customers")
     if ctx.output == "table":
-        emit(
-            ctx,
-            [
-                {
-                    "frequency": g.frequency,
-                    "customers": g.customers,
-                    "actual": round(g.actual, 3),
-                    "predicted": round(g.predicted, 3),
-                }
-                for g in result.by_frequency
-            ],
-            title="holdout purchases per customer by calibration frequency",
-        )
+        _emit_by_frequency(ctx, result)
         error = (result.predicted - result.actual) / max(1, result.actual)
         ctx.out.print(
             f"holdout {result.calibration_end:%Y-%m-%d} to {result.holdout_end:%Y-%m-%d}: "
@@ -231,3 +217,16 @@ def clv_holdout(
         )
         if chart:
             ctx.out.print(f"chart written to {chart}")
+
+
+def _emit_by_frequency(ctx: Context, result: Holdout) -> None:
+    rows = [
+        {
+            "frequency": g.frequency,
+            "customers": g.customers,
+            "actual": round(g.actual, 3),
+            "predicted": round(g.predicted, 3),
+        }
+        for g in result.by_frequency
+    ]
+    emit(ctx, rows, title="holdout purchases per customer by calibration frequency")

@@ -4,31 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from crm_ledger import bootstrap
 from crm_ledger.cli.base import (
     Context,
     F,
     cli,
     emit,
     emit_record,
+    open_services,
     parse_when,
     pass_context,
-    progress_bar,
 )
 from crm_ledger.projections.lifetime_value import minor_unit_exponent
-from crm_ledger.projections.views import Moment
+from crm_ledger.services.read_models import Moment
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from crm_ledger.projections.journey_timeline import Touch
     from crm_ledger.projections.lifetime_value import Value
-    from crm_ledger.projections.views import ReadModels
+    from crm_ledger.services.read_models import Customer360View, ReadModels
 
 
 # Reading.
@@ -69,25 +67,9 @@ def moment_from_options(as_of: str | None, valid_at: str | None, snapshot: str |
 
 @contextlib.contextmanager
 def read_models(ctx: Context) -> Iterator[ReadModels]:
-    """Read models over the ledger, with a progress bar while they catch up."""
-    with bootstrap.open_ledger(ctx.settings) as ledger, catch_up_bar(ctx) as progress:
-        yield bootstrap.open_read_models(ctx.settings, ledger, progress=progress)
-
-
-@contextlib.contextmanager
-def catch_up_bar(ctx: Context, label: str = "projecting") -> Iterator[Callable[[int, int], None]]:
-    with progress_bar(ctx) as bar:
-        task = bar.add_task(label, total=None, rate="-")
-        started = time.perf_counter()
-        first: list[int] = []
-
-        def update(position: int, head: int) -> None:
-            first[:] = first or [position]
-            done = position - first[0]
-            rate = done / max(1e-9, time.perf_counter() - started)
-            bar.update(task, completed=position, total=head, rate=f"{rate:,.0f}")
-
-        yield update
+    """Read models over the ledger, caught up first (with a progress bar)."""
+    with open_services(ctx, "projecting") as services:
+        yield services.read_models
 
 
 def _money(minor: int | None, currency: str | None) -> str:
@@ -145,6 +127,22 @@ def customer_show(
     at = moment_from_options(as_of, valid_at, snapshot)
     with read_models(ctx) as models:
         view = models.view(customer_id, at, last=last)
+    record_ = _view_record(ctx, view)
+    touches = [_touch_row(ctx, t) for t in view.last_touches]
+    if ctx.output == "json":
+        record_["lifetime_value"] = [dataclasses.asdict(v) for v in view.values]
+        record_["last_touches"] = touches
+        emit_record(ctx, record_, title="")
+        return
+    if ctx.output == "csv":
+        record_["last_touches"] = touches
+    emit_record(ctx, record_, title=f"customer {customer_id}{_moment_title(at)}")
+    if ctx.output == "table" and touches:
+        emit(ctx, touches, title=f"latest {len(touches)} touches")
+
+
+def _view_record(ctx: Context, view: Customer360View) -> dict[str, Any]:
+    """The 360 view as one record (LTV per currency: a sentence in tables, fields else)."""
     c = view.customer
     consent = {k: ("granted" if v["granted"] else "withdrawn") for k, v in c.consent.items()}
     record_: dict[str, Any] = {
@@ -184,17 +182,7 @@ def customer_show(
             record_[f"ltv.{v.currency}.orders"] = v.orders
             record_[f"ltv.{v.currency}.gross_minor"] = v.gross_minor
             record_[f"ltv.{v.currency}.refunded_minor"] = v.refunded_minor
-    touches = [_touch_row(ctx, t) for t in view.last_touches]
-    if ctx.output == "json":
-        record_["lifetime_value"] = [dataclasses.asdict(v) for v in view.values]
-        record_["last_touches"] = touches
-        emit_record(ctx, record_, title="")
-        return
-    if ctx.output == "csv":
-        record_["last_touches"] = touches
-    emit_record(ctx, record_, title=f"customer {customer_id}{_moment_title(at)}")
-    if ctx.output == "table" and touches:
-        emit(ctx, touches, title=f"latest {len(touches)} touches")
+    return record_
 
 
 def _moment_title(at: Moment) -> str:

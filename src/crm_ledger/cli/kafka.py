@@ -12,8 +12,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from crm_ledger import bootstrap
-from crm_ledger.adapters.kafka import IngestStats, dead_letters, lag, redrive
-from crm_ledger.cli.base import Context, cli, emit, emit_record, pass_context, progress_bar
+from crm_ledger.cli.base import (
+    Context,
+    as_dict,
+    cli,
+    emit,
+    emit_record,
+    open_services,
+    pass_context,
+    progress_bar,
+)
 from crm_ledger.errors import (
     InvalidEventInBatch,
     InvalidInput,
@@ -22,6 +30,8 @@ from crm_ledger.sources import files as sources
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from rich.progress import Progress
 
 
 # Kafka.
@@ -40,9 +50,8 @@ def publish(ctx: Context, source: Path) -> None:
     event landed (partition and offset).
     """
     bootstrap.tune_for_throughput()
-    codec = bootstrap.open_codec(ctx.settings)
     path = Path("/dev/stdin") if str(source) == "-" else source
-    read = list(sources.read_jsonl(path, codec))
+    read = list(bootstrap.file_sources(ctx.settings, [path], "jsonl")[0].read())
     lines, events = [line for line, _ in read], [tp for _, tp in read]
     with bootstrap.open_publisher(ctx.settings) as publisher:
         try:
@@ -68,7 +77,20 @@ def publish(ctx: Context, source: Path) -> None:
         raise InvalidInput(f"{len(failed)} events were not delivered (see the error column)")
 
 
-def _log_json(stats: IngestStats) -> None:
+def _batch_reporter(ctx: Context, progress: Progress) -> Callable[[bootstrap.IngestStats], None]:
+    """Per batch: the progress bar on a terminal, else one JSON log line."""
+    task = progress.add_task("ingesting", total=None, rate="-")
+
+    def on_batch(stats: bootstrap.IngestStats) -> None:
+        if ctx.err.is_terminal:
+            progress.update(task, completed=stats.consumed, rate=f"{stats.rate:,.0f}")
+        else:
+            _log_json(stats)
+
+    return on_batch
+
+
+def _log_json(stats: bootstrap.IngestStats) -> None:
     click.echo(
         json.dumps(
             {
@@ -181,21 +203,14 @@ def ingest(
     """
     bootstrap.tune_for_throughput()
     _log_to_stderr(ctx)
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        progress = progress_bar(ctx)
-        task = progress.add_task("ingesting", total=None, rate="-")
-
-        def on_batch(stats: IngestStats) -> None:
-            if ctx.err.is_terminal:
-                progress.update(task, completed=stats.consumed, rate=f"{stats.rate:,.0f}")
-            else:
-                _log_json(stats)
-
-        def on_assign(partitions: list[int]) -> None:
-            _log_event("assigned", partitions=partitions)
-
+    progress = progress_bar(ctx)
+    with open_services(ctx) as services:
         worker = bootstrap.open_ingest_worker(
-            ctx.settings, ledger, max_batch=batch_size, on_batch=on_batch, on_assign=on_assign
+            ctx.settings,
+            services.ledger,
+            max_batch=batch_size,
+            on_batch=_batch_reporter(ctx, progress),
+            on_assign=lambda partitions: _log_event("assigned", partitions=partitions),
         )
         _stop_on_signals(worker.stop)
         if not ctx.err.is_terminal:
@@ -228,14 +243,10 @@ def positions() -> None:
 @pass_context
 def positions_show(ctx: Context, topic: str | None) -> None:
     """Per partition, the next offset the ledger will read."""
+    with open_services(ctx) as services:
+        rows = services.kafka.positions(topic)
     source = topic or ctx.settings.kafka_topic
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        stored = ledger.positions(source)
-    emit(
-        ctx,
-        [{"topic": source, "partition": p, "next_offset": o} for p, o in sorted(stored.items())],
-        title=f"positions of {source}",
-    )
+    emit(ctx, [as_dict(r) for r in rows], title=f"positions of {source}")
 
 
 @positions.command("reset")
@@ -251,8 +262,8 @@ def positions_reset(ctx: Context, topic: str | None) -> None:
     holds are recognised by event_id (and one with other content is dead-lettered).
     """
     source = topic or ctx.settings.kafka_topic
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        count = ledger.reset_positions(source)
+    with open_services(ctx) as services:
+        count = services.kafka.reset_positions(source)
     emit_record(ctx, {"topic": source, "partitions_reset": count}, title="positions reset")
 
 
@@ -266,24 +277,11 @@ def dlq() -> None:
 @pass_context
 def dlq_list(ctx: Context, limit: int | None) -> None:
     """Every dead letter with its reason and where it came from."""
-    letters = dead_letters(bootstrap.kafka_settings(ctx.settings))
-    if limit:
-        letters = letters[-limit:]
+    with open_services(ctx) as services:
+        letters = services.kafka.dead_letters(limit)
     emit(
         ctx,
-        [
-            {
-                "partition": d.partition,
-                "offset": d.offset,
-                "source": f"{d.headers.get('source.topic')}/{d.headers.get('source.partition')}"
-                f"/{d.headers.get('source.offset')}",
-                "error": d.headers.get("error.class"),
-                "reason": d.headers.get("error.message"),
-                "at": d.headers.get("dlq.time"),
-                "bytes": len(d.value),
-            }
-            for d in letters
-        ],
+        [as_dict(d) for d in letters],
         title=f"dead letters ({len(letters)})",
     )
 
@@ -297,28 +295,19 @@ def dlq_redrive(ctx: Context) -> None:
     to the dead-letter topic. How far redrive got is kept in the ledger, so each dead letter
     is redriven once.
     """
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        letters = redrive(bootstrap.kafka_settings(ctx.settings), ledger)
-    emit_record(ctx, {"redriven": len(letters)}, title="dlq redrive")
+    with open_services(ctx) as services:
+        count = services.kafka.redrive()
+    emit_record(ctx, {"redriven": count}, title="dlq redrive")
 
 
 @cli.command("lag")
 @pass_context
 def lag_(ctx: Context) -> None:
     """Per partition: the ledger's stored position against the topic's end."""
-    kafka = bootstrap.kafka_settings(ctx.settings)
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        rows = lag(kafka, ledger)
+    with open_services(ctx) as services:
+        rows = services.kafka.lag()
     emit(
         ctx,
-        [
-            {
-                "partition": r.partition,
-                "ledger_position": r.ledger_position,
-                "end_offset": r.end_offset,
-                "lag": r.lag,
-            }
-            for r in rows
-        ],
+        [as_dict(r) for r in rows],
         title=f"lag (total {sum(r.lag for r in rows)})",
     )

@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from datetime import UTC, datetime, timedelta
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from crm_ledger import bootstrap
-from crm_ledger.adapters.avro import to_json
-from crm_ledger.application import BatchResult, Rejection
 from crm_ledger.cli.base import (
     Context,
+    as_dict,
     cli,
     emit,
     emit_record,
+    open_services,
     parse_when,
     pass_context,
     plain,
     progress_bar,
 )
-from crm_ledger.errors import (
-    InvalidInput,
-    UnreadableFile,
-)
+from crm_ledger.errors import InvalidInput
 from crm_ledger.sources import files as sources
 
 if TYPE_CHECKING:
     import io
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterator
 
-    from crm_ledger.adapters.avro import Codec
-    from crm_ledger.aggregates import Touchpoint
-    from crm_ledger.application import Ledger
+    from rich.progress import TaskID
 
 
 # init, record, import.
@@ -44,20 +40,18 @@ if TYPE_CHECKING:
 @pass_context
 def init(ctx: Context) -> None:
     """Create the ledger's store (SQLite file or PostgreSQL tables)."""
-    with bootstrap.open_ledger(ctx.settings, create=True) as ledger:
-        where = ctx.settings.database_url or str(ctx.settings.sqlite_path)
+    with bootstrap.build(ctx.settings, create=True) as services:
         created = bootstrap.create_signing_key(ctx.settings)
-        emit_record(
-            ctx,
-            {
-                "store": ctx.settings.store_name,
-                "location": where,
-                "events": ledger.count_events(),
-                "signing_key": str(bootstrap.audit_keys_dir(ctx.settings))
-                + (" (created)" if created else ""),
-            },
-            title="ledger ready",
-        )
+        status = services.records.status()
+    emit_record(
+        ctx,
+        as_dict(status)
+        | {
+            "signing_key": str(bootstrap.audit_keys_dir(ctx.settings))
+            + (" (created)" if created else "")
+        },
+        title="ledger ready",
+    )
 
 
 @cli.command()
@@ -78,55 +72,21 @@ def record(ctx: Context, source: io.TextIOBase) -> None:
     except ValueError as e:
         msg = f"{name}: not a JSON object ({e})"
         raise InvalidInput(msg) from None
-    codec = bootstrap.open_codec(ctx.settings)
-    try:
-        tp = codec.from_json(obj)
-    except InvalidInput as e:
-        raise InvalidInput(f"{name}: {e}") from None
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        stored = ledger.record(tp)
+    with open_services(ctx) as services:
+        try:
+            done = services.records.record_json(obj)
+        except InvalidInput as e:
+            raise InvalidInput(f"{name}: {e}") from None
     emit_record(
         ctx,
         {
-            "event_id": str(tp.event_id),
-            "type": tp.event_type,
-            "customer_id": tp.customer_id,
-            "result": "recorded" if stored else "duplicate (already in the ledger)",
+            "event_id": done.event_id,
+            "type": done.type,
+            "customer_id": done.customer_id,
+            "result": "recorded" if done.stored else "duplicate (already in the ledger)",
         },
         title="record",
     )
-
-
-def _reader(path: Path, kind: str, codec: Codec) -> Iterator[tuple[int, Touchpoint]]:
-    if kind == "auto":
-        suffix = path.suffix.lower()
-        if suffix == ".avro":
-            kind = "avro"
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            kind = "jsonl"
-        elif path.name.upper().startswith("CDNOW"):
-            kind = "cdnow"
-        else:
-            msg = f"{path}: cannot tell the format from the name; pass --kind"
-            raise UnreadableFile(msg)
-    if kind == "avro":
-        return sources.read_avro(path, codec)
-    if kind == "cdnow":
-        return sources.read_cdnow(path)
-    return sources.read_jsonl(path, codec)
-
-
-def _batches(
-    items: Iterable[tuple[int, Touchpoint]], size: int
-) -> Iterator[list[tuple[int, Touchpoint]]]:
-    batch: list[tuple[int, Touchpoint]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 @cli.command("import")
@@ -150,21 +110,12 @@ def import_(
     written, naming the file, line and field. Events already in the ledger are skipped, so
     an import can be rerun safely.
     """
-    kind = "cdnow" if cdnow else kind
     bootstrap.tune_for_throughput()
-    codec = bootstrap.open_codec(ctx.settings)
-    size = batch_size or ctx.settings.batch_size
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        counts = {path: _check_file(ledger, path, kind, codec) for path in files}
-        totals = {"files": len(files), "read": 0, "recorded": 0, "duplicates": 0, "rejected": 0}
-        problems: list[str] = []
-        for path, count in counts.items():
-            result = _write_file(ctx, ledger, path, kind, codec, size, count)
-            totals["read"] += count
-            totals["recorded"] += result.recorded
-            totals["duplicates"] += result.duplicates
-            totals["rejected"] += len(result.rejected)
-            problems += [f"{path}, line {r.index}: {r.error}" for r in result.rejected]
+    chosen = bootstrap.file_sources(ctx.settings, files, "cdnow" if cdnow else kind)
+    with open_services(ctx) as services, _import_bar(ctx) as progress:
+        report = services.imports.run(chosen, batch_size=batch_size, progress=progress)
+    totals = as_dict(report)
+    problems = totals.pop("problems")
     emit_record(ctx, totals, title="import")
     for line in problems[:20]:
         click.echo(f"crm-ledger: rejected: {line}", err=True)
@@ -173,35 +124,21 @@ def import_(
         raise InvalidInput(msg)
 
 
-def _check_file(ledger: Ledger, path: Path, kind: str, codec: Codec) -> int:
-    count = 0
-    for line, tp in _reader(path, kind, codec):
-        try:
-            ledger.check(tp)
-        except InvalidInput as e:
-            raise sources.located(path, line, e) from None
-        count += 1
-    return count
+@contextlib.contextmanager
+def _import_bar(ctx: Context) -> Iterator[Callable[[str, int, int], None]]:
+    """A bar per file, with the rate so far, fed (file, written, total)."""
+    with progress_bar(ctx) as bar:
+        tasks: dict[str, TaskID] = {}
+        started = time.perf_counter()
 
+        def update(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                label = f"importing {Path(name).name}"
+                tasks[name] = bar.add_task(label, total=total, rate="-")
+            rate = done / max(time.perf_counter() - started, 1e-6)
+            bar.update(tasks[name], completed=done, rate=f"{rate:,.0f}")
 
-def _write_file(
-    ctx: Context, ledger: Ledger, path: Path, kind: str, codec: Codec, size: int, total: int
-) -> BatchResult:
-    overall = BatchResult()
-    started = datetime.now(UTC)
-    with progress_bar(ctx) as progress:
-        task = progress.add_task(f"importing {path.name}", total=total, rate="-")
-        for batch in _batches(_reader(path, kind, codec), size):
-            result = ledger.record_many([tp for _, tp in batch])
-            overall.recorded += result.recorded
-            overall.duplicates += result.duplicates
-            overall.rejected += [
-                Rejection(batch[r.index][0], r.event_id, r.error) for r in result.rejected
-            ]
-            elapsed = max((datetime.now(UTC) - started).total_seconds(), 1e-6)
-            done = progress.tasks[0].completed + len(batch)
-            progress.update(task, advance=len(batch), rate=f"{done / elapsed:,.0f}")
-    return overall
+        yield update
 
 
 @cli.command()
@@ -215,20 +152,9 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
     unreadable everywhere; orders, amounts, times and channels remain, so totals stay true.
     Kafka cannot delete single records: copies that services published expire with the
     topics' retention, and the date is printed."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        erased = ledger.erase(customer_id, reason=reason, actor=actor)
-    expiry = datetime.now(UTC) + timedelta(days=ctx.settings.kafka_retention_days)
-    emit_record(
-        ctx,
-        {
-            "customer_id": customer_id,
-            "keys_destroyed": erased,
-            "reason": reason,
-            "kafka_copies_expire_by": expiry,
-            "kafka_topics": [ctx.settings.kafka_topic, ctx.settings.kafka_dlq_topic],
-        },
-        title="erased",
-    )
+    with open_services(ctx) as services:
+        erased = services.audit.erase(customer_id, reason=reason, actor=actor)
+    emit_record(ctx, as_dict(erased), title="erased")
 
 
 @cli.command()
@@ -238,10 +164,8 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
 @pass_context
 def history(ctx: Context, customer_id: str, as_of: str | None, limit: int | None) -> None:
     """Every stored event of CUSTOMER_ID with occurred and recorded time, source and actor."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        entries = ledger.history(customer_id, as_of=parse_when(as_of))
-    if limit:
-        entries = entries[-limit:]
+    with open_services(ctx) as services:
+        entries = services.records.history(customer_id, as_of=parse_when(as_of), limit=limit)
     if ctx.output == "table":
         rows = [
             {
@@ -284,16 +208,9 @@ def _compact(details: dict[str, Any], addressed_to: str | None) -> str:
 @pass_context
 def status(ctx: Context) -> None:
     """Where the ledger is and how many events it holds."""
-    with bootstrap.open_ledger(ctx.settings) as ledger:
-        emit_record(
-            ctx,
-            {
-                "store": ctx.settings.store_name,
-                "location": ctx.settings.database_url or str(ctx.settings.sqlite_path),
-                "events": ledger.count_events(),
-            },
-            title="status",
-        )
+    with open_services(ctx) as services:
+        status = services.records.status()
+    emit_record(ctx, as_dict(status), title="status")
 
 
 # Synthetic data.
@@ -314,10 +231,7 @@ def generate(ctx: Context, seed: int, customers: int, out: Path) -> None:
     from crm_ledger.sources.synthetic import generate as build
 
     events, truth = build(seed, customers=customers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for tp in events:
-            f.write(json.dumps(to_json(tp), separators=(",", ":")) + "\n")
+    sources.write_jsonl(out, events)
     truth_path = out.with_suffix(".truth.json")
     truth_path.write_text(json.dumps(truth.as_dict(), indent=2) + "\n")
     emit_record(

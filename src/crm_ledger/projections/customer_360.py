@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crm_ledger.projections.model import Column, Rule, Table
+from crm_ledger.projections.contributions import Column, Rule, Table
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

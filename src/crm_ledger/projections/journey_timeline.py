@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crm_ledger.projections.model import Column, Rule, Table, moment, week_of
+from crm_ledger.projections.contributions import Column, Rule, Table, moment, week_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crm_ledger.projections.model import Column, Rule, Table, moment
+from crm_ledger.projections.contributions import Column, Rule, Table, moment
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

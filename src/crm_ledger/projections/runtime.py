@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from crm_ledger.errors import InvalidInput, NotFound, PositionConflict
+from crm_ledger.projections.contributions import Changes, Projection, counts_at
 from crm_ledger.projections.customer_360 import Customer360
 from crm_ledger.projections.journey_timeline import JourneyTimeline
 from crm_ledger.projections.lifetime_value import LifetimeValue
-from crm_ledger.projections.model import Changes, Projection, counts_at
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

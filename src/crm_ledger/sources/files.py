@@ -5,22 +5,72 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, BinaryIO
 
+from crm_ledger.adapters.avro import to_json
 from crm_ledger.aggregates import Touchpoint
 from crm_ledger.aggregates.touchpoint import ID_NAMESPACE
 from crm_ledger.errors import InvalidInput, UnreadableFile
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from pathlib import Path
 
     from crm_ledger.adapters.avro import Codec
 
 CDNOW_SOURCE = "cdnow"
 CDNOW_CURRENCY = "USD"
+
+
+@dataclass(frozen=True, slots=True)
+class FileSource:
+    """One input file of a known (or guessed) format, readable more than once (the
+    import service's ``Source``)."""
+
+    path: Path
+    kind: str
+    codec: Codec
+
+    @property
+    def name(self) -> str:
+        """The path, as errors name it."""
+        return str(self.path)
+
+    def read(self) -> Iterator[tuple[int, Touchpoint]]:
+        """(line number, touchpoint) pairs."""
+        if self.kind == "avro":
+            return read_avro(self.path, self.codec)
+        if self.kind == "cdnow":
+            return read_cdnow(self.path)
+        return read_jsonl(self.path, self.codec)
+
+
+def file_source(path: Path, kind: str, codec: Codec) -> FileSource:
+    """``path`` as a source; ``auto`` goes by the name (.avro, .jsonl/.ndjson/.json,
+    CDNOW*)."""
+    if kind == "auto":
+        suffix = path.suffix.lower()
+        if suffix == ".avro":
+            kind = "avro"
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            kind = "jsonl"
+        elif path.name.upper().startswith("CDNOW"):
+            kind = "cdnow"
+        else:
+            msg = f"{path}: cannot tell the format from the name; pass --kind"
+            raise UnreadableFile(msg)
+    return FileSource(path, kind, codec)
+
+
+def write_jsonl(path: Path, touchpoints: Iterable[Touchpoint]) -> None:
+    """Write ``touchpoints`` as JSON Lines (the folder is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for touchpoint in touchpoints:
+            f.write(json.dumps(to_json(touchpoint), separators=(",", ":")) + "\n")
 
 
 def located(path: Path, line: int, error: Exception) -> InvalidInput:

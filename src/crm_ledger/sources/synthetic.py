@@ -314,41 +314,7 @@ class Generator:
     def _occasional(self, c: _Customer, week: int) -> None:
         rng = self.rng
         if rng.random() < 0.012:
-            ticket = f"T-{self._id().hex[:10]}"
-            at = self._at(week)
-            self._emit(
-                "SupportTicketOpened",
-                c.customer_id,
-                at,
-                "helpdesk",
-                ticket_id=ticket,
-                channel=rng.choice(("phone", "email", "chat")),
-                priority="normal",
-                subject="Question about my order",
-            )
-            self._emit(
-                "SupportTicketResolved",
-                c.customer_id,
-                at + timedelta(days=2),
-                "helpdesk",
-                ticket_id=ticket,
-                resolution=None,
-                satisfaction=rng.randint(3, 10),
-            )
-            if rng.random() < 0.5:
-                self._emit(
-                    "InteractionRecorded",
-                    c.customer_id,
-                    at + timedelta(days=3),
-                    "surveys",
-                    channel="email",
-                    device=None,
-                    direction="inbound",
-                    kind="survey_response",
-                    score=rng.randint(0, 10),
-                    campaign=None,
-                    note=None,
-                )
+            self._ticket(c, week)
         if rng.random() < 0.004:
             self._emit(
                 "SubscriptionStarted",
@@ -371,6 +337,45 @@ class Generator:
                 channel=rng.choice(("email", "sms", None)),
                 granted=rng.random() < 0.3,
                 method="preference_centre",
+            )
+
+    def _ticket(self, c: _Customer, week: int) -> None:
+        """A support ticket, resolved two days later, sometimes followed by a survey."""
+        rng = self.rng
+        ticket = f"T-{self._id().hex[:10]}"
+        at = self._at(week)
+        self._emit(
+            "SupportTicketOpened",
+            c.customer_id,
+            at,
+            "helpdesk",
+            ticket_id=ticket,
+            channel=rng.choice(("phone", "email", "chat")),
+            priority="normal",
+            subject="Question about my order",
+        )
+        self._emit(
+            "SupportTicketResolved",
+            c.customer_id,
+            at + timedelta(days=2),
+            "helpdesk",
+            ticket_id=ticket,
+            resolution=None,
+            satisfaction=rng.randint(3, 10),
+        )
+        if rng.random() < 0.5:
+            self._emit(
+                "InteractionRecorded",
+                c.customer_id,
+                at + timedelta(days=3),
+                "surveys",
+                channel="email",
+                device=None,
+                direction="inbound",
+                kind="survey_response",
+                score=rng.randint(0, 10),
+                campaign=None,
+                note=None,
             )
 
     def _duplicates(self, people: list[_Customer]) -> None:

@@ -23,7 +23,7 @@ from crm_ledger.adapters.eventstore.recording import (
     outbox_letter,
     stream_bytes,
 )
-from crm_ledger.application import OutboxLetter, StoredCopy
+from crm_ledger.application import OutboxLetter, StoredCopy, batch_records
 from crm_ledger.audit import (
     ChainLink,
     Checkpoint,
@@ -40,10 +40,6 @@ if TYPE_CHECKING:
     from eventsourcing.postgres import PostgresDatastore
     from psycopg import Cursor
     from psycopg.rows import DictRow
-
-    from crm_ledger.application import Position, Receipt
-
-#: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
 
 
 class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
@@ -108,19 +104,20 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
             curs.executemany(
                 SQL("INSERT INTO {}.ledger_keys VALUES (%s,%s,NULL)").format(self._schema), keys
             )
-        receipts: Sequence[Receipt] = kwargs.get("receipts", ())
+        records = batch_records(kwargs)
+        receipts = records.receipts
         if receipts:
             curs.executemany(
                 self._insert_receipts,
                 [(r.event_id, r.originator_id, r.originator_version) for r in receipts],
             )
-        positions: Sequence[Position] = kwargs.get("positions", ())
+        positions = records.positions
         if positions:
             curs.executemany(
                 self._upsert_position,
                 [(p.source, p.partition, p.next_offset) for p in positions],
             )
-        letters: Sequence[OutboxLetter] = kwargs.get("dead_letters", ())
+        letters = records.dead_letters
         if letters:
             curs.executemany(self._insert_letter, letters)
 

@@ -26,7 +26,7 @@ from crm_ledger.adapters.eventstore.recording import (
     raw_cursor,
     stream_bytes,
 )
-from crm_ledger.application import OutboxLetter, StoredCopy
+from crm_ledger.application import OutboxLetter, StoredCopy, batch_records
 from crm_ledger.audit import (
     ChainLink,
     Checkpoint,
@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 
     from eventsourcing.persistence import StoredEvent
     from eventsourcing.sqlite import SQLiteCursor
-
-    from crm_ledger.application import Position, Receipt
-
-#: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
 
 
 class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
@@ -98,12 +94,13 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         )
         self._chain(c, stored_events)
         c.executemany("INSERT INTO ledger_keys VALUES (?,?,NULL)", self.data_keys.take_pending())
-        receipts: Sequence[Receipt] = kwargs.get("receipts", ())
+        records = batch_records(kwargs)
+        receipts = records.receipts
         c.executemany(
             "INSERT INTO ledger_receipts VALUES (?,?,?)",
             [(r.event_id.bytes, r.originator_id.bytes, r.originator_version) for r in receipts],
         )
-        positions: Sequence[Position] = kwargs.get("positions", ())
+        positions = records.positions
         c.executemany(
             # Positions only move forward: a stale writer (say, a worker that lost its
             # partition in a rebalance) cannot send the ledger back to re-read.
@@ -111,7 +108,7 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
             "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
             [(p.source, p.partition, p.next_offset) for p in positions],
         )
-        letters: Sequence[OutboxLetter] = kwargs.get("dead_letters", ())
+        letters = records.dead_letters
         c.executemany(
             f"INSERT INTO ledger_outbox ({OUTBOX_FIELDS}) VALUES (?,?,?,?,?,?,?,?)", letters
         )

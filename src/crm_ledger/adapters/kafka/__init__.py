@@ -13,6 +13,7 @@ from crm_ledger.adapters.kafka.client import (
 from crm_ledger.adapters.kafka.ingest import IngestStats, IngestWorker, dead_letter_headers
 from crm_ledger.adapters.kafka.operations import (
     DeadLetter,
+    KafkaTopics,
     Lag,
     dead_letters,
     lag,
@@ -30,6 +31,7 @@ __all__ = [
     "IngestStats",
     "IngestWorker",
     "KafkaSettings",
+    "KafkaTopics",
     "Lag",
     "PublishResult",
     "Publisher",

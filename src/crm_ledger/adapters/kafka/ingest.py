@@ -168,12 +168,12 @@ class IngestWorker:
     def seek_to_ledger(self, assigned: Sequence[TopicPartition]) -> None:
         """Position each assigned partition at the ledger's stored next offset."""
         stored = self.ledger.positions(self.settings.topic)
-        for tp in assigned:
-            if tp.partition in stored:
-                self._consumer.seek(tp, stored[tp.partition])
+        for partition in assigned:
+            if partition.partition in stored:
+                self._consumer.seek(partition, stored[partition.partition])
             else:
-                self._consumer.seek_to_beginning(tp)
-        self.stats.assigned = sorted(tp.partition for tp in assigned)
+                self._consumer.seek_to_beginning(partition)
+        self.stats.assigned = sorted(p.partition for p in assigned)
         if self.on_assign:
             self.on_assign(self.stats.assigned)
         log.info(
@@ -525,8 +525,8 @@ def _offsets(consumer: Any, topic: str) -> tuple[dict[int, int], dict[int, int]]
     ends = consumer.end_offsets(partitions)
     begins = consumer.beginning_offsets(partitions)
     return (
-        {tp.partition: ends[tp] for tp in partitions},
-        {tp.partition: begins[tp] for tp in partitions},
+        {p.partition: ends[p] for p in partitions},
+        {p.partition: begins[p] for p in partitions},
     )
 
 

@@ -50,10 +50,10 @@ def read_topic(bootstrap: str, topic: str, start: dict[int, int] | None = None) 
             return []
         consumer.assign(partitions)
         ends = consumer.end_offsets(partitions)
-        for tp in partitions:
-            consumer.seek(tp, (start or {}).get(tp.partition, 0))
+        for p in partitions:
+            consumer.seek(p, (start or {}).get(p.partition, 0))
         records: list[Any] = []
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+        while any(consumer.position(p) < ends[p] for p in partitions):
             for batch in consumer.poll(timeout_ms=1000).values():
                 records.extend(
                     r for r in batch if r.offset < ends[TopicPartition(topic, r.partition)]
@@ -140,4 +140,28 @@ def lag(settings: KafkaSettings, ledger: Ledger) -> list[Lag]:
     finally:
         consumer.close()
     stored = ledger.positions(settings.topic)
-    return [Lag(tp.partition, stored.get(tp.partition, begins[tp]), ends[tp]) for tp in partitions]
+    return [Lag(p.partition, stored.get(p.partition, begins[p]), ends[p]) for p in partitions]
+
+
+class KafkaTopics:
+    """The operations above on one cluster's configured topics (the services' Kafka port)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+
+    @property
+    def topic(self) -> str:
+        """The touchpoint topic."""
+        return self.settings.topic
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every message in the dead-letter topic."""
+        return dead_letters(self.settings)
+
+    def redrive(self, ledger: Ledger) -> list[DeadLetter]:
+        """Re-publish dead letters not redriven before."""
+        return redrive(self.settings, ledger)
+
+    def lag(self, ledger: Ledger) -> list[Lag]:
+        """Per partition: stored position against the topic's end."""
+        return lag(self.settings, ledger)

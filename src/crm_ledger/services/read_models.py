@@ -21,7 +21,15 @@ from crm_ledger.analytics.impact import (
     Impact,
     measure,
 )
-from crm_ledger.errors import CustomerNotFound, InitiativeNotFound, InvalidInput
+from crm_ledger.errors import CustomerNotFound, InitiativeNotFound, InvalidInput, NotBuilt
+from crm_ledger.projections.contributions import (
+    counts_at,
+    merge_rows,
+    micros,
+    moment,
+    project,
+    week_of,
+)
 from crm_ledger.projections.customer_360 import CUSTOMERS, ORGANISATION_LINKS, SCOPE_ATTRIBUTES
 from crm_ledger.projections.journey_timeline import (
     TOUCHES,
@@ -31,20 +39,13 @@ from crm_ledger.projections.journey_timeline import (
     journey,
 )
 from crm_ledger.projections.lifetime_value import LTV, LifetimeValue, Value
-from crm_ledger.projections.model import (
-    counts_at,
-    merge_rows,
-    micros,
-    moment,
-    project,
-    week_of,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from crm_ledger.aggregates import Initiative
     from crm_ledger.application import CustomerView, Ledger, LogRecord
-    from crm_ledger.projections.model import Changes, Table
+    from crm_ledger.projections.contributions import Changes, Table
     from crm_ledger.projections.runtime import Projector, TableSet
 
 
@@ -97,11 +98,11 @@ class Moment:
     valid_at: datetime | None = None
 
     @property
-    def travels(self) -> bool:
+    def replays_history(self) -> bool:
         """True when the answer is projected from the event store as of a moment."""
         return self.as_of is not None or self.valid_at is not None
 
-    def keeps(self, record: LogRecord) -> bool:
+    def counts(self, record: LogRecord) -> bool:
         """Whether ``record`` counts at this moment."""
         return counts_at(
             record,
@@ -164,21 +165,38 @@ class ReadModels:
         store: QueryStore,
         *,
         progress: Callable[[int, int], None] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.ledger = ledger
         self.projector = projector
         self.store = store
         self.progress = progress
+        self.read_only = read_only
         self._live: dict[str, TableSet] | None = None
 
+    def catch_up(self) -> int:
+        """Bring the live read models up to the head of the log (the explicit write step of
+        a read-only reader); the number of records applied."""
+        applied = self.projector.catch_up(self.progress)
+        self._live = None
+        return applied
+
     def sets(self, at: Moment) -> dict[str, TableSet]:
-        """The table sets that answer at ``at``: a snapshot's, or the live ones caught up."""
+        """The table sets that answer at ``at``: a snapshot's, or the live ones, caught up
+        first unless these read models are read-only (then as far as they have got)."""
         if at.snapshot:
             return self.projector.snapshot_sets(at.snapshot)
-        if self._live is None:
-            self.projector.catch_up(self.progress)
-            self._live = self.projector.live()
-        return self._live
+        if self._live is not None:
+            return self._live
+        if not self.read_only:
+            self.catch_up()
+        live = self.projector.live()
+        missing = sorted(set(self.projector.projections) - set(live))
+        if missing:  # only when read-only: catching up builds them all
+            msg = f"the read models {', '.join(missing)} are not built yet; catch up first"
+            raise NotBuilt(msg)
+        self._live = live
+        return live
 
     # One customer.
 
@@ -219,7 +237,7 @@ class ReadModels:
 
     def view(self, customer_id: str, at: Moment = LIVE, *, last: int = 5) -> Customer360View:
         """The 360 view: the customer, their value, and their latest touches."""
-        if at.travels:
+        if at.replays_history:
             customer = self.ledger.customer_as_of(customer_id, as_of=at.as_of, valid_at=at.valid_at)
         else:
             customer = self.ledger.customer(customer_id)
@@ -252,7 +270,7 @@ class ReadModels:
         currency: str | None = None,
     ) -> list[Value]:
         """The customers (or organisations) with the highest net value."""
-        if at.travels:
+        if at.replays_history:
             msg = "--as-of/--valid-at apply to one customer; for everyone, replay a snapshot"
             raise InvalidInput(msg)
         sets = self.sets(at)
@@ -279,20 +297,8 @@ class ReadModels:
     ) -> Comparison:
         """Value per customer-week before, during and after an initiative, exposed against
         control (everyone outside the scope unless ``control`` selects a group)."""
-        if metric not in METRICS:
-            raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-        initiative = self.ledger.initiative(initiative_id)
-        if initiative is None or initiative.started_at is None:
-            raise InitiativeNotFound(initiative_id)
+        initiative, started = self._initiative(initiative_id, at, metric, control)
         scope = dict(initiative.scope)
-        for attribute in (*scope, *(control or {})):
-            if attribute not in SCOPE_ATTRIBUTES:
-                allowed = ", ".join(SCOPE_ATTRIBUTES)
-                msg = f"cannot select customers by {attribute!r}; use {allowed}"
-                raise InvalidInput(msg)
-        if at.travels:
-            msg = "compare works on everyone: replay a snapshot and pass --snapshot"
-            raise InvalidInput(msg)
         sets = self.sets(at)
         currency = currency or self._main_currency((LTV, sets["lifetime_value"].label))
         groups, canonical = self._groups(sets, scope, control)
@@ -309,7 +315,7 @@ class ReadModels:
             activity,
             groups,
             metric=metric,
-            start_week=week_of(micros(initiative.started_at)),
+            start_week=week_of(micros(started)),
             end_week=week_of(micros(ended)) if ended else None,
             resamples=resamples,
         )
@@ -319,12 +325,32 @@ class ReadModels:
             scope=scope,
             control=dict(control) if control else None,
             currency=currency if metric == "net_revenue" else None,
-            started_at=initiative.started_at,
+            started_at=started,
             ended_at=ended,
             impact=impact,
         )
 
     # Helpers.
+
+    def _initiative(
+        self, initiative_id: str, at: Moment, metric: str, control: Mapping[str, str] | None
+    ) -> tuple[Initiative, datetime]:
+        """The initiative to compare and its start, once the request is known to make
+        sense."""
+        if metric not in METRICS:
+            raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        initiative = self.ledger.initiative(initiative_id)
+        if initiative is None or initiative.started_at is None:
+            raise InitiativeNotFound(initiative_id)
+        for attribute in (*initiative.scope, *(control or {})):
+            if attribute not in SCOPE_ATTRIBUTES:
+                allowed = ", ".join(SCOPE_ATTRIBUTES)
+                msg = f"cannot select customers by {attribute!r}; use {allowed}"
+                raise InvalidInput(msg)
+        if at.replays_history:
+            msg = "compare works on everyone: replay a snapshot and compare within it"
+            raise InvalidInput(msg)
+        return initiative, initiative.started_at
 
     def _groups(
         self,
@@ -387,7 +413,7 @@ class ReadModels:
     ) -> dict[str, list[dict[str, Any]]]:
         """Rows of the customer (and whoever was merged into them) in each of ``specs``: from
         the read models, or projected in memory from their streams when travelling in time."""
-        if at.travels:
+        if at.replays_history:
             changes = self._project_as_of(customer_id, at)
             return {spec.name: changes.rows(spec.name) for spec in specs}
         sets = self.sets(at)
@@ -406,14 +432,14 @@ class ReadModels:
         return [r["stream"] for r in own + merged]
 
     def _project_as_of(self, customer_id: str, at: Moment) -> Changes:
-        own = [r for r in self.ledger.read_stream(customer_id) if at.keeps(r)]
+        own = [r for r in self.ledger.read_stream(customer_id) if at.counts(r)]
         if not own:
             raise CustomerNotFound(customer_id)
         records = own + [
             r
             for member in _merged_from(own)
             for r in self.ledger.read_stream(member)
-            if at.keeps(r)
+            if at.counts(r)
         ]
         return project((LifetimeValue(), JourneyTimeline()), records)
 
