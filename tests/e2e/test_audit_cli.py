@@ -40,6 +40,7 @@ def test_checkpoint_verify_tamper_and_locate(runner: CliRunner, tmp_path: Path) 
     assert json.loads(intact.stdout) == {
         "ok": True,
         "events": 5,
+        "touchpoints": 4,  # the fifth opened the stream
         "streams": 1,
         "checkpoints": 1,
         "findings": [],

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from crm_ledger import bootstrap
-from crm_ledger.analytics.impact import METRICS
+from crm_ledger.analytics.comparison import METRICS
 from crm_ledger.cli.base import (
     Context,
     as_dict,
@@ -19,13 +18,16 @@ from crm_ledger.cli.base import (
     cli,
     emit,
     emit_record,
+    fields_of,
     json_default,
+    note,
     open_services,
     pass_context,
 )
 from crm_ledger.cli.customers import moment_from_options
 from crm_ledger.errors import UnreadableFile
-from crm_ledger.services.read_models import Moment
+from crm_ledger.services.operations import ProjectionRow
+from crm_ledger.services.ports import Moment
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,7 +36,12 @@ if TYPE_CHECKING:
 
 
 @cli.command()
-@click.option("--as-of", "as_of", metavar="TIME", help="Only events recorded by TIME.")
+@click.option(
+    "--as-of",
+    "as_of",
+    metavar="TIME",
+    help="Only events recorded by TIME (ISO 8601 or checkpoint:N).",
+)
 @click.option("--valid-at", "valid_at", metavar="TIME", help="Only events that occurred by TIME.")
 @click.option("--into", "into", metavar="NAME", required=True, help="Name of the snapshot.")
 @pass_context
@@ -46,7 +53,7 @@ def replay(ctx: Context, as_of: str | None, valid_at: str | None, into: str) -> 
     """
     if not as_of and not valid_at:
         raise click.UsageError("give --as-of, --valid-at or both")
-    at = moment_from_options(as_of, valid_at, None)
+    at = moment_from_options(ctx, as_of, valid_at, None)
     with open_services(ctx) as services, catch_up_bar(ctx, "replaying") as bar:
         made = services.projections.replay(into, as_of=at.as_of, valid_at=at.valid_at, progress=bar)
     emit_record(ctx, as_dict(made), title="snapshot ready")
@@ -63,7 +70,7 @@ def projections_status(ctx: Context) -> None:
     """Each projection's table sets (live, rebuilding, snapshots), position and lag."""
     with open_services(ctx) as services:
         rows = services.projections.status()
-    emit(ctx, [as_dict(r) for r in rows], title="projections")
+    emit(ctx, [as_dict(r) for r in rows], title="projections", columns=fields_of(ProjectionRow))
 
 
 @projections.command("run")
@@ -98,6 +105,8 @@ def projections_rebuild(
     when caught up. Queries keep using the old tables meanwhile; an interrupted rebuild, run
     again, carries on where it stopped. The heaviest projection gets a process of its own
     when the machine has more than one core."""
+    from crm_ledger import bootstrap
+
     bootstrap.tune_for_throughput()
     started = time.perf_counter()
     with open_services(ctx) as services, catch_up_bar(ctx, "rebuilding") as bar:
@@ -209,6 +218,8 @@ def _emit_comparison(
 ) -> None:
     impact = result.impact
     unit = f"{result.currency} minor units" if result.currency else impact.metric
+    for message in result.notes:
+        note(ctx, f"{message} (--currency chooses)")
     if ctx.output == "json":
         click.echo(
             json.dumps(
@@ -252,6 +263,7 @@ def _comparison_document(
         "estimates": [dataclasses.asdict(e) for e in impact.estimates],
         "true_uplift": expected,
         "chart": str(chart) if chart else None,
+        "notes": result.notes,
     }
 
 

@@ -8,17 +8,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from crm_ledger import bootstrap
-from crm_ledger.audit import verify_export
 from crm_ledger.cli.base import (
     Context,
     as_dict,
     cli,
     emit,
     emit_record,
+    fields_of,
+    note,
     open_services,
-    parse_when,
     pass_context,
+    recorded_by,
 )
 from crm_ledger.errors import (
     InvalidInput,
@@ -63,7 +63,8 @@ def audit_verify(ctx: Context, since: int | None) -> None:
         result = services.audit.verify(since)
     rows = [as_dict(f) for f in result.findings]
     summary = (
-        f"{result.events:,} events in {result.streams:,} streams, {result.checkpoints} "
+        f"{result.events:,} stored events ({result.touchpoints:,} touchpoints, the rest "
+        f"opening streams) in {result.streams:,} streams, {result.checkpoints} "
         f"checkpoints checked in {result.seconds:.1f} s: "
         + ("intact" if result.ok else f"{len(result.findings)} problems")
     )
@@ -73,6 +74,7 @@ def audit_verify(ctx: Context, since: int | None) -> None:
                 {
                     "ok": result.ok,
                     "events": result.events,
+                    "touchpoints": result.touchpoints,
                     "streams": result.streams,
                     "checkpoints": result.checkpoints,
                     "findings": rows,
@@ -90,13 +92,19 @@ def audit_verify(ctx: Context, since: int | None) -> None:
 
 @audit.command("history")
 @click.argument("customer_id")
-@click.option("--as-of", "as_of", metavar="TIME", help="Only facts recorded by TIME.")
+@click.option(
+    "--as-of",
+    "as_of",
+    metavar="TIME",
+    help="Only facts recorded by TIME (ISO 8601 or checkpoint:N).",
+)
 @pass_context
 def audit_history(ctx: Context, customer_id: str, as_of: str | None) -> None:
     """Every fact about CUSTOMER_ID: who (actor), which service (source), when it occurred
     and when it was recorded, with the event's content and chain hash."""
+    as_of_time = recorded_by(ctx, as_of)
     with open_services(ctx) as services:
-        rows = [as_dict(e) for e in services.audit.history(customer_id, parse_when(as_of))]
+        rows = [as_dict(e) for e in services.audit.history(customer_id, as_of_time)]
     if ctx.output == "table":
         for row in rows:
             row["occurred_at"] = f"{row['occurred_at']:%Y-%m-%d %H:%M:%S}"
@@ -104,7 +112,10 @@ def audit_history(ctx: Context, customer_id: str, as_of: str | None) -> None:
             row["content_hash"] = (row["content_hash"] or "")[:12]
             row["chain_hash"] = (row["chain_hash"] or "")[:12]
             del row["event_id"]
-    emit(ctx, rows, title=f"audit history of {customer_id}{' as of ' + as_of if as_of else ''}")
+    from crm_ledger.services.audit import AuditEntry
+
+    title = f"audit history of {customer_id}{' as of ' + as_of if as_of else ''}"
+    emit(ctx, rows, title=title, columns=fields_of(AuditEntry))
 
 
 @audit.command("export")
@@ -115,9 +126,13 @@ def audit_export(ctx: Context, customer_id: str, out: io.TextIOBase) -> None:
     """Write CUSTOMER_ID's stored events as JSON Lines for an external auditor, with the
     proofs to check them offline (crm-ledger audit verify-export): each event's bytes and
     hashes, the newest checkpoint that signed the stream, and the heads it signed."""
+    events = 0
     with open_services(ctx) as services:
         for line in services.audit.export(customer_id):
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            events += line["kind"] == "event"
+    where = getattr(out, "name", "<stdout>")
+    note(ctx, f"exported {events} events of {customer_id} with their proofs to {where}")
 
 
 @audit.command("verify-export")
@@ -134,11 +149,15 @@ def audit_verify_export(ctx: Context, file: Path, public_key: Path) -> None:
     """Check an export offline, with nothing but the file and the public key: every event's
     hashes from its bytes, the chain, the signed head, the checkpoint's digest and signature.
     Exits 1 if anything is wrong."""
+    from crm_ledger import bootstrap
+
     signer = bootstrap.verifier(public_key.read_bytes())
     try:
         lines = [json.loads(line) for line in file.read_bytes().splitlines() if line.strip()]
         if not all(isinstance(line, dict) for line in lines):
             raise ValueError("every line must be a JSON object")
+        from crm_ledger.audit import verify_export
+
         findings = verify_export(lines, signer)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InvalidInput(f"{file} is not an audit export: {e}") from None
@@ -160,6 +179,8 @@ def audit_verify_export(ctx: Context, file: Path, public_key: Path) -> None:
 @pass_context
 def audit_public_key(ctx: Context) -> None:
     """Print the public key that verifies this ledger's checkpoints (PEM)."""
+    from crm_ledger import bootstrap
+
     click.echo(bootstrap.open_signer(ctx.settings).public_pem(), nl=False)
 
 

@@ -13,18 +13,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from crm_ledger import __version__, bootstrap
+from crm_ledger import __version__
 from crm_ledger.config import Settings
 from crm_ledger.errors import (
     CrmLedgerError,
 )
+
+if TYPE_CHECKING:
+    from crm_ledger.services import Services
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "json", "csv")
@@ -55,6 +58,19 @@ def parse_when(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def recorded_by(ctx: Context, value: str | None) -> datetime | None:
+    """An --as-of value: an ISO 8601 time, or checkpoint:N for the moment the ledger signed
+    checkpoint N (what it knew then, by a signed record of it)."""
+    if value is None or not value.startswith("checkpoint:"):
+        return parse_when(value)
+    number = value.removeprefix("checkpoint:")
+    if not number.isdigit():
+        msg = f"{value!r}: use checkpoint:N with N a checkpoint number (audit checkpoint)"
+        raise click.BadParameter(msg)
+    with build(ctx.settings) as services:
+        return services.audit.checkpoint_time(int(number))
+
+
 def parse_moment(value: str) -> datetime:
     moment = parse_when(value)
     if moment is None:
@@ -75,12 +91,22 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def emit(ctx: Context, rows: Sequence[dict[str, Any]], title: str | None = None) -> None:
-    """Print rows as a table, JSON (a list of objects) or CSV, by ``--format``."""
+def emit(
+    ctx: Context,
+    rows: Sequence[dict[str, Any]],
+    title: str | None = None,
+    *,
+    columns: Sequence[str] = (),
+) -> None:
+    """Print rows as a table, JSON (a list of objects) or CSV, by ``--format``. No rows is
+    "nothing matched" in a table, [] in JSON and the header alone in CSV (``columns``)."""
     if ctx.output == "json":
         click.echo(json.dumps(list(rows), default=json_default, indent=2))
         return
-    columns = list(rows[0]) if rows else []
+    columns = list(rows[0]) if rows else list(columns)
+    if not rows and ctx.output == "table":
+        ctx.out.print(f"{title}: nothing matched" if title else "nothing matched")
+        return
     if ctx.output == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -236,15 +262,23 @@ def progress_bar(ctx: Context) -> Progress:
     )
 
 
+def build(settings: Settings, **options: Any) -> Services:
+    """bootstrap.build, imported when a command first needs it (the CLI starts without the
+    event store, SQL, Kafka and numpy)."""
+    from crm_ledger import bootstrap
+
+    return bootstrap.build(settings, **options)
+
+
 @contextlib.contextmanager
-def open_services(ctx: Context, label: str | None = None) -> Iterator[bootstrap.Services]:
+def open_services(ctx: Context, label: str | None = None) -> Iterator[Services]:
     """The services for one command; with a ``label``, a progress bar while the read models
     catch up."""
     if label is None:
-        with bootstrap.build(ctx.settings) as services:
+        with build(ctx.settings) as services:
             yield services
         return
-    with catch_up_bar(ctx, label) as bar, bootstrap.build(ctx.settings, progress=bar) as services:
+    with catch_up_bar(ctx, label) as bar, build(ctx.settings, progress=bar) as services:
         yield services
 
 
@@ -268,6 +302,16 @@ def catch_up_bar(ctx: Context, label: str = "projecting") -> Iterator[Callable[[
 def as_dict(result: Any) -> dict[str, Any]:
     """A service's dataclass result as the dict JSON, CSV and tables print."""
     return dataclasses.asdict(result)
+
+
+def fields_of(kind: Any) -> list[str]:
+    """The column names of a service's dataclass (the CSV header when nothing matched)."""
+    return [f.name for f in dataclasses.fields(kind)]
+
+
+def note(ctx: Context, message: str) -> None:
+    """Tell the user something about the answer (on stderr, so stdout stays data)."""
+    ctx.err.print(f"crm-ledger: note: {message}", highlight=False)
 
 
 def main() -> None:

@@ -16,11 +16,13 @@ from crm_ledger.cli.base import (
     emit,
     emit_record,
     json_default,
+    note,
     open_services,
     parse_moment,
-    parse_when,
     pass_context,
+    recorded_by,
 )
+from crm_ledger.services.ports import LIVE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -60,7 +62,12 @@ _CURRENCY_OPTION = click.option(
     required=True,
     help="Use purchases up to and including this day.",
 )
-@click.option("--as-of", "as_of", metavar="TIME", help="Only purchases recorded by TIME.")
+@click.option(
+    "--as-of",
+    "as_of",
+    metavar="TIME",
+    help="Only purchases recorded by TIME (ISO 8601 or checkpoint:N).",
+)
 @_CURRENCY_OPTION
 @_UNIT_OPTION
 @click.option(
@@ -89,15 +96,19 @@ def clv_fit(
 ) -> None:
     """Fit both models on purchases up to --calibration-end, store them with their data
     window, and materialise each customer's predictions (clv show, clv top)."""
+    as_of_time = recorded_by(ctx, as_of)
     with _predictions(ctx) as predictions:
         model = predictions.fit(
             parse_moment(calibration_end),
-            as_of=parse_when(as_of),
+            as_of=as_of_time,
             currency=currency,
             unit=unit,
             horizon=horizon,
             annual_discount=discount,
         )
+        message = predictions.models.currency_note(LIVE, currency)
+    if message:
+        note(ctx, f"{message} (--currency chooses)")
     _emit_model(ctx, model)
 
 

@@ -14,18 +14,20 @@ from crm_ledger.cli.base import (
     cli,
     emit,
     emit_record,
+    fields_of,
+    note,
     open_services,
     parse_when,
     pass_context,
+    recorded_by,
 )
-from crm_ledger.projections.lifetime_value import minor_unit_exponent
-from crm_ledger.services.read_models import Moment
+from crm_ledger.projections.lifetime_value import Value, minor_unit_exponent
+from crm_ledger.services.ports import Moment
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from crm_ledger.projections.journey_timeline import Touch
-    from crm_ledger.projections.lifetime_value import Value
     from crm_ledger.services.read_models import Customer360View, ReadModels
 
 
@@ -54,15 +56,18 @@ def _moment_options(f: F) -> F:
         "--as-of",
         "as_of",
         metavar="TIME",
-        help="Answer as the ledger knew it at TIME: only events recorded by then (ISO 8601).",
+        help="Answer as the ledger knew it at TIME: only events recorded by then (ISO 8601, "
+        "or checkpoint:N for when checkpoint N was signed).",
     )(f)
 
 
-def moment_from_options(as_of: str | None, valid_at: str | None, snapshot: str | None) -> Moment:
+def moment_from_options(
+    ctx: Context, as_of: str | None, valid_at: str | None, snapshot: str | None
+) -> Moment:
     if snapshot and (as_of or valid_at):
         msg = "--snapshot already fixes the moment; leave out --as-of/--valid-at"
         raise click.UsageError(msg)
-    return Moment(snapshot=snapshot, as_of=parse_when(as_of), valid_at=parse_when(valid_at))
+    return Moment(snapshot=snapshot, as_of=recorded_by(ctx, as_of), valid_at=parse_when(valid_at))
 
 
 @contextlib.contextmanager
@@ -124,7 +129,7 @@ def customer_show(
 
     With --as-of/--valid-at, the customer as the ledger knew them then.
     """
-    at = moment_from_options(as_of, valid_at, snapshot)
+    at = moment_from_options(ctx, as_of, valid_at, snapshot)
     with read_models(ctx) as models:
         view = models.view(customer_id, at, last=last)
     record_ = _view_record(ctx, view)
@@ -259,7 +264,7 @@ def ltv(
     With CUSTOMER_ID, that customer; without, the --top most valuable customers or
     organisations.
     """
-    at = moment_from_options(as_of, valid_at, snapshot)
+    at = moment_from_options(ctx, as_of, valid_at, snapshot)
     with read_models(ctx) as models:
         if customer_id:
             values = models.values(customer_id, at)
@@ -267,7 +272,11 @@ def ltv(
         else:
             values = models.top(top, at, by_organisation=by == "organisation", currency=currency)
             title = f"top {top} {by}s by net value"
-    emit(ctx, [_value_row(ctx, v) for v in values], title=title + _moment_title(at))
+            message = models.currency_note(at, currency)
+            if message:
+                note(ctx, f"{message} (--currency chooses)")
+    rows = [_value_row(ctx, v) for v in values]
+    emit(ctx, rows, title=title + _moment_title(at), columns=fields_of(Value))
 
 
 @cli.command()
@@ -293,7 +302,7 @@ def timeline(
 ) -> None:
     """CUSTOMER_ID's journey across channels in business-time order: kind, channel, device,
     the gap since the previous touch, and where the customer switched channel."""
-    at = moment_from_options(as_of, valid_at, snapshot)
+    at = moment_from_options(ctx, as_of, valid_at, snapshot)
     with read_models(ctx) as models:
         steps = models.timeline(
             customer_id, at, start=parse_when(start), end=parse_when(end), channel=channel
@@ -329,4 +338,7 @@ def consent_violations_(ctx: Context, snapshot: str | None) -> None:
             for name in ("occurred_at", "recorded_at", "withdrawn_at"):
                 row[name] = f"{row[name]:%Y-%m-%d %H:%M}"
             del row["event_id"]
-    emit(ctx, rows, title=f"{len(rows)} marketing touches after consent was withdrawn")
+    from crm_ledger.services.read_models import Violation
+
+    title = f"{len(rows)} marketing touches after consent was withdrawn"
+    emit(ctx, rows, title=title, columns=fields_of(Violation))

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from crm_ledger import bootstrap
 from crm_ledger.cli.base import (
     Context,
     as_dict,
     cli,
     emit,
     emit_record,
+    fields_of,
     open_services,
     pass_context,
     progress_bar,
@@ -26,12 +26,13 @@ from crm_ledger.errors import (
     InvalidEventInBatch,
     InvalidInput,
 )
-from crm_ledger.sources import files as sources
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rich.progress import Progress
+
+    from crm_ledger.bootstrap import IngestStats
 
 
 # Kafka.
@@ -49,6 +50,8 @@ def publish(ctx: Context, source: Path) -> None:
     Events are Avro in the Confluent wire format, keyed by customer id. Prints where each
     event landed (partition and offset).
     """
+    from crm_ledger import bootstrap
+
     bootstrap.tune_for_throughput()
     path = Path("/dev/stdin") if str(source) == "-" else source
     read = list(bootstrap.file_sources(ctx.settings, [path], "jsonl")[0].read())
@@ -57,7 +60,7 @@ def publish(ctx: Context, source: Path) -> None:
         try:
             results = publisher.publish_many(events)
         except InvalidEventInBatch as e:
-            raise sources.located(source, lines[e.index], e.error) from None
+            raise InvalidInput(f"{source}, line {lines[e.index]}: {e.error}") from None
     failed = [r for r in results if r.error]
     emit(
         ctx,
@@ -77,11 +80,11 @@ def publish(ctx: Context, source: Path) -> None:
         raise InvalidInput(f"{len(failed)} events were not delivered (see the error column)")
 
 
-def _batch_reporter(ctx: Context, progress: Progress) -> Callable[[bootstrap.IngestStats], None]:
+def _batch_reporter(ctx: Context, progress: Progress) -> Callable[[IngestStats], None]:
     """Per batch: the progress bar on a terminal, else one JSON log line."""
     task = progress.add_task("ingesting", total=None, rate="-")
 
-    def on_batch(stats: bootstrap.IngestStats) -> None:
+    def on_batch(stats: IngestStats) -> None:
         if ctx.err.is_terminal:
             progress.update(task, completed=stats.consumed, rate=f"{stats.rate:,.0f}")
         else:
@@ -90,7 +93,7 @@ def _batch_reporter(ctx: Context, progress: Progress) -> Callable[[bootstrap.Ing
     return on_batch
 
 
-def _log_json(stats: bootstrap.IngestStats) -> None:
+def _log_json(stats: IngestStats) -> None:
     click.echo(
         json.dumps(
             {
@@ -201,6 +204,8 @@ def ingest(
     session timeout [env CRM_LEDGER_KAFKA_SESSION_TIMEOUT_MS; 10000] plus a rebalance. On a
     terminal it shows progress; otherwise it writes one JSON log line per batch to stderr.
     """
+    from crm_ledger import bootstrap
+
     bootstrap.tune_for_throughput()
     _log_to_stderr(ctx)
     progress = progress_bar(ctx)
@@ -246,7 +251,14 @@ def positions_show(ctx: Context, topic: str | None) -> None:
     with open_services(ctx) as services:
         rows = services.kafka.positions(topic)
     source = topic or ctx.settings.kafka_topic
-    emit(ctx, [as_dict(r) for r in rows], title=f"positions of {source}")
+    from crm_ledger.services.operations import PositionRow
+
+    emit(
+        ctx,
+        [as_dict(r) for r in rows],
+        title=f"positions of {source}",
+        columns=fields_of(PositionRow),
+    )
 
 
 @positions.command("reset")

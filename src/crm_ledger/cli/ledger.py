@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from crm_ledger import bootstrap
 from crm_ledger.cli.base import (
     Context,
     as_dict,
@@ -22,9 +21,9 @@ from crm_ledger.cli.base import (
     pass_context,
     plain,
     progress_bar,
+    recorded_by,
 )
 from crm_ledger.errors import InvalidInput
-from crm_ledger.sources import files as sources
 
 if TYPE_CHECKING:
     import io
@@ -40,6 +39,8 @@ if TYPE_CHECKING:
 @pass_context
 def init(ctx: Context) -> None:
     """Create the ledger's store (SQLite file or PostgreSQL tables)."""
+    from crm_ledger import bootstrap
+
     with bootstrap.build(ctx.settings, create=True) as services:
         created = bootstrap.create_signing_key(ctx.settings)
         status = services.records.status()
@@ -110,6 +111,8 @@ def import_(
     written, naming the file, line and field. Events already in the ledger are skipped, so
     an import can be rerun safely.
     """
+    from crm_ledger import bootstrap
+
     bootstrap.tune_for_throughput()
     chosen = bootstrap.file_sources(ctx.settings, files, "cdnow" if cdnow else kind)
     with open_services(ctx) as services, _import_bar(ctx) as progress:
@@ -159,13 +162,19 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
 
 @cli.command()
 @click.argument("customer_id")
-@click.option("--as-of", "as_of", metavar="TIME", help="Only events recorded by TIME (ISO 8601).")
+@click.option(
+    "--as-of",
+    "as_of",
+    metavar="TIME",
+    help="Only events recorded by TIME (ISO 8601 or checkpoint:N).",
+)
 @click.option("--limit", type=click.IntRange(1), help="Show only the last N events.")
 @pass_context
 def history(ctx: Context, customer_id: str, as_of: str | None, limit: int | None) -> None:
     """Every stored event of CUSTOMER_ID with occurred and recorded time, source and actor."""
+    as_of_time = recorded_by(ctx, as_of)
     with open_services(ctx) as services:
-        entries = services.records.history(customer_id, as_of=parse_when(as_of), limit=limit)
+        entries = services.records.history(customer_id, as_of=as_of_time, limit=limit)
     if ctx.output == "table":
         rows = [
             {
@@ -225,24 +234,42 @@ def status(ctx: Context) -> None:
     required=True,
     help="JSON Lines file to write; the truth goes beside it as NAME.truth.json.",
 )
+@click.option(
+    "--split-at",
+    "split_at",
+    metavar="DATE",
+    help="Also write the history as two deliveries: NAME.backfill.jsonl (what occurred "
+    "before DATE, less some late arrivals) and NAME.later.jsonl (the rest, the late arrivals "
+    "and backdated profile corrections). Import them one after the other to see --as-of "
+    "and --valid-at differ.",
+)
 @pass_context
-def generate(ctx: Context, seed: int, customers: int, out: Path) -> None:
-    """Write a realistic synthetic multi-channel history (18 months) as JSON Lines."""
+def generate(ctx: Context, seed: int, customers: int, out: Path, split_at: str | None) -> None:
+    """Write a realistic synthetic multi-channel history (18 months, 2024-01-01 to
+    2025-06-30) as JSON Lines."""
+    from crm_ledger.sources import files as sources
     from crm_ledger.sources.synthetic import generate as build
+    from crm_ledger.sources.synthetic import split_waves
 
+    split = parse_when(split_at)
     events, truth = build(seed, customers=customers)
+    summary: dict[str, Any] = {"customers": customers}
+    if split is not None:
+        waves = split_waves(events, truth, split)
+        events = sorted(waves.backfill + waves.later, key=lambda e: e.occurred_at)
+        for name, part in (("backfill", waves.backfill), ("later", waves.later)):
+            sources.write_jsonl(out.with_suffix(f".{name}.jsonl"), part)
+            summary[f"{name}_file"] = str(out.with_suffix(f".{name}.jsonl"))
+            summary[f"{name}_events"] = len(part)
+        summary |= {"late_arrivals": waves.late, "corrected_customers": len(waves.corrected)}
+    truth.events = len(events)
     sources.write_jsonl(out, events)
     truth_path = out.with_suffix(".truth.json")
     truth_path.write_text(json.dumps(truth.as_dict(), indent=2) + "\n")
     emit_record(
         ctx,
-        {
-            "events": len(events),
-            "customers": customers,
-            "file": str(out),
-            "truth": str(truth_path),
-            "initiative": truth.initiative_id,
-            "true_relative_uplift": truth.relative_uplift,
-        },
+        {"events": len(events), "file": str(out), "truth": str(truth_path)}
+        | summary
+        | {"initiative": truth.initiative_id, "true_relative_uplift": truth.relative_uplift},
         title="generated",
     )

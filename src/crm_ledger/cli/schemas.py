@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from crm_ledger import bootstrap
 from crm_ledger.cli.base import Context, cli, emit, emit_record, pass_context
 from crm_ledger.errors import (
     IncompatibleSchema,
@@ -22,6 +21,8 @@ def schemas() -> None:
 @pass_context
 def schemas_list(ctx: Context) -> None:
     """Every event type with its registered versions and schema ids."""
+    from crm_ledger import bootstrap
+
     registry = bootstrap.open_registry(ctx.settings)
     rows = [
         {
@@ -40,6 +41,8 @@ def schemas_list(ctx: Context) -> None:
 @pass_context
 def schemas_check(ctx: Context) -> None:
     """Fail unless every schema's latest version reads data written with each earlier one."""
+    from crm_ledger import bootstrap
+
     registry = bootstrap.open_registry(ctx.settings)
     problems = registry.check()
     for problem in problems:
@@ -62,9 +65,11 @@ def schemas_check(ctx: Context) -> None:
 @pass_context
 def schemas_register(ctx: Context) -> None:
     """Register each changed .avsc as a new version (refused if it breaks compatibility)."""
+    from crm_ledger import bootstrap
+
     added = bootstrap.open_registry(ctx.settings).register()
-    emit(
-        ctx,
-        [{"type": v.subject, "version": v.version, "schema_id": v.schema_id} for v in added],
-        title="registered",
-    )
+    rows = [{"type": v.subject, "version": v.version, "schema_id": v.schema_id} for v in added]
+    if not rows and ctx.output == "table":
+        ctx.out.print("registered nothing: every schema is registered as it is")
+        return
+    emit(ctx, rows, title="registered", columns=("type", "version", "schema_id"))

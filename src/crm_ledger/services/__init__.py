@@ -1,177 +1,21 @@
 """The use cases every entrypoint calls (CLI, console): plain values and frozen dataclasses in
 and out, errors worded for any caller. ``bootstrap.build(settings)`` makes one ``Services``
 per process (the CLI one per command, a server one for its life); parts open on first use and
-``close()`` releases them."""
+``close()`` releases them. Modules load on first use too (see ``container``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING, Protocol
-
-from crm_ledger.projections.runtime import ProjectionStore, Projector
-from crm_ledger.services.audit import AuditService
-from crm_ledger.services.imports import Imports
-from crm_ledger.services.ledger import LedgerService
-from crm_ledger.services.operations import KafkaOperations, ProjectionOperations
-from crm_ledger.services.predictions import ClvStore, Predictions
-from crm_ledger.services.read_models import QueryStore, ReadModels
+import importlib
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from pathlib import Path
-    from types import TracebackType
-
-    from crm_ledger.application import Ledger
-    from crm_ledger.audit import Auditor
-    from crm_ledger.services.ledger import JsonDecoder
-    from crm_ledger.services.operations import Kafka, Rebuild
-    from crm_ledger.services.predictions import Holdout
-    from crm_ledger.services.read_models import Comparison
+    from crm_ledger.services.container import Charts, ReadModelStore, Services, Wiring
 
 
-class ReadModelStore(ProjectionStore, QueryStore, ClvStore, Protocol):
-    """What the read models' store does for every service: ``ProjectionStore`` (runtime),
-    ``QueryStore`` (queries) and ``ClvStore`` (predictions) in one, closed with dispose."""
-
-    def dispose(self) -> None:
-        """Close its connections."""
-        ...
+def __getattr__(name: str) -> object:
+    if name in ("Charts", "ReadModelStore", "Services", "Wiring"):
+        return getattr(importlib.import_module("crm_ledger.services.container"), name)
+    raise AttributeError(name)
 
 
-class Charts(Protocol):
-    """Draws results into image files."""
-
-    def impact(self, result: Comparison, path: Path) -> None:
-        """An initiative's weekly series per group, and its window."""
-        ...
-
-    def tracking(self, result: Holdout, path: Path) -> None:
-        """A CLV holdout's predicted and actual repeat purchases, calibration end marked."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Wiring:
-    """How each part of a ``Services`` is opened, on first use (made by bootstrap)."""
-
-    store: str
-    location: str
-    open_ledger: Callable[[], Ledger]
-    open_read_model_store: Callable[[], ReadModelStore]
-    open_auditor: Callable[[Ledger], Auditor]
-    open_kafka: Callable[[], Kafka]
-    open_decoder: Callable[[], JsonDecoder]
-    open_charts: Callable[[], Charts]
-    rebuild: Rebuild
-    receipts: str
-    retention_days: int
-    topics: tuple[str, str]
-    batch_size: int
-
-
-class Services:
-    """One ledger's use cases, opened lazily, closed once."""
-
-    def __init__(
-        self,
-        wiring: Wiring,
-        *,
-        read_only: bool = False,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> None:
-        self.wiring = wiring
-        self.read_only = read_only
-        self.progress = progress
-
-    @cached_property
-    def ledger(self) -> Ledger:
-        """The Ledger application (opened on first use)."""
-        return self.wiring.open_ledger()
-
-    @cached_property
-    def read_model_store(self) -> ReadModelStore:
-        """The read models' store (opened on first use)."""
-        return self.wiring.open_read_model_store()
-
-    @cached_property
-    def projector(self) -> Projector:
-        """The projection runtime over the ledger's log and the read models' store."""
-        return Projector(self.ledger, self.read_model_store)
-
-    @cached_property
-    def read_models(self) -> ReadModels:
-        """Queries: 360, value, timeline, top, compare, consent; live, snapshot or as of."""
-        return ReadModels(
-            self.ledger,
-            self.projector,
-            self.read_model_store,
-            progress=self.progress,
-            read_only=self.read_only,
-        )
-
-    @cached_property
-    def predictions(self) -> Predictions:
-        """Predictive lifetime value: fit, show, top, hold out."""
-        return Predictions(self.read_models, self.read_model_store)
-
-    @cached_property
-    def records(self) -> LedgerService:
-        """Status, recording one event, history, key rotation."""
-        w = self.wiring
-        return LedgerService(
-            lambda: self.ledger, w.open_decoder, store=w.store, location=w.location
-        )
-
-    @cached_property
-    def imports(self) -> Imports:
-        """The check-everything-then-write import."""
-        return Imports(self.ledger, self.wiring.batch_size)
-
-    @cached_property
-    def audit(self) -> AuditService:
-        """History with hashes, checkpoints, verification, exports, erasure."""
-        w = self.wiring
-        return AuditService(
-            self.ledger,
-            lambda: w.open_auditor(self.ledger),
-            receipts=w.receipts,
-            retention_days=w.retention_days,
-            topics=list(w.topics),
-        )
-
-    @cached_property
-    def projections(self) -> ProjectionOperations:
-        """Status, catch-up, rebuild and snapshots of the read models."""
-        return ProjectionOperations(self.projector, self.wiring.rebuild)
-
-    @cached_property
-    def kafka(self) -> KafkaOperations:
-        """Lag, dead letters, redrive, stored positions."""
-        return KafkaOperations(lambda: self.ledger, self.wiring.open_kafka, self.wiring.topics[0])
-
-    @cached_property
-    def charts(self) -> Charts:
-        """Charts of comparisons and holdouts (the drawing library loaded on first use)."""
-        return self.wiring.open_charts()
-
-    def close(self) -> None:
-        """Close what was opened: the read models' connections, then the ledger."""
-        if "read_model_store" in self.__dict__:
-            self.read_model_store.dispose()
-        if "ledger" in self.__dict__:
-            self.ledger.close()
-
-    def __enter__(self) -> Services:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-__all__ = ["ReadModelStore", "Services", "Wiring"]
+__all__ = ["Charts", "ReadModelStore", "Services", "Wiring"]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from crm_ledger.aggregates import customer_uuid
+from crm_ledger.errors import NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -61,6 +62,7 @@ class VerificationReport:
 
     ok: bool
     events: int
+    touchpoints: int
     streams: int
     checkpoints: int
     seconds: float
@@ -119,6 +121,15 @@ class AuditService:
             )
         return rows
 
+    def checkpoint_time(self, checkpoint_id: int) -> datetime:
+        """When checkpoint ``checkpoint_id`` was signed: what the ledger knew then is every
+        event recorded by that moment (a signed, shareable point in recorded time)."""
+        for cp in self._auditor().store.checkpoints():
+            if cp.checkpoint_id == checkpoint_id:
+                return cp.created_at
+        msg = f"no checkpoint {checkpoint_id}; `audit checkpoint` signs one"
+        raise NotFound(msg)
+
     def checkpoint(self) -> SignedCheckpoint:
         """Sign the head of every stream's chain."""
         cp = self._auditor().checkpoint()
@@ -150,6 +161,7 @@ class AuditService:
         return VerificationReport(
             ok=result.ok,
             events=result.events,
+            touchpoints=self.ledger.count_events(),
             streams=result.streams,
             checkpoints=result.checkpoints,
             seconds=seconds,

@@ -22,13 +22,23 @@ class JsonDecoder(Protocol):
         ...
 
 
+#: What the two counts mean, so that they reconcile with `audit verify`.
+COUNTS_NOTE = (
+    "events: touchpoints received (one per event_id); stored_events: every event in the "
+    "log, which audit verify checks: the touchpoints plus those the ledger records itself "
+    "(opening each customer's and organisation's stream)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerStatus:
-    """Which store holds the ledger, where, and how many events it has."""
+    """Which store holds the ledger, where, and what it holds."""
 
     store: str
     location: str
     events: int
+    stored_events: int
+    counts: str = COUNTS_NOTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,8 @@ class LedgerService:
 
     def status(self) -> LedgerStatus:
         """The store, its location and the number of events."""
-        return LedgerStatus(self.store, self.location, self._ledger().count_events())
+        ledger = self._ledger()
+        return LedgerStatus(self.store, self.location, ledger.count_events(), ledger.log_head())
 
     def record_json(self, obj: Any) -> Recorded:
         """Record one event given as a JSON object (a duplicate event_id is not stored)."""

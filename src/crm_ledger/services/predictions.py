@@ -11,47 +11,21 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from crm_ledger.analytics import clv, holdout
 from crm_ledger.analytics.clv import DAY_MICROS
-from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound
+from crm_ledger.errors import InvalidInput, NotFound
 from crm_ledger.projections.contributions import micros, moment
 from crm_ledger.projections.journey_timeline import TOUCHES
 from crm_ledger.projections.lifetime_value import LTV, minor_unit_exponent
-from crm_ledger.services.read_models import LIVE
+from crm_ledger.services.ports import LIVE, ClvStore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from datetime import datetime
 
     from crm_ledger.analytics.holdout import FrequencyGroup, Period
-    from crm_ledger.projections.contributions import Table
     from crm_ledger.services.read_models import ReadModels
-
-
-class ClvStore(Protocol):
-    """Where purchases are read and fitted models kept (the SQL adapter)."""
-
-    def purchases(
-        self, touches: tuple[Table, str], currency: str, *, until: int, as_of: int | None
-    ) -> list[tuple[str, int, int]]:
-        """(stream, occurred, amount in minor units) of the orders in ``currency``."""
-        ...
-
-    def save_clv(self, model: dict[str, Any], rows: Sequence[dict[str, Any]]) -> int:
-        """Store a model and its per-customer rows."""
-        ...
-
-    def clv_model(self, model_id: int | None) -> dict[str, Any] | None:
-        """A stored model, the latest by default."""
-        ...
-
-    def clv_rows(
-        self, model_id: int, *, customers: Sequence[str] = (), top: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Per-customer predictions of a model."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +121,13 @@ class Predictions:
         model = self.model(model_id)
         rows = self.store.clv_rows(model.model_id, customers=[customer_id])
         if not rows:
-            raise CustomerNotFound(customer_id)
+            self.models.ledger.customer(customer_id)  # CustomerNotFound if unknown
+            msg = (
+                f"{customer_id} has no purchase in {model.currency} by "
+                f"{model.calibration_end:%Y-%m-%d}, the data model {model.model_id} was "
+                "fitted on: it predicts nothing for them"
+            )
+            raise NotFound(msg)
         return _customer(rows[0])
 
     def top(self, limit: int, model_id: int | None = None) -> list[CustomerValue]:

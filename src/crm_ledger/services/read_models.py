@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from crm_ledger.aggregates import customer_uuid
-from crm_ledger.analytics.impact import (
+from crm_ledger.analytics.comparison import (
     CONTROL,
     EXPOSED,
     METRICS,
     PASSIVE,
     Activity,
     Impact,
-    measure,
 )
 from crm_ledger.errors import CustomerNotFound, InitiativeNotFound, InvalidInput, NotBuilt
 from crm_ledger.projections.contributions import (
-    counts_at,
     merge_rows,
     micros,
     moment,
@@ -39,6 +37,7 @@ from crm_ledger.projections.journey_timeline import (
     journey,
 )
 from crm_ledger.projections.lifetime_value import LTV, LifetimeValue, Value
+from crm_ledger.services.ports import LIVE, Moment, QueryStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -47,71 +46,6 @@ if TYPE_CHECKING:
     from crm_ledger.application import CustomerView, Ledger, LogRecord
     from crm_ledger.projections.contributions import Changes, Table
     from crm_ledger.projections.runtime import Projector, TableSet
-
-
-class QueryStore(Protocol):
-    """The queries the SQL adapter answers on table sets."""
-
-    def rows(
-        self, spec: Table, label: str, column: str, values: Sequence[Any]
-    ) -> list[dict[str, Any]]:
-        """Rows whose ``column`` is one of ``values``."""
-        ...
-
-    def all_rows(self, spec: Table, label: str) -> list[dict[str, Any]]:
-        """Every row of a table."""
-        ...
-
-    def consent_rows(self, touches: tuple[Table, str]) -> list[dict[str, Any]]:
-        """Consent changes and outbound campaign touches."""
-        ...
-
-    def top_values(
-        self,
-        ltv: tuple[Table, str],
-        customers: tuple[Table, str],
-        links: tuple[Table, str] | None,
-        *,
-        currency: str,
-        limit: int,
-    ) -> list[dict[str, Any]]:
-        """Highest net value per customer (or organisation, with ``links``)."""
-        ...
-
-    def currencies(self, ltv: tuple[Table, str]) -> list[tuple[str, int]]:
-        """Currencies by number of orders."""
-        ...
-
-    def weekly_activity(
-        self, touches: tuple[Table, str], currency: str, passive: Sequence[str]
-    ) -> list[tuple[Any, ...]]:
-        """(stream, week, active touches, orders, net revenue, interactions) rows."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Moment:
-    """Which state to answer from: live, a snapshot, or one customer as of a time."""
-
-    snapshot: str | None = None
-    as_of: datetime | None = None
-    valid_at: datetime | None = None
-
-    @property
-    def replays_history(self) -> bool:
-        """True when the answer is projected from the event store as of a moment."""
-        return self.as_of is not None or self.valid_at is not None
-
-    def counts(self, record: LogRecord) -> bool:
-        """Whether ``record`` counts at this moment."""
-        return counts_at(
-            record,
-            as_of=micros(self.as_of) if self.as_of is not None else None,
-            valid_at=micros(self.valid_at) if self.valid_at is not None else None,
-        )
-
-
-LIVE = Moment()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +73,7 @@ class Comparison:
     started_at: datetime
     ended_at: datetime | None
     impact: Impact
+    notes: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +235,7 @@ class ReadModels:
         initiative, started = self._initiative(initiative_id, at, metric, control)
         scope = dict(initiative.scope)
         sets = self.sets(at)
+        requested = currency
         currency = currency or self._main_currency((LTV, sets["lifetime_value"].label))
         groups, canonical = self._groups(sets, scope, control)
         rows = self.store.weekly_activity(
@@ -311,6 +247,8 @@ class ReadModels:
             if week is not None
         ]
         ended = initiative.ended_at
+        from crm_ledger.analytics.impact import measure  # numpy: only when comparing
+
         impact = measure(
             activity,
             groups,
@@ -319,6 +257,8 @@ class ReadModels:
             end_week=week_of(micros(ended)) if ended else None,
             resamples=resamples,
         )
+        _check_groups(impact, scope, control, currency if metric == "net_revenue" else None)
+        note = self.currency_note(at, requested) if metric == "net_revenue" else None
         return Comparison(
             initiative=initiative_id,
             name=initiative.name,
@@ -328,6 +268,7 @@ class ReadModels:
             started_at=started,
             ended_at=ended,
             impact=impact,
+            notes=[note] if note else [],
         )
 
     # Helpers.
@@ -447,6 +388,23 @@ class ReadModels:
         found = self.store.currencies(ltv)
         return found[0][0] if found else None
 
+    def currency_note(self, at: Moment, currency: str | None) -> str | None:
+        """What a ranking or comparison in one currency leaves out, or picked for the caller:
+        None when the ledger holds one currency and none was asked for."""
+        sets = self.sets(at)
+        found = self.store.currencies((LTV, sets["lifetime_value"].label))
+        if not found:
+            return None
+        chosen = currency or found[0][0]
+        others = [f"{code} ({orders:,} orders)" for code, orders in found if code != chosen]
+        if not others and currency is None:
+            return None
+        picked = "" if currency else f"the most used currency, {chosen}, was chosen; "
+        left = f"values in {', '.join(others)} are not counted" if others else ""
+        if chosen not in {code for code, _ in found}:
+            left = f"the ledger holds no {chosen} orders (it holds {', '.join(others)})"
+        return (picked + left).rstrip("; ")
+
     def _reference(self, at: Moment) -> datetime:
         if at.as_of or at.valid_at:
             return min(t for t in (at.as_of, at.valid_at) if t is not None)
@@ -466,3 +424,22 @@ def _merged_from(records: Sequence[LogRecord]) -> list[str]:
         elif r.kind == "CustomerReleased" and r.data["released_id"] in merged:
             merged.remove(r.data["released_id"])
     return merged
+
+
+def _check_groups(
+    impact: Impact,
+    scope: Mapping[str, str],
+    control: Mapping[str, str] | None,
+    currency: str | None,
+) -> None:
+    """Refuse a comparison with an empty side: an estimate against nothing is no answer."""
+    during = {g.group: g.customers for g in impact.groups if g.period == "during"}
+    for group, who in ((EXPOSED, scope), (CONTROL, control)):
+        if during.get(group, 0) == 0:
+            described = ", ".join(f"{k}={v}" for k, v in (who or {}).items()) or "the rest"
+            unit = f" in {currency}" if currency else ""
+            msg = (
+                f"the {group} group ({described}) has no activity{unit} during the "
+                "initiative's window: there is nothing to compare"
+            )
+            raise InvalidInput(msg)

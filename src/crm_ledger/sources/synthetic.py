@@ -410,3 +410,94 @@ class Generator:
 def generate(seed: int, customers: int = 2500) -> tuple[list[Touchpoint], Truth]:
     """The touchpoints and truth of the synthetic history for ``seed``."""
     return Generator(seed, customers=customers).run()
+
+
+#: Customers the README's examples look at: always among the corrected ones.
+SHOWCASE = ("C000042", "C000142")
+
+#: Of the events that occurred in the weeks just before the split, the share that arrives late.
+LATE_SHARE = 0.05
+LATE_WINDOW = timedelta(weeks=8)
+CORRECTED_SHARE = 0.03
+
+
+@dataclass
+class Waves:
+    """A history told in two deliveries, so that "what did the ledger know then" differs from
+    "what happened then": the backfill (what occurred before the split, except late arrivals),
+    then everything after the split, the late arrivals, and backdated profile corrections."""
+
+    backfill: list[Touchpoint]
+    later: list[Touchpoint]
+    late: int
+    corrected: list[str]
+
+
+def split_waves(events: list[Touchpoint], truth: Truth, split_at: datetime) -> Waves:
+    """Split a generated history at ``split_at`` (business time) into two deliveries.
+
+    Late arrivals are interactions and unrefunded orders from the weeks before the split,
+    of customers never merged or erased (so every event stays valid when it arrives);
+    corrections are ProfileUpdated events backdated to a day after registration, fixing the
+    segment and e-mail a customer was registered with.
+    """
+    rng = random.Random(truth.seed * 7919 + 1)
+    untouchable = set(truth.merged) | set(truth.erased)
+    refunded = {e.data["order_id"] for e in events if e.event_type == "OrderRefunded"}
+    backfill: list[Touchpoint] = []
+    later: list[Touchpoint] = []
+    late = 0
+    for event in events:
+        if event.occurred_at >= split_at:
+            later.append(event)
+        elif _may_arrive_late(event, split_at, untouchable, refunded) and rng.random() < LATE_SHARE:
+            later.append(event)
+            late += 1
+        else:
+            backfill.append(event)
+    corrections = _corrections(backfill, untouchable, rng)
+    later += corrections
+    later.sort(key=lambda e: e.occurred_at)
+    return Waves(backfill, later, late, sorted(c.customer_id for c in corrections))
+
+
+def _may_arrive_late(
+    event: Touchpoint, split_at: datetime, untouchable: set[str], refunded: set[str]
+) -> bool:
+    if event.customer_id in untouchable or event.occurred_at < split_at - LATE_WINDOW:
+        return False
+    if event.event_type == "InteractionRecorded":
+        return True
+    return event.event_type == "OrderPlaced" and event.data["order_id"] not in refunded
+
+
+def _corrections(
+    backfill: list[Touchpoint], untouchable: set[str], rng: random.Random
+) -> list[Touchpoint]:
+    registrations = [
+        e
+        for e in backfill
+        if e.event_type == "CustomerRegistered" and e.customer_id not in untouchable
+    ]
+    chosen = [
+        e for e in registrations if e.customer_id in SHOWCASE or rng.random() < CORRECTED_SHARE
+    ]
+    corrections = []
+    for registered in chosen:
+        segment = "smb" if registered.data["segment"] == "retail" else "retail"
+        email = str(registered.data["email"]).replace("@example.org", "@mail.example.org")
+        data = dict.fromkeys(("name", "phone", "address", "country", "region", "lifecycle_stage"))
+        data |= {"email": email, "segment": segment}
+        corrections.append(
+            Touchpoint(
+                "ProfileUpdated",
+                uuid.UUID(int=rng.getrandbits(128), version=4),
+                registered.customer_id,
+                registered.occurred_at + timedelta(days=1),
+                "data-quality",
+                "dq-review",
+                None,
+                data,
+            )
+        )
+    return corrections
