@@ -19,13 +19,22 @@ venv: $(STAMP)
 ## demo: generate an 18-month multi-channel history, import it into SQLite, show a customer
 demo: venv
 	rm -rf $(DEMO) $(DEMO).keys
-	$(BIN)/crm-ledger --data-dir $(DEMO) generate --seed $(SEED) --out $(DEMO)/events.jsonl
+	$(BIN)/crm-ledger --data-dir $(DEMO) generate --seed $(SEED) --out $(DEMO)/events.jsonl --split-at 2025-01-01
 	$(BIN)/crm-ledger --data-dir $(DEMO) init
-	$(BIN)/crm-ledger --data-dir $(DEMO) import $(DEMO)/events.jsonl
-	$(BIN)/crm-ledger --data-dir $(DEMO) customer show C000042
-	$(BIN)/crm-ledger --data-dir $(DEMO) timeline C000042 --limit 8
+	$(BIN)/crm-ledger --data-dir $(DEMO) import $(DEMO)/events.backfill.jsonl
+	$(BIN)/crm-ledger --data-dir $(DEMO) audit checkpoint
+	$(BIN)/crm-ledger --data-dir $(DEMO) import $(DEMO)/events.later.jsonl
+	$(BIN)/crm-ledger --data-dir $(DEMO) audit checkpoint
+	$(BIN)/crm-ledger --data-dir $(DEMO) customer show C000142 --as-of checkpoint:1
+	$(BIN)/crm-ledger --data-dir $(DEMO) customer show C000142
+	$(BIN)/crm-ledger --data-dir $(DEMO) timeline C000142 --limit 8
 	$(BIN)/crm-ledger --data-dir $(DEMO) ltv --top 5
 	$(BIN)/crm-ledger --data-dir $(DEMO) compare loyalty-north --truth $(DEMO)/events.truth.json --chart $(DEMO)/loyalty-north.png
+	@echo
+	@echo "The demo ledger is in $(DEMO). Look around with, for example:"
+	@echo "  export CRM_LEDGER_DATA_DIR=$(DEMO)"
+	@echo "  $(BIN)/crm-ledger customer find \"ada me\""
+	@echo "  $(BIN)/crm-ledger history C000142 --as-of checkpoint:1"
 
 ## lint: ruff, mypy (strict on src/), import-linter contracts, sizes, schema compatibility
 lint: venv

@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
-from crm_ledger.adapters.avro import Codec, SchemaRegistry
 from crm_ledger.adapters.crypto import (
     Ed25519Signer,
     Keyring,
@@ -20,44 +19,44 @@ from crm_ledger.adapters.crypto import (
     load_signer,
     secret_key,
 )
-from crm_ledger.adapters.eventstore import (
-    check_postgres_ledger,
-    claim_sqlite,
-    postgres_env,
-    sqlite_env,
-)
-from crm_ledger.adapters.kafka import (
-    IngestStats,
-    IngestWorker,
-    KafkaSettings,
-    KafkaTopics,
-    Publisher,
-)
 from crm_ledger.adapters.receipts import ReceiptFile
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.application import Ledger
 from crm_ledger.audit import Auditor
 from crm_ledger.errors import ConfigurationError, StoreUnavailable
-from crm_ledger.projections.runtime import BUILDING, DEFAULT_BATCH, Projector
+from crm_ledger.projections.customer_search import CustomerSearch, SearchKey
+from crm_ledger.projections.runtime import BUILDING, DEFAULT_BATCH, Projector, all_projections
 from crm_ledger.services import Services, Wiring
-from crm_ledger.sources.files import FileSource, file_source
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
+    from crm_ledger.adapters.avro import Codec, SchemaRegistry
+    from crm_ledger.adapters.kafka import IngestStats as IngestStats  # noqa: PLC0414 (the CLI's)
+    from crm_ledger.adapters.kafka import (
+        IngestWorker,
+        KafkaSettings,
+        KafkaTopics,
+        Publisher,
+    )
     from crm_ledger.audit import AuditStore, SnapshotCheck
     from crm_ledger.config import Settings
+    from crm_ledger.projections.contributions import Projection
     from crm_ledger.projections.runtime import TableSet
     from crm_ledger.services import Charts
+    from crm_ledger.services.exports import ExportWriter
+    from crm_ledger.sources.files import FileSource
 
-__all__ = ["IngestStats", "Services", "build"]
 
 #: The read models' file beside the embedded event store.
 PROJECTIONS_FILE = "projections.sqlite"
 
 #: The snapshot seal key's file in the key folder.
 SNAPSHOT_KEY_FILE = "snapshot.key"
+
+#: The blind search index's key file in the key folder.
+SEARCH_KEY_FILE = "search.key"
 
 #: The auditor's copy of the checkpoint receipts, in the key folder unless set elsewhere.
 RECEIPTS_FILE = "checkpoint-receipts.jsonl"
@@ -85,10 +84,14 @@ def store_env(settings: Settings, *, create: bool) -> dict[str, str]:
     """eventsourcing settings for the configured store: only ``create`` (``init``) makes a
     ledger; everything else refuses a place that holds none, and every command refuses a
     database another program made."""
+    from crm_ledger.adapters import eventstore  # a store's driver only when it is used
+
     if settings.database_url:
-        env = postgres_env(settings.database_url, settings.database_schema)
+        env: dict[str, str] = eventstore.postgres_env(
+            settings.database_url, settings.database_schema
+        )
         if not create:
-            check_postgres_ledger(settings.database_url, settings.database_schema)
+            eventstore.check_postgres_ledger(settings.database_url, settings.database_schema)
         return env
     path = settings.sqlite_path
     if not path.exists():
@@ -100,8 +103,9 @@ def store_env(settings: Settings, *, create: bool) -> dict[str, str]:
         except OSError as e:
             msg = f"cannot create the data directory {path.parent}: {e.strerror}"
             raise StoreUnavailable(msg) from None
-    claim_sqlite(str(path), create=create)
-    return sqlite_env(str(path))
+    eventstore.claim_sqlite(str(path), create=create)
+    env = eventstore.sqlite_env(str(path))
+    return env
 
 
 def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
@@ -134,9 +138,12 @@ def build(
         open_ledger=lambda: open_ledger(settings),
         open_read_model_store=lambda: open_projection_store(settings),
         open_auditor=lambda ledger: open_auditor(settings, ledger),
-        open_kafka=lambda: KafkaTopics(kafka_settings(settings)),
+        open_kafka=lambda: _kafka_topics(settings),
         open_decoder=lambda: open_codec(settings),
         open_charts=open_charts,
+        projections=lambda ledger: projections_of(settings, ledger),
+        open_export=open_export,
+        search_key=lambda: search_key(settings),
         rebuild=functools.partial(rebuild_projections, settings),
         receipts=str(receipts_path(settings)),
         retention_days=settings.kafka_retention_days,
@@ -144,6 +151,13 @@ def build(
         batch_size=settings.batch_size,
     )
     return Services(wiring, read_only=read_only, progress=progress)
+
+
+def open_export(path: Path, columns: Mapping[str, str]) -> ExportWriter:
+    """A CSV, JSON Lines or Parquet file by ``path``'s suffix (pyarrow loaded on first use)."""
+    from crm_ledger.adapters.export import ExportFile
+
+    return ExportFile(path, columns)
 
 
 def open_charts() -> Charts:
@@ -155,18 +169,30 @@ def open_charts() -> Charts:
 
 def file_sources(settings: Settings, paths: Sequence[Path], kind: str) -> list[FileSource]:
     """Input files as sources for the import service (``kind`` auto, jsonl, avro, cdnow)."""
+    from crm_ledger.sources.files import file_source
+
     codec = open_codec(settings)
     return [file_source(path, kind, codec) for path in paths]
 
 
 def open_registry(settings: Settings) -> SchemaRegistry:
     """The schema registry kept in the schemas folder."""
+    from crm_ledger.adapters.avro import SchemaRegistry  # fastavro: only when needed
+
     return SchemaRegistry(settings.schemas_dir)
 
 
 def open_codec(settings: Settings) -> Codec:
     """The Avro codec over the configured registry."""
+    from crm_ledger.adapters.avro import Codec
+
     return Codec(open_registry(settings))
+
+
+def _kafka_topics(settings: Settings) -> KafkaTopics:
+    from crm_ledger.adapters.kafka import KafkaTopics
+
+    return KafkaTopics(kafka_settings(settings))
 
 
 def kafka_settings(settings: Settings) -> KafkaSettings:
@@ -177,6 +203,8 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
             "--bootstrap-servers (scripts/kafka_server.sh start runs one and prints its address)"
         )
         raise ConfigurationError(msg)
+    from crm_ledger.adapters.kafka import KafkaSettings  # kafka-python: only when needed
+
     return KafkaSettings(
         bootstrap=settings.kafka_bootstrap,
         topic=settings.kafka_topic,
@@ -193,11 +221,15 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
 
 def open_publisher(settings: Settings) -> Publisher:
     """A Publisher for the configured cluster and topic."""
+    from crm_ledger.adapters.kafka import Publisher
+
     return Publisher(kafka_settings(settings), open_codec(settings))
 
 
 def open_ingest_worker(settings: Settings, ledger: Ledger, **options: Any) -> IngestWorker:
     """An ingest worker feeding ``ledger`` from the configured topic."""
+    from crm_ledger.adapters.kafka import IngestWorker
+
     return IngestWorker(
         ledger,
         open_codec(settings),
@@ -215,11 +247,29 @@ def open_projection_store(settings: Settings) -> SqlProjectionStore:
     return SqlProjectionStore(sqlite_engine(str(settings.data_dir / PROJECTIONS_FILE)))
 
 
+def projections_of(settings: Settings, ledger: Ledger) -> tuple[Projection, ...]:
+    """Every read model, the blind search index included (keyed by the key folder's search
+    key, reading personal values through ``ledger``'s data keys)."""
+    key = SearchKey(search_key(settings))
+    opener = cast("Any", ledger.mapper).data_keys.open
+    return (*all_projections(), CustomerSearch(key, opener))
+
+
+def search_key(settings: Settings) -> bytes:
+    """The key of the blind search index (made on first use, in the key folder)."""
+    return secret_key(settings.key_folder / SEARCH_KEY_FILE)
+
+
 def open_projector(
-    ledger: Ledger, store: SqlProjectionStore, *, batch_size: int | None = None
+    settings: Settings,
+    ledger: Ledger,
+    store: SqlProjectionStore,
+    *,
+    batch_size: int | None = None,
 ) -> Projector:
     """The projection runtime over ``ledger``'s log and ``store``."""
-    return Projector(ledger, store, batch_size=batch_size or DEFAULT_BATCH)
+    projections = projections_of(settings, ledger)
+    return Projector(ledger, store, projections=projections, batch_size=batch_size or DEFAULT_BATCH)
 
 
 #: Projections by the work a replay does for them, heaviest first.
@@ -251,7 +301,7 @@ def rebuild_projections(
     so the heaviest projection no longer waits for the others."""
     with open_ledger(settings) as ledger:
         store = open_projection_store(settings)
-        projector = open_projector(ledger, store, batch_size=batch_size)
+        projector = open_projector(settings, ledger, store, batch_size=batch_size)
         chosen = [projector.projection(n).name for n in (names or list(projector.projections))]
         groups = worker_groups(chosen, workers or os.cpu_count() or 1)
         if len(groups) == 1:
@@ -290,7 +340,9 @@ def _rebuild_worker(
     stop_if_orphaned()
     with open_ledger(settings) as ledger:
         store = open_projection_store(settings)
-        open_projector(ledger, store, batch_size=batch_size).rebuild(names, stop_if_orphaned)
+        open_projector(settings, ledger, store, batch_size=batch_size).rebuild(
+            names, stop_if_orphaned
+        )
         store.engine.dispose()
 
 

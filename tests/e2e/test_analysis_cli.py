@@ -117,7 +117,12 @@ def test_timeline_in_order_and_by_channel(runner: CliRunner, demo: dict) -> None
 def test_replay_into_a_snapshot_and_query_it(runner: CliRunner, demo: dict) -> None:
     data = demo["data"]
     made = as_json(runner, data, "replay", "--as-of", demo["between"], "--into", "half")
-    assert made["projections"] == ["customer_360", "journey_timeline", "lifetime_value"]
+    assert made["projections"] == [
+        "customer_360",
+        "customer_search",
+        "journey_timeline",
+        "lifetime_value",
+    ]
     then = as_json(runner, data, "ltv", "--top", "3", "--snapshot", "half")
     now = as_json(runner, data, "ltv", "--top", "3")
     assert sum(v["orders"] for v in then) < sum(v["orders"] for v in now)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -15,6 +15,8 @@ from crm_ledger.adapters.eventstore import memory_env
 from crm_ledger.adapters.sql import SqlProjectionStore, sqlite_engine
 from crm_ledger.application import Ledger
 from crm_ledger.errors import CustomerNotFound, InvalidInput, NotBuilt
+from crm_ledger.projections.customer_search import CustomerSearch, SearchKey
+from crm_ledger.projections.runtime import all_projections
 from crm_ledger.services import Services, Wiring
 from crm_ledger.services.read_models import LIVE
 from tests.conftest import SCHEMAS
@@ -72,6 +74,12 @@ def _services(opened: list[str], *, read_only: bool = False) -> Services:
         open_kafka=NoKafka,
         open_decoder=lambda: Codec(SchemaRegistry(SCHEMAS)),
         open_charts=lambda: pytest.fail("no charts here"),
+        projections=lambda ledger: (
+            *all_projections(),
+            CustomerSearch(SearchKey(b"k" * 32), cast("Any", ledger.mapper).data_keys.open),
+        ),
+        search_key=lambda: b"k" * 32,
+        open_export=lambda path, columns: pytest.fail("no exports here"),
         rebuild=_no_rebuild,
         receipts="(none)",
         retention_days=7,

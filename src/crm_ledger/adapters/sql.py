@@ -27,7 +27,7 @@ from crm_ledger.projections.runtime import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from sqlalchemy.engine import Connection, Engine
 
@@ -276,6 +276,15 @@ class SqlProjectionStore:
         with self._connect() as conn:
             return [(r[0], int(r[1])) for r in conn.execute(query)]
 
+    def last_occurred(self, touches: tuple[Table, str], passive: Sequence[str]) -> int | None:
+        """The business time of the latest touch of a kind not in ``passive`` (where the
+        data ends: refunds and resolutions trail after it)."""
+        t = self.table(*touches)
+        query = sa.select(sa.func.max(t.c.occurred)).where(t.c.kind.not_in(list(passive)))
+        with self._connect() as conn:
+            value = conn.execute(query).scalar()
+        return None if value is None else int(value)
+
     def weekly_activity(
         self, touches: tuple[Table, str], currency: str, passive: Sequence[str]
     ) -> list[tuple[Any, ...]]:
@@ -293,6 +302,79 @@ class SqlProjectionStore:
         ).group_by(t.c.stream, t.c.week)
         with self._connect() as conn:
             return [tuple(r) for r in conn.execute(query)]
+
+    def search(self, index: tuple[Table, str], column: str, token: str, limit: int) -> list[str]:
+        """Customer ids whose ``column`` token is ``token`` (the blind search index)."""
+        t = self.table(*index)
+        query = (
+            sa.select(t.c.customer_id)
+            .where(t.c[column] == token)
+            .order_by(t.c.customer_id)
+            .limit(limit)
+        )
+        with self._connect() as conn:
+            return [r[0] for r in conn.execute(query) if r[0]]
+
+    def directory_page(
+        self,
+        customers: tuple[Table, str],
+        consents: tuple[Table, str],
+        links: tuple[Table, str],
+        *,
+        where: Mapping[str, str],
+        consent: tuple[str, str, bool] | None,
+        organisation: str | None,
+        after: str | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Surviving customers (not merged into another) matching every filter, in id order
+        after ``after``: a keyset page, so a page costs the same wherever it starts."""
+        c = self.table(*customers)
+        query = sa.select(c).where(sa.func.coalesce(c.c.merged_into, "") == "")
+        for column, value in where.items():
+            query = query.where(c.c[column] == value)
+        if consent is not None:
+            k = self.table(*consents)
+            purpose, channel, granted = consent
+            query = query.where(
+                sa.exists().where(
+                    (k.c.stream == c.c.stream)
+                    & (k.c.purpose == purpose)
+                    & (k.c.channel == channel)
+                    & (k.c.granted == int(granted))
+                )
+            )
+        if organisation is not None:
+            o = self.table(*links)
+            query = query.where(
+                sa.exists().where(
+                    (o.c.stream == c.c.stream) & (o.c.organisation_id == organisation)
+                )
+            )
+        if after is not None:
+            query = query.where(c.c.customer_id > after)
+        query = query.order_by(c.c.customer_id).limit(limit)
+        with self._connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def stream_rows(
+        self,
+        spec: Table,
+        label: str,
+        *,
+        where: Mapping[str, Sequence[Any]] | None = None,
+        batch: int = 10_000,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every row of a table (``where``: column -> allowed values), ``batch`` rows at a
+        time, read with a server-side cursor so memory stays bounded."""
+        table = self.table(spec, label)
+        query = sa.select(table)
+        for column, values in (where or {}).items():
+            query = query.where(table.c[column].in_(list(values)))
+        with self._connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+            for part in result.mappings().partitions(batch):
+                yield [dict(r) for r in part]
 
     def consent_rows(self, touches: tuple[Table, str]) -> list[dict[str, Any]]:
         """Timeline rows that marketing consent is about: consent changes and outbound

@@ -6,6 +6,7 @@ from crm_ledger.cli import (  # noqa: F401  (each module registers its commands)
     audit,
     clv,
     customers,
+    exports,
     kafka,
     ledger,
     schemas,

@@ -11,6 +11,7 @@ import click
 from crm_ledger.cli.base import (
     Context,
     F,
+    as_dict,
     cli,
     emit,
     emit_record,
@@ -188,6 +189,79 @@ def _view_record(ctx: Context, view: Customer360View) -> dict[str, Any]:
             record_[f"ltv.{v.currency}.gross_minor"] = v.gross_minor
             record_[f"ltv.{v.currency}.refunded_minor"] = v.refunded_minor
     return record_
+
+
+@customer.command("find")
+@click.argument("query")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@pass_context
+def customer_find(ctx: Context, query: str, limit: int) -> None:
+    """Find customers by QUERY: a customer id, an e-mail address (exact, any case), a phone
+    number (its digits) or the start of a name (whole or last name, two letters at least).
+
+    \b
+    Examples:
+      crm-ledger customer find C000142
+      crm-ledger customer find ada.meyer@example.org
+      crm-ledger customer find "+31 6 1234 5678"
+      crm-ledger customer find "ada me"
+    """
+    from crm_ledger.services.directory import CustomerMatch
+
+    with open_services(ctx, "projecting") as services:
+        found = services.directory.find(query, limit)
+    rows = [as_dict(m) for m in found]
+    emit(ctx, rows, title=f"customers matching {query!r}", columns=fields_of(CustomerMatch))
+
+
+@customer.command("list")
+@click.option("--segment", help="Only this segment (retail, smb, enterprise, ...).")
+@click.option("--region", help="Only this region.")
+@click.option("--country", help="Only this country (ISO code).")
+@click.option("--lifecycle", help="Only this lifecycle stage (lead, customer, subscriber, ...).")
+@click.option(
+    "--consent",
+    metavar="PURPOSE[:CHANNEL]=yes|no",
+    help="Only customers whose latest decision for PURPOSE (and CHANNEL; without one, the "
+    "decision for every channel) is yes or no, e.g. marketing:email=no.",
+)
+@click.option("--organisation", metavar="ID", help="Only contacts of this organisation.")
+@click.option("--after", metavar="CUSTOMER_ID", help="The page after this customer id.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@pass_context
+def customer_list(
+    ctx: Context,
+    segment: str | None,
+    region: str | None,
+    country: str | None,
+    lifecycle: str | None,
+    consent: str | None,
+    organisation: str | None,
+    after: str | None,
+    limit: int,
+) -> None:
+    """Customers (survivors of merges) matching every filter, by id, a page at a time; the
+    last line says how to get the next page."""
+    from crm_ledger.services.directory import DirectoryEntry, ListFilter
+
+    chosen = ListFilter(segment, region, country, lifecycle, _consent(consent), organisation)
+    with open_services(ctx, "projecting") as services:
+        page = services.directory.customers(chosen, after=after, limit=limit)
+    rows = [as_dict(e) for e in page.customers]
+    emit(ctx, rows, title=f"customers ({len(rows)})", columns=fields_of(DirectoryEntry))
+    if page.next_after:
+        note(ctx, f"more may follow: add --after {page.next_after} for the next page")
+
+
+def _consent(value: str | None) -> tuple[str, str, bool] | None:
+    if value is None:
+        return None
+    subject, sep, answer = value.partition("=")
+    purpose, _, channel = subject.partition(":")
+    if not sep or not purpose or answer not in ("yes", "no"):
+        msg = f"{value!r}: use PURPOSE[:CHANNEL]=yes|no, e.g. marketing:email=no"
+        raise click.BadParameter(msg)
+    return purpose, channel, answer == "yes"
 
 
 def _moment_title(at: Moment) -> str:

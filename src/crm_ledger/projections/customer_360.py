@@ -33,6 +33,19 @@ CUSTOMERS = Table(
     indexes=(("customer_id",), ("merged_into",)),
 )
 
+#: The latest consent decision per purpose and channel ("" for every channel), in log order
+#: as the Customer aggregate applies them.
+CONSENTS = Table(
+    "customer_consents",
+    (
+        Column("stream", "text", Rule.KEY),
+        Column("purpose", "text", Rule.KEY),
+        Column("channel", "text", Rule.KEY),
+        Column("granted", "int"),
+    ),
+    key=("stream", "purpose", "channel"),
+)
+
 ORGANISATION_LINKS = Table(
     "customer_organisations",
     (
@@ -50,7 +63,7 @@ class Customer360:
     """Directory rows per customer stream, and their organisation links."""
 
     name: str = "customer_360"
-    tables: tuple[Table, ...] = (CUSTOMERS, ORGANISATION_LINKS)
+    tables: tuple[Table, ...] = (CUSTOMERS, ORGANISATION_LINKS, CONSENTS)
     kinds: frozenset[str] | None = frozenset(
         {
             "Opened",
@@ -60,6 +73,7 @@ class Customer360:
             "CustomersUnmerged",
             "CustomerErased",
             "ContactLinkedToOrganisation",
+            "ConsentChanged",
         }
     )
 
@@ -69,10 +83,23 @@ class Customer360:
         if kind == "Opened":
             yield "customers", {"stream": stream, "customer_id": data["customer_id"]}
         elif kind in ("CustomerRegistered", "ProfileUpdated"):
-            row = {"stream": stream, **{a: data.get(a) for a in SCOPE_ATTRIBUTES}}
+            row = {
+                "stream": stream,
+                **{a: data.get(a) for a in SCOPE_ATTRIBUTES},
+            }
             if kind == "CustomerRegistered":
                 row["registered_at"] = record.occurred
             yield "customers", row
+        elif kind == "ConsentChanged":
+            yield (
+                "customer_consents",
+                {
+                    "stream": stream,
+                    "purpose": data["purpose"],
+                    "channel": data.get("channel") or "",
+                    "granted": int(bool(data["granted"])),
+                },
+            )
         elif kind == "CustomersMerged":
             yield "customers", {"stream": stream, "merged_into": data["survivor_id"]}
         elif kind == "CustomersUnmerged":

@@ -8,17 +8,20 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from crm_ledger.projections.runtime import ProjectionStore
-from crm_ledger.services.ports import ClvStore, QueryStore
+from crm_ledger.services.ports import ClvStore, DirectoryStore, QueryStore, RowStream
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
     from types import TracebackType
 
     from crm_ledger.application import Ledger
     from crm_ledger.audit import Auditor
+    from crm_ledger.projections.contributions import Projection
     from crm_ledger.projections.runtime import Projector
     from crm_ledger.services.audit import AuditService
+    from crm_ledger.services.directory import Directory
+    from crm_ledger.services.exports import Exports, ExportWriter
     from crm_ledger.services.imports import Imports
     from crm_ledger.services.ledger import JsonDecoder, LedgerService
     from crm_ledger.services.operations import (
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from crm_ledger.services.read_models import Comparison, ReadModels
 
 
-class ReadModelStore(ProjectionStore, QueryStore, ClvStore, Protocol):
+class ReadModelStore(ProjectionStore, QueryStore, ClvStore, DirectoryStore, RowStream, Protocol):
     """What the read models' store does for every service: ``ProjectionStore`` (runtime),
     ``QueryStore`` (queries) and ``ClvStore`` (predictions) in one, closed with dispose."""
 
@@ -64,6 +67,9 @@ class Wiring:
     open_kafka: Callable[[], Kafka]
     open_decoder: Callable[[], JsonDecoder]
     open_charts: Callable[[], Charts]
+    projections: Callable[[Ledger], tuple[Projection, ...]]
+    open_export: Callable[[Path, Mapping[str, str]], ExportWriter]
+    search_key: Callable[[], bytes]
     rebuild: Rebuild
     receipts: str
     retention_days: int
@@ -100,7 +106,8 @@ class Services:
         """The projection runtime over the ledger's log and the read models' store."""
         from crm_ledger.projections.runtime import Projector
 
-        return Projector(self.ledger, self.read_model_store)
+        projections = self.wiring.projections(self.ledger)
+        return Projector(self.ledger, self.read_model_store, projections=projections)
 
     @cached_property
     def read_models(self) -> ReadModels:
@@ -166,6 +173,28 @@ class Services:
         from crm_ledger.services.operations import KafkaOperations
 
         return KafkaOperations(lambda: self.ledger, self.wiring.open_kafka, self.wiring.topics[0])
+
+    @cached_property
+    def directory(self) -> Directory:
+        """Find customers by id, e-mail, phone or name; list them by filters, paged."""
+        from crm_ledger.projections.customer_search import SearchKey
+        from crm_ledger.services.directory import Directory
+
+        key = SearchKey(self.wiring.search_key())
+        return Directory(self.ledger, self.read_models, self.read_model_store, key)
+
+    @cached_property
+    def exports(self) -> Exports:
+        """Customers, orders, timelines, value and CLV to CSV, JSON Lines or Parquet."""
+        from crm_ledger.services.exports import Exports
+
+        return Exports(
+            self.ledger,
+            self.read_models,
+            self.read_model_store,
+            lambda: self.predictions,
+            self.wiring.open_export,
+        )
 
     @cached_property
     def charts(self) -> Charts:

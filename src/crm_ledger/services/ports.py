@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from crm_ledger.projections.contributions import counts_at, micros
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Mapping, Sequence
     from datetime import datetime
 
     from crm_ledger.application import LogRecord
@@ -74,6 +74,10 @@ class QueryStore(Protocol):
         """Currencies by number of orders."""
         ...
 
+    def last_occurred(self, touches: tuple[Table, str], passive: Sequence[str]) -> int | None:
+        """The business time of the latest touch of a kind not in ``passive``."""
+        ...
+
     def weekly_activity(
         self, touches: tuple[Table, str], currency: str, passive: Sequence[str]
     ) -> list[tuple[Any, ...]]:
@@ -102,4 +106,46 @@ class ClvStore(Protocol):
         self, model_id: int, *, customers: Sequence[str] = (), top: int | None = None
     ) -> list[dict[str, Any]]:
         """Per-customer predictions of a model."""
+        ...
+
+
+class DirectoryStore(Protocol):
+    """The directory queries of the read models' store."""
+
+    def search(self, index: tuple[Table, str], column: str, token: str, limit: int) -> list[str]:
+        """Customer ids whose ``column`` token is ``token``."""
+        ...
+
+    def directory_page(
+        self,
+        customers: tuple[Table, str],
+        consents: tuple[Table, str],
+        links: tuple[Table, str],
+        *,
+        where: Mapping[str, str],
+        consent: tuple[str, str, bool] | None,
+        organisation: str | None,
+        after: str | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Surviving customers matching the filters, in id order after ``after``."""
+        ...
+
+    def rows(self, spec: Table, label: str, column: str, values: Any) -> list[dict[str, Any]]:
+        """Rows whose ``column`` is one of ``values``."""
+        ...
+
+
+class RowStream(Protocol):
+    """The read models' store, read a batch at a time."""
+
+    def stream_rows(
+        self,
+        spec: Table,
+        label: str,
+        *,
+        where: Mapping[str, Sequence[Any]] | None = None,
+        batch: int = 10_000,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every row of a table, in batches."""
         ...

@@ -74,6 +74,8 @@ class Comparison:
     ended_at: datetime | None
     impact: Impact
     notes: list[str]
+    #: Where the data ends (business time): a week after it began is partial.
+    data_end: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +240,8 @@ class ReadModels:
         requested = currency
         currency = currency or self._main_currency((LTV, sets["lifetime_value"].label))
         groups, canonical = self._groups(sets, scope, control)
-        rows = self.store.weekly_activity(
-            (TOUCHES, sets["journey_timeline"].label), currency or "", sorted(PASSIVE)
-        )
+        touches = (TOUCHES, sets["journey_timeline"].label)
+        rows = self.store.weekly_activity(touches, currency or "", sorted(PASSIVE))
         activity = [
             Activity(canonical.get(stream, stream), week, net, orders, interactions, active > 0)
             for stream, week, active, orders, net, interactions in rows
@@ -269,6 +270,7 @@ class ReadModels:
             ended_at=ended,
             impact=impact,
             notes=[note] if note else [],
+            data_end=_end_of(self.store.last_occurred(touches, sorted(PASSIVE))),
         )
 
     # Helpers.
@@ -365,6 +367,10 @@ class ReadModels:
             for spec in specs
         }
 
+    def stream_ids(self, customer_id: str) -> list[str]:
+        """The customer's stream and those of the customers merged into them."""
+        return self._streams(customer_id, self.sets(LIVE)["customer_360"].label)
+
     def _streams(self, customer_id: str, label: str) -> list[str]:
         own = self.store.rows(CUSTOMERS, label, "customer_id", [customer_id])
         if not own:
@@ -443,3 +449,7 @@ def _check_groups(
                 "initiative's window: there is nothing to compare"
             )
             raise InvalidInput(msg)
+
+
+def _end_of(last: int | None) -> datetime | None:
+    return None if last is None else moment(last)
