@@ -1,0 +1,77 @@
+"""The README's examples, as the tests run them: every block marked ``<!-- example: KIND -->``
+is read from README.md, and each command in it is run exactly as written, in a shell."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BIN = Path(sys.executable).parent
+
+_BLOCK = re.compile(r"<!-- example: ([\w-]+) -->\n```(\w+)\n(.*?)```", re.S)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One marked block: its kind, language and text."""
+
+    kind: str
+    language: str
+    text: str
+    line: int
+
+    def commands(self) -> list[str]:
+        """The shell lines that run the CLI (comments stay: the shell ignores them)."""
+        return [
+            line
+            for line in self.text.splitlines()
+            if line.startswith("crm-ledger ") or "| crm-ledger " in line
+        ]
+
+
+def examples(*kinds: str) -> list[Example]:
+    """The marked blocks of the given kinds, in the README's order."""
+    text = README.read_text(encoding="utf-8")
+    return [
+        Example(m.group(1), m.group(2), m.group(3), text[: m.start()].count("\n") + 1)
+        for m in _BLOCK.finditer(text)
+        if m.group(1) in kinds
+    ]
+
+
+def unmarked_cli_blocks() -> list[int]:
+    """Lines of shell blocks that run the CLI without a marker (each must have one)."""
+    text = README.read_text(encoding="utf-8")
+    marked = {m.start(2) - 3 for m in _BLOCK.finditer(text)}
+    found = []
+    for m in re.finditer(r"```sh\n(.*?)```", text, re.S):
+        has_cli = any(line.startswith("crm-ledger ") for line in m.group(1).splitlines())
+        if has_cli and m.start() not in marked:
+            found.append(text[: m.start()].count("\n") + 1)
+    return found
+
+
+def shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one README line with bash, the venv's crm-ledger first on the PATH."""
+    full = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(
+        ["/bin/bash", "-c", command],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def written_file(command: str, cwd: Path) -> Path | None:
+    """The file a line writes (``--out FILE`` or ``> FILE``), if any."""
+    m = re.search(r"(?:--out|--chart|>)\s+(\S+)", command.split(" #", maxsplit=1)[0])
+    return cwd / m.group(1) if m else None
