@@ -8,11 +8,11 @@ compare them the same way.
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from crm_ledger.errors import PositionConflict, StoreUnavailable
@@ -504,7 +504,9 @@ class SqlProjectionStore:
             conn.exec_driver_sql(sql, [tuple(r[i] for i in at) for r in rows])
 
     def _statement(self, spec: Table, table: sa.Table) -> Any:
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        # The store's own dialect's upsert, imported when first used (PostgreSQL's pulls in
+        # every driver module of the dialect).
+        dialect = importlib.import_module(f"sqlalchemy.dialects.{self.engine.dialect.name}")
         insert = dialect.insert(table)
         if spec.append_only:
             return insert
