@@ -50,6 +50,7 @@ cdnow: venv
 
 ## test: lint, then the whole suite against SQLite and a real PostgreSQL server
 test: lint cdnow
+	@scripts/chromium.sh >/dev/null
 	@url=$$(scripts/pg_test_server.sh start) || exit 1; \
 	CRM_LEDGER_TEST_DATABASE_URL="$$url" CRM_LEDGER_CDNOW_DIR=.cache/cdnow $(BIN)/pytest -q; rc=$$?; \
 	scripts/pg_test_server.sh stop; exit $$rc

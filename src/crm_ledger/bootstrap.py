@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         KafkaTopics,
         Publisher,
     )
+    from crm_ledger.adapters.users import UserFile
     from crm_ledger.audit import AuditStore, SnapshotCheck
     from crm_ledger.config import Settings
     from crm_ledger.projections.contributions import Projection
@@ -54,6 +55,10 @@ PROJECTIONS_FILE = "projections.sqlite"
 
 #: The snapshot seal key's file in the key folder.
 SNAPSHOT_KEY_FILE = "snapshot.key"
+
+#: The console's users and its session-signing key, in the key folder.
+USERS_FILE = "users.json"
+CONSOLE_KEY_FILE = "console.key"
 
 #: The blind search index's key file in the key folder.
 SEARCH_KEY_FILE = "search.key"
@@ -158,6 +163,18 @@ def open_export(path: Path, columns: Mapping[str, str]) -> ExportWriter:
     from crm_ledger.adapters.export import ExportFile
 
     return ExportFile(path, columns)
+
+
+def open_users(settings: Settings) -> UserFile:
+    """The console's users, in the key folder."""
+    from crm_ledger.adapters.users import UserFile
+
+    return UserFile(settings.key_folder / USERS_FILE)
+
+
+def console_secret(settings: Settings) -> bytes:
+    """The key that signs console sessions (made on first use, in the key folder)."""
+    return secret_key(settings.key_folder / CONSOLE_KEY_FILE)
 
 
 def open_charts() -> Charts:

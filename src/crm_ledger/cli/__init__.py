@@ -5,6 +5,7 @@ from crm_ledger.cli import (  # noqa: F401  (each module registers its commands)
     analysis,
     audit,
     clv,
+    console,
     customers,
     exports,
     kafka,

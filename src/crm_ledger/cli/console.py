@@ -1,0 +1,81 @@
+"""The web console: serve it, and manage its users."""
+
+from __future__ import annotations
+
+import click
+
+from crm_ledger.cli.base import Context, as_dict, cli, emit, emit_record, pass_context
+
+ROLES = ("agent", "analyst", "auditor", "admin")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8600, show_default=True)
+@pass_context
+def serve(ctx: Context, host: str, port: int) -> None:
+    """Serve the web console (search, the customer 360 as of any moment, journeys) and its
+    JSON API on HOST:PORT, over this ledger. Sign in with a user made by `crm-ledger users
+    add`; stop with Ctrl-C."""
+    from crm_ledger import bootstrap
+    from crm_ledger.web.server import serve as run
+
+    users = bootstrap.open_users(ctx.settings)
+    if not users.every():
+        msg = "no console users yet: add one with `crm-ledger users add NAME --role admin`"
+        raise click.UsageError(msg)
+    with bootstrap.build(ctx.settings) as services:
+        services.read_models.catch_up()
+        click.echo(f"crm-ledger console on http://{host}:{port}/ (Ctrl-C stops it)", err=True)
+        run(services, users, bootstrap.console_secret(ctx.settings), host, port)
+
+
+@cli.group()
+def users() -> None:
+    """The console's users: names, roles (agent, analyst, auditor, admin), passwords."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.password_option(help="At least 12 characters (asked for when not given).")
+@pass_context
+def users_add(ctx: Context, name: str, role: str, password: str) -> None:
+    """Add user NAME with ROLE."""
+    from crm_ledger import bootstrap
+
+    user = bootstrap.open_users(ctx.settings).add(name, role, password)
+    emit_record(ctx, {"name": user.name, "role": user.role}, title="user added")
+
+
+@users.command("list")
+@pass_context
+def users_list(ctx: Context) -> None:
+    """Every user with their role and whether they are disabled."""
+    from crm_ledger import bootstrap
+
+    rows = [as_dict(u) for u in bootstrap.open_users(ctx.settings).every()]
+    emit(ctx, rows, title="users", columns=("name", "role", "disabled"))
+
+
+@users.command("disable")
+@click.argument("name")
+@pass_context
+def users_disable(ctx: Context, name: str) -> None:
+    """Stop NAME from signing in (their open sessions end at their next request)."""
+    from crm_ledger import bootstrap
+
+    bootstrap.open_users(ctx.settings).disable(name)
+    emit_record(ctx, {"name": name, "disabled": True}, title="user disabled")
+
+
+@users.command("passwd")
+@click.argument("name")
+@click.password_option(help="At least 12 characters (asked for when not given).")
+@pass_context
+def users_passwd(ctx: Context, name: str, password: str) -> None:
+    """Set NAME's password."""
+    from crm_ledger import bootstrap
+
+    bootstrap.open_users(ctx.settings).passwd(name, password)
+    emit_record(ctx, {"name": name, "password": "changed"}, title="password changed")

@@ -1,0 +1,221 @@
+"""The console's ASGI app: routes with their roles, sign-in, CSRF, security headers, and the
+pages and JSON twins over one ``Services`` object."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+from collections import defaultdict, deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from crm_ledger.errors import CrmLedgerError, InvalidInput, NotFound, StoreUnavailable
+from crm_ledger.services.ports import Moment
+from crm_ledger.web.roles import ADMIN, AGENT, ANALYST, SEES_PERSONAL, Access, mask
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, MutableMapping
+
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from crm_ledger.adapters.users import User, UserFile
+    from crm_ledger.services import Services
+
+HERE = Path(__file__).parent
+CUSTOMER_READERS = frozenset({AGENT, ANALYST, ADMIN})
+#: Failed sign-ins allowed per client and name in the window, then 429.
+SIGNIN_LIMIT, SIGNIN_WINDOW = 5, 300.0
+JOURNEY_PAGE = 50
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+class Console:
+    """The app's state: services (one per process, used one request at a time), users,
+    templates and the sign-in limiter."""
+
+    def __init__(self, services: Services, users: UserFile) -> None:
+        self.services = services
+        self.users = users
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.lock = threading.Lock()
+        self.failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self.access: list[Access] = []
+
+    def call(self, work: Callable[[Services], Any]) -> Any:
+        """Run ``work`` on the services (caught up first), one request at a time."""
+        with self.lock:
+            self.services.read_models.catch_up()
+            return work(self.services)
+
+
+def create_app(services: Services, users: UserFile, secret: bytes) -> Starlette:
+    """The console over ``services``; sessions signed with ``secret``."""
+    console = Console(services, users)
+    routes: list[BaseRoute] = [
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    ]
+    for access, endpoint in _declared(console):
+        console.access.append(access)
+        routes.append(
+            Route(access.path, _guarded(console, access, endpoint), methods=list(access.methods))
+        )
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(
+            SessionMiddleware,
+            secret_key=secret.hex(),
+            same_site="strict",
+            max_age=8 * 3600,
+            session_cookie="crm_ledger_session",
+        ),
+    ]
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.console = console
+    return app
+
+
+class SecurityHeaders:
+    """A strict Content-Security-Policy (no inline script or style) and friends, everywhere."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                headers += [
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"same-origin"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"cache-control", b"no-store"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
+    async def handle(request: Request) -> Response:
+        user = _current_user(console, request)
+        if access.roles:
+            if user is None:
+                if access.api:
+                    return JSONResponse({"error": "sign in first"}, status_code=401)
+                return RedirectResponse(f"/signin?next={request.url.path}", status_code=303)
+            if user.role not in access.roles:
+                return _error(console, request, access, 403, "your role may not see this page")
+        if request.method == "POST" and not _csrf_ok(request, await request.form()):
+            return _error(console, request, access, 403, "the form expired: reload the page")
+        try:
+            response: Response = await endpoint(request, user)
+        except NotFound as e:
+            return _error(console, request, access, 404, str(e))
+        except InvalidInput as e:
+            return _error(console, request, access, 400, str(e))
+        except StoreUnavailable as e:
+            return _error(console, request, access, 503, str(e))
+        except CrmLedgerError as e:
+            return _error(console, request, access, 400, str(e))
+        return response
+
+    return handle
+
+
+def _current_user(console: Console, request: Request) -> User | None:
+    name = request.session.get("user")
+    if not name:
+        return None
+    user = console.users.get(name)
+    if user is None or user.disabled:
+        request.session.clear()
+        return None
+    return user
+
+
+def csrf_token(request: Request) -> str:
+    """The session's CSRF token (made on first use)."""
+    token = request.session.get("csrf")
+    if not token:
+        token = request.session["csrf"] = secrets.token_urlsafe(32)
+    return str(token)
+
+
+def _csrf_ok(request: Request, form: Any) -> bool:
+    sent = str(form.get("csrf", "")) or request.headers.get("x-csrf-token", "")
+    expected = request.session.get("csrf", "")
+    return bool(expected) and hmac.compare_digest(sent, str(expected))
+
+
+def _error(
+    console: Console, request: Request, access: Access, status: int, message: str
+) -> Response:
+    if access.api:
+        return JSONResponse({"error": message}, status_code=status)
+    return console.templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": status, "message": message, "user": None},
+        status_code=status,
+    )
+
+
+def moment_of(request: Request) -> Moment:
+    """The moment a page shows: ?as_of= (recorded) and ?valid_at= (occurred), ISO 8601."""
+
+    def when(name: str) -> datetime | None:
+        value = request.query_params.get(name) or None
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(
+                f"{name}: {value!r} is not a time such as 2025-03-01T12:00"
+            ) from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    return Moment(as_of=when("as_of"), valid_at=when("valid_at"))
+
+
+def plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def masked_profile(profile: dict[str, Any], user: User | None) -> dict[str, Any]:
+    if user is not None and user.role in SEES_PERSONAL:
+        return profile
+    personal = ("name", "email", "phone", "address")
+    return {k: (mask(v) if k in personal else v) for k, v in profile.items()}
+
+
+def _declared(console: Console) -> list[tuple[Access, Any]]:
+    """Every route with its roles (the route tests read this list)."""
+    from crm_ledger.web import pages
+
+    return pages.routes(console)

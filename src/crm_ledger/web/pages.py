@@ -1,0 +1,204 @@
+"""The console's pages and their JSON twins: search, the customer 360 and the journey."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from crm_ledger.errors import InvalidInput
+from crm_ledger.web.app import (
+    CUSTOMER_READERS,
+    JOURNEY_PAGE,
+    SIGNIN_LIMIT,
+    SIGNIN_WINDOW,
+    csrf_token,
+    masked_profile,
+    moment_of,
+    plain,
+)
+from crm_ledger.web.roles import ANYONE, Access
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from crm_ledger.adapters.users import User
+    from crm_ledger.services import Services
+    from crm_ledger.web.app import Console
+
+
+def routes(console: Console) -> list[tuple[Access, Any]]:
+    """Every route: (path, methods, roles, JSON or page) and its handler."""
+    page = _Pages(console)
+    public: frozenset[str] = frozenset()
+    return [
+        (Access("/signin", ("GET",), public, False), page.signin_form),
+        (Access("/signin", ("POST",), public, False), page.signin),
+        (Access("/signout", ("POST",), ANYONE, False), page.signout),
+        (Access("/", ("GET",), CUSTOMER_READERS, False), page.search),
+        (Access("/search", ("GET",), CUSTOMER_READERS, False), page.search_results),
+        (Access("/customers/{customer_id}", ("GET",), CUSTOMER_READERS, False), page.customer),
+        (
+            Access("/customers/{customer_id}/journey", ("GET",), CUSTOMER_READERS, False),
+            page.journey,
+        ),
+        (Access("/api/me", ("GET",), ANYONE, True), page.api_me),
+        (Access("/api/customers", ("GET",), CUSTOMER_READERS, True), page.api_find),
+        (
+            Access("/api/customers/{customer_id}", ("GET",), CUSTOMER_READERS, True),
+            page.api_customer,
+        ),
+        (
+            Access("/api/customers/{customer_id}/journey", ("GET",), CUSTOMER_READERS, True),
+            page.api_journey,
+        ),
+    ]
+
+
+class _Pages:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def render(self, request: Request, name: str, user: User | None, **context: Any) -> Response:
+        context |= {"user": user, "csrf": csrf_token(request), "path": request.url.path}
+        return self.console.templates.TemplateResponse(request, name, context)
+
+    # Signing in and out.
+
+    async def signin_form(self, request: Request, user: User | None) -> Response:
+        return self.render(
+            request, "signin.html", user, error=None, next=request.query_params.get("next", "/")
+        )
+
+    async def signin(self, request: Request, user: User | None) -> Response:
+        form = await request.form()
+        name, password = str(form.get("name", "")), str(form.get("password", ""))
+        target = str(form.get("next", "/"))
+        target = target if target.startswith("/") and not target.startswith("//") else "/"
+        client = request.client.host if request.client else "?"
+        recent = self.console.failures[(client, name)]
+        now = time.monotonic()
+        while recent and now - recent[0] > SIGNIN_WINDOW:
+            recent.popleft()
+        if len(recent) >= SIGNIN_LIMIT:
+            response = self.render(
+                request,
+                "signin.html",
+                None,
+                next=target,
+                error="too many failed attempts: wait a few minutes",
+            )
+            response.status_code = 429
+            return response
+        found = self.console.users.authenticate(name, password)
+        if found is None:
+            recent.append(now)
+            response = self.render(
+                request, "signin.html", None, next=target, error="wrong name or password"
+            )
+            response.status_code = 401
+            return response
+        recent.clear()
+        request.session.clear()
+        request.session["user"] = found.name
+        return RedirectResponse(target, status_code=303)
+
+    async def signout(self, request: Request, user: User | None) -> Response:
+        request.session.clear()
+        return RedirectResponse("/signin", status_code=303)
+
+    # Search.
+
+    async def search(self, request: Request, user: User | None) -> Response:
+        query = request.query_params.get("q", "").strip()
+        found = self._find(query, user) if query else []
+        return self.render(request, "search.html", user, query=query, found=found)
+
+    async def search_results(self, request: Request, user: User | None) -> Response:
+        query = request.query_params.get("q", "").strip()
+        found = self._find(query, user) if len(query) >= 2 else []
+        return self.render(request, "results.html", user, query=query, found=found)
+
+    def _find(self, query: str, user: User | None) -> list[dict[str, Any]]:
+        try:
+            matches = self.console.call(lambda s: s.directory.find(query, 20))
+        except InvalidInput:
+            return []
+        return [_mask_match(dataclasses.asdict(m), user) for m in matches]
+
+    # One customer.
+
+    async def customer(self, request: Request, user: User | None) -> Response:
+        customer_id = request.path_params["customer_id"]
+        at = moment_of(request)
+        view = self.console.call(lambda s: s.read_models.view(customer_id, at, last=10))
+        data = _view_json(view, user)
+        return self.render(request, "customer.html", user, c=data, at=at, customer_id=customer_id)
+
+    async def journey(self, request: Request, user: User | None) -> Response:
+        customer_id = request.path_params["customer_id"]
+        page = self._journey(request, customer_id)
+        return self.render(request, "journey.html", user, customer_id=customer_id, **page)
+
+    def _journey(self, request: Request, customer_id: str) -> dict[str, Any]:
+        at = moment_of(request)
+        channel = request.query_params.get("channel") or None
+        kind = request.query_params.get("kind") or None
+        newest = request.query_params.get("order", "newest") != "oldest"
+        after = request.query_params.get("after") or None
+
+        def read(s: Services) -> list[Any]:
+            return s.read_models.timeline(customer_id, at, channel=channel)
+
+        steps = [t for t in self.console.call(read) if kind is None or t.kind == kind]
+        if newest:
+            steps.reverse()
+        if after:  # keyset: the page after the touch whose event id is the cursor
+            ids = [t.event_id for t in steps]
+            steps = steps[ids.index(after) + 1 :] if after in ids else []
+        shown = steps[:JOURNEY_PAGE]
+        more = len(steps) > JOURNEY_PAGE
+        return {
+            "touches": [plain(dataclasses.asdict(t)) for t in shown],
+            "next_after": shown[-1].event_id if more and shown else None,
+            "order": "newest" if newest else "oldest",
+            "channel": channel or "",
+            "kind": kind or "",
+            "at": at,
+        }
+
+    # JSON.
+
+    async def api_me(self, request: Request, user: User | None) -> Response:
+        return JSONResponse(dataclasses.asdict(user) if user else {})
+
+    async def api_find(self, request: Request, user: User | None) -> Response:
+        query = request.query_params.get("q", "")
+        matches = self.console.call(lambda s: s.directory.find(query, 20))
+        return JSONResponse([_mask_match(dataclasses.asdict(m), user) for m in matches])
+
+    async def api_customer(self, request: Request, user: User | None) -> Response:
+        customer_id = request.path_params["customer_id"]
+        at = moment_of(request)
+        view = self.console.call(lambda s: s.read_models.view(customer_id, at, last=10))
+        return JSONResponse(_view_json(view, user))
+
+    async def api_journey(self, request: Request, user: User | None) -> Response:
+        page = self._journey(request, request.path_params["customer_id"])
+        page["at"] = plain(dataclasses.asdict(page["at"]))
+        return JSONResponse(page)
+
+
+def _mask_match(match: dict[str, Any], user: User | None) -> dict[str, Any]:
+    shown = masked_profile({k: match[k] for k in ("name", "email", "phone")}, user)
+    return match | shown
+
+
+def _view_json(view: Any, user: User | None) -> dict[str, Any]:
+    data: dict[str, Any] = plain(dataclasses.asdict(view))
+    data["customer"]["profile"] = masked_profile(data["customer"]["profile"], user)
+    if user is None or user.role not in ("agent", "admin"):
+        data["customer"]["identities"] = [[s, "•••"] for s, _ in data["customer"]["identities"]]
+    return data
