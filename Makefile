@@ -35,6 +35,9 @@ demo: venv
 	@echo "  export CRM_LEDGER_DATA_DIR=$(DEMO)"
 	@echo "  $(BIN)/crm-ledger customer find \"ada me\""
 	@echo "  $(BIN)/crm-ledger history C000142 --as-of checkpoint:1"
+	@echo "The web console on the demo:"
+	@echo "  $(BIN)/crm-ledger --data-dir $(DEMO) users add alice --role admin"
+	@echo "  $(BIN)/crm-ledger --data-dir $(DEMO) serve    # then http://127.0.0.1:8600/"
 
 ## lint: ruff, mypy (strict on src/), import-linter contracts, sizes, schema compatibility
 lint: venv

@@ -57,18 +57,26 @@ def unmarked_cli_blocks() -> list[int]:
     return found
 
 
-def shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run one README line with bash, the venv's crm-ledger first on the PATH."""
-    full = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+def shell(
+    command: str, cwd: Path, env: dict[str, str], answers: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one README line with bash, the venv's crm-ledger first on the PATH (``answers``:
+    what a person would type at its prompts)."""
     return subprocess.run(
         ["/bin/bash", "-c", command],
         cwd=cwd,
-        env=full,
+        env=full_env(env),
+        input=answers,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def full_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment a README line runs in."""
+    return {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def written_file(command: str, cwd: Path) -> Path | None:

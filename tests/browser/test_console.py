@@ -70,6 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     checkpoint = json.loads(cli(data, "--format", "json", "audit", "checkpoint").stdout)
     cli(data, "import", made["later_file"])
     cli(data, "users", "add", "ada", "--role", "agent", "--password", PASSWORD)
+    cli(data, "users", "add", "ivy", "--role", "analyst", "--password", PASSWORD)
     later = [json.loads(x) for x in Path(made["later_file"]).read_text().splitlines()]
     late = next(e for e in later if e["type"] == "OrderPlaced" and e["occurred_at"] < "2025")
     registered = [json.loads(x) for x in events.read_text().splitlines()]
@@ -191,3 +192,74 @@ def test_an_agent_finds_a_customer_and_travels_back(
     wait.until(ready.presence_of_element_located((By.ID, "journey")))
     assert browser.find_elements(By.CSS_SELECTOR, "#journey tbody tr")
     shot(browser, "journey")
+
+
+def sign_in(browser: webdriver.Chrome, url: str, name: str) -> WebDriverWait[webdriver.Chrome]:
+    wait = WebDriverWait(browser, 60)
+    browser.delete_all_cookies()
+    browser.get(url + "/signin")
+    wait.until(ready.presence_of_element_located((By.ID, "name")))
+    browser.find_element(By.ID, "name").send_keys(name)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "signin").click()
+    wait.until(ready.presence_of_element_located((By.CLASS_NAME, "signout")))
+    return wait
+
+
+def test_an_analyst_opens_an_initiative_and_sees_its_chart(
+    server: dict[str, Any], browser: webdriver.Chrome
+) -> None:
+    wait = sign_in(browser, server["url"], "ivy")
+    browser.get(server["url"] + "/initiatives")
+    wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "a.initiative-link"))).click()
+    wait.until(ready.presence_of_element_located((By.ID, "estimates")))
+    loaded(browser, wait)
+    chart = browser.find_element(By.ID, "chart")
+    wait.until(
+        lambda d: d.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0", chart
+        )
+    )
+    assert "during" in browser.find_element(By.ID, "estimates").text
+    shot(browser, "initiative")
+    browser.get(server["url"] + "/customers/" + server["customer"])
+    wait.until(ready.presence_of_element_located((By.ID, "profile")))
+    email = browser.find_element(By.CSS_SELECTOR, "#profile .profile-email").text
+    assert "@" not in email  # an analyst sees personal fields masked
+
+
+def test_the_readme_console_example_runs_as_written(tmp_path: Path) -> None:
+    """`users add` answered at its password prompt, then `serve` on its default address,
+    which answers the sign-in page (and stops on SIGTERM)."""
+    from tests.readme import examples, full_env, shell
+
+    env = {"CRM_LEDGER_DATA_DIR": str(tmp_path / "ledger")}
+    assert shell("crm-ledger init", tmp_path, env).returncode == 0
+    [block] = examples("console")
+    add, serve = block.commands()
+    added = shell(add, tmp_path, env, answers=f"{PASSWORD}\n{PASSWORD}\n")
+    assert added.returncode == 0, added.stderr
+    assert "alice" in added.stdout
+    process = subprocess.Popen(
+        ["/bin/bash", "-c", serve],
+        cwd=tmp_path,
+        env=full_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", 8600), timeout=1) as s:
+                    s.sendall(b"GET /signin HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                    reply = s.recv(200)
+                break
+            except OSError:
+                assert process.poll() is None, "crm-ledger serve stopped"
+                assert time.monotonic() < deadline, "crm-ledger serve did not answer"
+                time.sleep(0.05)
+        assert reply.startswith(b"HTTP/1.1 200") or reply.startswith(b"HTTP/1.0 200")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -39,6 +39,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         tp("ProfileUpdated", "C1", at=AT + timedelta(days=6)),
     ]
     services.ledger.record_many(later)
+    services.ledger.record_many(_initiative())
     users = bootstrap.open_users(settings)
     for role in ROLES:
         users.add(role, role, PASSWORD)
@@ -53,6 +54,22 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "json": [to_json(e) for e in first + later],
     }
     services.close()
+
+
+def _initiative() -> list[Any]:
+    """``loyalty``: region north exposed, the rest control, weekly orders around its window."""
+    start = AT + timedelta(weeks=4)
+    events = [tp("InitiativeStarted", "loyalty", at=start)]
+    events += [tp("InitiativeEnded", "loyalty", at=start + timedelta(weeks=4))]
+    for n in range(6):
+        who = f"P{n}"
+        region = "north" if n % 2 else "south"
+        events.append(tp("CustomerRegistered", who, region=region, email=f"p{n}@example.org"))
+        events += [
+            tp("OrderPlaced", who, order_id=f"{who}-{w}", at=AT + timedelta(weeks=w, days=n % 3))
+            for w in range(12)
+        ]
+    return events
 
 
 def signed_in(app: Any, role: str | None) -> TestClient:

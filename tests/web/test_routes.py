@@ -42,7 +42,8 @@ def test_every_route_answers_each_role_as_declared(
     client = signed_in(app, role)
     table = []
     for path, method, api, roles in _cases(app):
-        url = path.replace("{customer_id}", "C1") + QUERIES.get(path, "")
+        url = path.replace("{customer_id}", "C1").replace("{initiative_id}", "loyalty")
+        url += QUERIES.get(path, "")
         if method == "POST":
             if path == "/signin":
                 continue  # signing in is tested below

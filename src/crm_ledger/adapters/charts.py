@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from crm_ledger.services.read_models import Comparison
 
 
-def impact_chart(result: Comparison, path: Path) -> None:
+def impact_chart(result: Comparison, path: Path | io.BytesIO, fmt: str = "png") -> None:
     """Top: weekly value per customer-week, exposed and control, in major units, with the
     initiative's window shaded and labelled. Bottom: the weekly difference (exposed minus
     control) against its level before the window, and each difference-in-differences
@@ -58,7 +59,7 @@ def impact_chart(result: Comparison, path: Path) -> None:
         _difference_panel(bottom, result, weeks, dates, series, scale, unit)
         figure.autofmt_xdate()
         figure.tight_layout()
-        _save(figure, path)
+        _save(figure, path, fmt)
     finally:
         plt.close(figure)
 
@@ -187,14 +188,20 @@ class MatplotlibCharts:
         """An initiative's weekly series and window."""
         impact_chart(result, path)
 
+    def impact_svg(self, result: Comparison) -> bytes:
+        """The same chart as SVG, for a page to show."""
+        buffer = io.BytesIO()
+        impact_chart(result, buffer, "svg")
+        return buffer.getvalue()
+
     def tracking(self, result: Holdout, path: Path) -> None:
         """A CLV holdout's tracking curves."""
         tracking_chart(result, path)
 
 
-def _save(figure: Any, path: Path) -> None:
+def _save(figure: Any, path: Path | io.BytesIO, fmt: str = "png") -> None:
     try:
-        figure.savefig(path, format="png")
+        figure.savefig(path, format=fmt)
     except OSError as e:
         msg = f"cannot write the chart to {path}: {e.strerror}"
         raise InvalidInput(msg) from None

@@ -25,7 +25,7 @@ from eventsourcing.persistence import (
     OperationalError,
     StoredEvent,
 )
-from eventsourcing.utils import Environment
+from eventsourcing.utils import Environment, get_topic
 
 from crm_ledger.aggregates import (
     Customer,
@@ -374,6 +374,17 @@ class Ledger(Application[UUID]):
         """The organisation's current state, if the ledger knows it."""
         found = self._get(Organisation, subject_uuid(Subject.ORGANISATION, organisation_id))
         return cast("Organisation | None", found)
+
+    def initiatives(self) -> list[Initiative]:
+        """Every initiative the ledger knows, in the order it first heard of them."""
+        topic = get_topic(Initiative.Opened)
+        found, start = [], None
+        while True:
+            page = self.recorder.select_notifications(start, 1_000, topics=[topic])
+            found += [self._get(Initiative, UUID(str(n.originator_id))) for n in page]
+            if len(page) < 1_000:
+                return [i for i in found if i is not None]
+            start = page[-1].id + 1
 
     def initiative(self, initiative_id: str) -> Initiative | None:
         """The initiative's current state, if the ledger knows it."""

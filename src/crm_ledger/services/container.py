@@ -50,6 +50,10 @@ class Charts(Protocol):
         """An initiative's weekly series per group, and its window."""
         ...
 
+    def impact_svg(self, result: Comparison) -> bytes:
+        """The same, as SVG bytes (for a page)."""
+        ...
+
     def tracking(self, result: Holdout, path: Path) -> None:
         """A CLV holdout's predicted and actual repeat purchases, calibration end marked."""
         ...

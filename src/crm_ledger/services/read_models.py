@@ -62,6 +62,17 @@ class Customer360View:
 
 
 @dataclass(frozen=True, slots=True)
+class InitiativeSummary:
+    """An initiative: its id, name, scope and window."""
+
+    initiative_id: str
+    name: str | None
+    scope: dict[str, str]
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Comparison:
     """An initiative's impact, with who was compared."""
 
@@ -221,6 +232,13 @@ class ReadModels:
         )
         reference = self._reference(at)
         return [Value.of(r["subject"], r, reference) for r in rows]
+
+    def initiatives(self) -> list[InitiativeSummary]:
+        """Every initiative the ledger knows."""
+        return [
+            InitiativeSummary(i.initiative_id, i.name, dict(i.scope), i.started_at, i.ended_at)
+            for i in self.ledger.initiatives()
+        ]
 
     def compare(
         self,

@@ -31,9 +31,12 @@ if TYPE_CHECKING:
 
 def routes(console: Console) -> list[tuple[Access, Any]]:
     """Every route: (path, methods, roles, JSON or page) and its handler."""
+    from crm_ledger.web import analysis
+
     page = _Pages(console)
     public: frozenset[str] = frozenset()
     return [
+        *analysis.routes(console),
         (Access("/signin", ("GET",), public, False), page.signin_form),
         (Access("/signin", ("POST",), public, False), page.signin),
         (Access("/signout", ("POST",), ANYONE, False), page.signout),

@@ -1,0 +1,188 @@
+"""The analysts' pages: value (top customers and organisations, CSV), initiatives (the
+before/during/after comparison with its interval, and its chart) and operations."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse, Response
+
+from crm_ledger.errors import InvalidInput
+from crm_ledger.services.ports import Moment
+from crm_ledger.web.app import csrf_token, plain
+from crm_ledger.web.roles import ADMIN, ANALYST, Access
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from crm_ledger.adapters.users import User
+    from crm_ledger.services import Services
+    from crm_ledger.web.app import Console
+
+ANALYSTS = frozenset({ANALYST, ADMIN})
+OPERATORS = frozenset({ADMIN})
+METRICS = ("net_revenue", "orders", "interactions")
+
+
+def routes(console: Console) -> list[tuple[Access, Any]]:
+    """The analysis routes and their roles."""
+    page = _Analysis(console)
+    return [
+        (Access("/value", ("GET",), ANALYSTS, False), page.value),
+        (Access("/value.csv", ("GET",), ANALYSTS, True), page.value_csv),
+        (Access("/api/value", ("GET",), ANALYSTS, True), page.api_value),
+        (Access("/initiatives", ("GET",), ANALYSTS, False), page.initiatives),
+        (Access("/initiatives/{initiative_id}", ("GET",), ANALYSTS, False), page.initiative),
+        (Access("/initiatives/{initiative_id}/chart.svg", ("GET",), ANALYSTS, True), page.chart),
+        (Access("/api/initiatives", ("GET",), ANALYSTS, True), page.api_initiatives),
+        (Access("/api/initiatives/{initiative_id}", ("GET",), ANALYSTS, True), page.api_initiative),
+        (Access("/operations", ("GET",), OPERATORS, False), page.operations),
+        (Access("/api/operations", ("GET",), OPERATORS, True), page.api_operations),
+    ]
+
+
+class _Analysis:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def render(self, request: Request, name: str, user: User | None, **context: Any) -> Response:
+        context |= {"user": user, "csrf": csrf_token(request), "path": request.url.path}
+        return self.console.templates.TemplateResponse(request, name, context)
+
+    # Value.
+
+    def _value(self, request: Request) -> dict[str, Any]:
+        by = request.query_params.get("by", "customer")
+        if by not in ("customer", "organisation"):
+            raise InvalidInput("by: customer or organisation")
+        limit = _int(request.query_params.get("limit", "25"), "limit", 1, 1000)
+        currency = request.query_params.get("currency") or None
+
+        def read(s: Services) -> tuple[list[Any], str | None]:
+            values = s.read_models.top(
+                limit, by_organisation=by == "organisation", currency=currency
+            )
+            return values, s.read_models.currency_note(Moment(), currency)
+
+        values, note = self.console.call(read)
+        rows = [plain(dataclasses.asdict(v)) for v in values]
+        return {
+            "by": by,
+            "limit": limit,
+            "currency": currency or "",
+            "rows": rows,
+            "notes": [note] if note else [],
+        }
+
+    async def value(self, request: Request, user: User | None) -> Response:
+        return self.render(request, "value.html", user, **self._value(request))
+
+    async def api_value(self, request: Request, user: User | None) -> Response:
+        return JSONResponse(self._value(request))
+
+    async def value_csv(self, request: Request, user: User | None) -> Response:
+        data = self._value(request)
+        out = io.StringIO()
+        if data["rows"]:
+            writer = csv.DictWriter(out, fieldnames=list(data["rows"][0]))
+            writer.writeheader()
+            writer.writerows(data["rows"])
+        name = f"top-{data['by']}s.csv"
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )
+
+    # Initiatives.
+
+    async def initiatives(self, request: Request, user: User | None) -> Response:
+        found = self.console.call(lambda s: s.read_models.initiatives())
+        rows = [plain(dataclasses.asdict(i)) for i in found]
+        return self.render(request, "initiatives.html", user, initiatives=rows)
+
+    async def api_initiatives(self, request: Request, user: User | None) -> Response:
+        found = self.console.call(lambda s: s.read_models.initiatives())
+        return JSONResponse([plain(dataclasses.asdict(i)) for i in found])
+
+    def _compare(self, request: Request) -> tuple[Any, dict[str, str]]:
+        initiative_id = request.path_params["initiative_id"]
+        metric = request.query_params.get("metric", "net_revenue")
+        control = _pairs(request.query_params.get("control", ""))
+        currency = request.query_params.get("currency") or None
+        chosen = {
+            "metric": metric,
+            "control": request.query_params.get("control", ""),
+            "currency": currency or "",
+        }
+        result = self.console.call(
+            lambda s: s.read_models.compare(
+                initiative_id,
+                control=control or None,
+                metric=metric,
+                currency=currency,
+                resamples=1000,
+            )
+        )
+        return result, chosen
+
+    async def initiative(self, request: Request, user: User | None) -> Response:
+        result, chosen = self._compare(request)
+        query = "&".join(f"{k}={v}" for k, v in chosen.items() if v)
+        return self.render(
+            request,
+            "initiative.html",
+            user,
+            r=plain(dataclasses.asdict(result)),
+            chosen=chosen,
+            metrics=METRICS,
+            query=query,
+        )
+
+    async def api_initiative(self, request: Request, user: User | None) -> Response:
+        result, _ = self._compare(request)
+        return JSONResponse(plain(dataclasses.asdict(result)))
+
+    async def chart(self, request: Request, user: User | None) -> Response:
+        result, _ = self._compare(request)
+        svg = self.console.call(lambda s: s.charts.impact_svg(result))
+        return Response(svg, media_type="image/svg+xml")
+
+    # Operations.
+
+    def _operations(self) -> dict[str, Any]:
+        rows = self.console.call(lambda s: s.projections.status())
+        status = self.console.call(lambda s: s.records.status())
+        return {
+            "projections": [plain(dataclasses.asdict(r)) for r in rows],
+            "status": plain(dataclasses.asdict(status)),
+        }
+
+    async def operations(self, request: Request, user: User | None) -> Response:
+        return self.render(request, "operations.html", user, **self._operations())
+
+    async def api_operations(self, request: Request, user: User | None) -> Response:
+        return JSONResponse(self._operations())
+
+
+def _int(value: str, name: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInput(f"{name}: a whole number, got {value!r}") from None
+    if not low <= number <= high:
+        raise InvalidInput(f"{name}: between {low} and {high}, got {number}")
+    return number
+
+
+def _pairs(value: str) -> dict[str, str]:
+    pairs = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        key, sep, wanted = part.partition("=")
+        if not sep or not key or not wanted:
+            raise InvalidInput(f"control: use KEY=VALUE, e.g. region=south; got {part!r}")
+        pairs[key.strip()] = wanted.strip()
+    return pairs
