@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""The console under load: a synthetic SQLite ledger of about --events events, `crm-ledger
+serve`, and --clients concurrent clients for --seconds over HTTP on a realistic mix (search by
+e-mail, the 360, a journey page, the value list, a 360 as of a past moment), against the same
+service calls made in-process in the same run (the baseline).
+
+The last line is a JSON object: events, requests, rps, errors, and per page kind p50_ms,
+p95_ms and p99_ms; inprocess_p95_ms per kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from crm_ledger import bootstrap
+from crm_ledger.config import Settings
+from crm_ledger.services.ports import Moment
+from crm_ledger.sources.synthetic import generate
+
+PASSWORD = "correct horse battery"
+KINDS = ("search", "customer", "journey", "value", "customer_as_of")
+
+
+def build(folder: Path, events: int) -> tuple[Settings, list[dict[str, str]], str, int]:
+    """The ledger, caught up; a sample of customers (id and e-mail); a moment between two
+    deliveries (the first 80% of the events, then the rest)."""
+    settings = Settings.from_env({}, data_dir=folder)
+    bootstrap.tune_for_throughput()
+    history, _ = generate(11, customers=max(100, events * 2500 // 54_000))
+    cut = len(history) * 4 // 5
+    with bootstrap.build(settings, create=True) as services:
+        for start in range(0, cut, 10_000):
+            services.ledger.record_many(history[start : min(start + 10_000, cut)])
+        between = datetime.now(UTC).isoformat()
+        for start in range(cut, len(history), 10_000):
+            services.ledger.record_many(history[start : start + 10_000])
+        services.read_models.catch_up()
+        count = services.ledger.count_events()
+    sample = [
+        {"id": e.customer_id, "email": str(e.data["email"])}
+        for e in history
+        if e.event_type == "CustomerRegistered" and e.data.get("email")
+    ]
+    users = bootstrap.open_users(settings)
+    users.add("bench", "admin", PASSWORD)
+    return settings, random.Random(1).sample(sample, 500), between, count
+
+
+def path_of(kind: str, who: dict[str, str], between: str) -> str:
+    if kind == "search":
+        return "/api/customers?" + urllib.parse.urlencode({"q": who["email"]})
+    if kind == "customer":
+        return f"/api/customers/{who['id']}"
+    if kind == "journey":
+        return f"/api/customers/{who['id']}/journey"
+    if kind == "value":
+        return "/api/value?limit=25"
+    return f"/api/customers/{who['id']}?" + urllib.parse.urlencode({"as_of": between})
+
+
+class Client:
+    """One signed-in HTTP client (its own connection and session cookie)."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        page, cookie = self.request("GET", "/signin")
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        form = urllib.parse.urlencode(
+            {"name": "bench", "password": PASSWORD, "csrf": token.group(1) if token else ""}
+        )
+        _, self.cookie = self.request("POST", "/signin", form, cookie)
+
+    def request(
+        self, method: str, path: str, body: str | None = None, cookie: str = ""
+    ) -> tuple[str, str]:
+        headers = {"Cookie": cookie} if cookie else {}
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        self.connection.request(method, path, body=body, headers=headers)
+        response = self.connection.getresponse()
+        text = response.read().decode()
+        self.status = response.status
+        set_cookie = response.getheader("set-cookie") or ""
+        return text, set_cookie.split(";")[0] or cookie
+
+
+def load(
+    port: int, seconds: float, clients: int, sample: list[dict[str, str]], between: str
+) -> tuple[dict[str, list[float]], int]:
+    timings: dict[str, list[float]] = {k: [] for k in KINDS}
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def run(seed: int) -> None:
+        rng = random.Random(seed)
+        client = Client(port)
+        while time.monotonic() < stop:
+            kind = rng.choice(KINDS)
+            started = time.perf_counter()
+            client.request("GET", path_of(kind, rng.choice(sample), between), cookie=client.cookie)
+            took = (time.perf_counter() - started) * 1000
+            with lock:
+                timings[kind].append(took)
+                errors[0] += client.status != 200
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return timings, errors[0]
+
+
+def in_process(
+    settings: Settings, sample: list[dict[str, str]], between: str, repeats: int
+) -> dict[str, float]:
+    at = Moment(as_of=datetime.fromisoformat(between))
+    calls = {
+        "search": lambda s, w: s.directory.find(w["email"]),
+        "customer": lambda s, w: s.read_models.view(w["id"], last=10),
+        "journey": lambda s, w: s.read_models.timeline(w["id"]),
+        "value": lambda s, w: s.read_models.top(25),
+        "customer_as_of": lambda s, w: s.read_models.view(w["id"], at, last=10),
+    }
+    p95 = {}
+    with bootstrap.build(settings) as services:
+        for kind, call in calls.items():
+            samples = []
+            for who in sample[:repeats]:
+                started = time.perf_counter()
+                call(services, who)
+                samples.append((time.perf_counter() - started) * 1000)
+            p95[kind] = round(statistics.quantiles(samples, n=20)[-1], 1)
+    return p95
+
+
+def main() -> None:
+    """Build, serve, load, compare, print."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "ledger"
+        started = time.perf_counter()
+        settings, sample, between, events = build(folder, args.events)
+        print(f"built {events:,} events in {time.perf_counter() - started:.0f} s", flush=True)
+        inproc = in_process(settings, sample, between, 100)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "crm_ledger.cli",
+                "--data-dir",
+                str(folder),
+                "serve",
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        sys.exit("crm-ledger serve did not start")
+                    time.sleep(0.1)
+            timings, errors = load(port, args.seconds, args.clients, sample, between)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    requests = sum(len(v) for v in timings.values())
+    figures: dict[str, Any] = {
+        "events": events,
+        "clients": args.clients,
+        "requests": requests,
+        "rps": round(requests / args.seconds, 1),
+        "errors": errors,
+    }
+    for kind, samples in timings.items():
+        q = statistics.quantiles(samples, n=100) if len(samples) > 1 else samples * 100
+        figures[kind] = {
+            "requests": len(samples),
+            "p50_ms": round(q[49], 1),
+            "p95_ms": round(q[94], 1),
+            "p99_ms": round(q[98], 1),
+            "inprocess_p95_ms": inproc[kind],
+        }
+        print(f"{kind}: {figures[kind]}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
