@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.conftest import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -36,6 +37,15 @@ def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def answers(port: int) -> bool:
+    """Whether something accepts connections on the port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def free_port() -> int:
@@ -96,16 +106,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:  # wait for the port to answer, not for a fixed time
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"crm-ledger serve did not start: {output[-2000:]}")
-            time.sleep(0.05)
+    wait_until(lambda: answers(port) or process.poll() is not None, 60, "crm-ledger serve")
+    if process.poll() is not None:
+        output = process.stdout.read() if process.stdout else ""
+        pytest.fail(f"crm-ledger serve did not start: {output[-2000:]}")
     yield {
         "url": url,
         "customer": late["customer_id"],
@@ -252,17 +256,11 @@ def test_the_readme_console_example_runs_as_written(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", 8600), timeout=1) as s:
-                    s.sendall(b"GET /signin HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                    reply = s.recv(200)
-                break
-            except OSError:
-                assert process.poll() is None, "crm-ledger serve stopped"
-                assert time.monotonic() < deadline, "crm-ledger serve did not answer"
-                time.sleep(0.05)
+        wait_until(lambda: answers(8600) or process.poll() is not None, 60, "crm-ledger serve")
+        assert process.poll() is None, "crm-ledger serve stopped"
+        with socket.create_connection(("127.0.0.1", 8600), timeout=10) as s:
+            s.sendall(b"GET /signin HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            reply = s.recv(200)
         assert reply.startswith(b"HTTP/1.1 200") or reply.startswith(b"HTTP/1.0 200")
     finally:
         process.terminate()

@@ -7,8 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import tempfile
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from crm_ledger.errors import CustomerNotFound
 from crm_ledger.projections.contributions import micros
 from crm_ledger.projections.runtime import Projector
 from crm_ledger.services.read_models import Moment, ReadModels
+from tests.clock import moment_between
 from tests.factories import AT, tp
 from tests.projections.conftest import dump
 
@@ -159,9 +159,7 @@ def test_replay_as_of_t_equals_the_live_state_captured_at_t(
         w.projector.catch_up()
         captured = w.live()
         seen = {c: answers(w.models, c, Moment()) for c in CUSTOMERS}
-        time.sleep(0.002)
-        moment = datetime.now(UTC)
-        time.sleep(0.002)
+        moment = moment_between()
         w.record(batches[cut:])
 
         snapshot = w.projector.replay("then", as_of=micros(moment), valid_at=None)

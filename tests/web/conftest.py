@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,6 +13,7 @@ from crm_ledger.adapters.avro import to_json
 from crm_ledger.config import Settings
 from crm_ledger.web.app import create_app
 from crm_ledger.web.roles import ROLES
+from tests.clock import moment_between
 from tests.factories import AT, tp
 
 if TYPE_CHECKING:
@@ -31,9 +31,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     services = bootstrap.build(settings, create=True)
     first = [tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1", at=AT + timedelta(days=1))]
     services.ledger.record_many(first)
-    time.sleep(0.01)
-    between = datetime.now(UTC)
-    time.sleep(0.01)
+    between = moment_between()
     later = [
         tp("OrderPlaced", "C1", order_id="O2", at=AT + timedelta(days=5)),
         tp("ProfileUpdated", "C1", at=AT + timedelta(days=6)),
