@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from crm_ledger.errors import InvalidInput
 from crm_ledger.services.ports import Moment
-from crm_ledger.web.app import csrf_token, plain
+from crm_ledger.web.app import plain
 from crm_ledger.web.roles import ADMIN, ANALYST, Access
 
 if TYPE_CHECKING:
@@ -49,8 +49,7 @@ class _Analysis:
         self.console = console
 
     def render(self, request: Request, name: str, user: User | None, **context: Any) -> Response:
-        context |= {"user": user, "csrf": csrf_token(request), "path": request.url.path}
-        return self.console.templates.TemplateResponse(request, name, context)
+        return self.console.render(request, name, user, **context)
 
     # Value.
 

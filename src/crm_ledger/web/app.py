@@ -59,6 +59,11 @@ class Console:
         self.access: list[Access] = []
         self.caught_up = float("-inf")
 
+    def render(self, request: Request, name: str, user: User | None, **context: Any) -> Response:
+        """A page, with what every template needs (the user, the CSRF token, the path)."""
+        context |= {"user": user, "csrf": csrf_token(request), "path": request.url.path}
+        return self.templates.TemplateResponse(request, name, context)
+
     def call(self, work: Callable[[Services], Any]) -> Any:
         """Run ``work`` on the services, one request at a time; the read models are caught
         up first when the last catch-up is more than CATCH_UP_EVERY seconds old."""

@@ -14,7 +14,6 @@ from crm_ledger.web.app import (
     JOURNEY_PAGE,
     SIGNIN_LIMIT,
     SIGNIN_WINDOW,
-    csrf_token,
     masked_profile,
     moment_of,
     plain,
@@ -65,8 +64,7 @@ class _Pages:
         self.console = console
 
     def render(self, request: Request, name: str, user: User | None, **context: Any) -> Response:
-        context |= {"user": user, "csrf": csrf_token(request), "path": request.url.path}
-        return self.console.templates.TemplateResponse(request, name, context)
+        return self.console.render(request, name, user, **context)
 
     # Signing in and out.
 
