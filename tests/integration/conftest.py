@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
@@ -32,6 +32,10 @@ class Worker:
     """A `crm-ledger` process whose stderr is read as it comes, so a test can wait for what
     it says (an assignment, a batch) instead of sleeping."""
 
+    #: Every worker a test started: the ``_no_worker_outlives_its_test`` fixture kills those
+    #: still running when the test ends, so one failure does not leak into the next test.
+    running: ClassVar[list[Worker]] = []
+
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.started = time.monotonic()
         self.process = subprocess.Popen(
@@ -41,6 +45,7 @@ class Worker:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        Worker.running.append(self)
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -82,6 +87,16 @@ class Worker:
         out, _ = self.process.communicate(timeout=timeout)
         self._reader.join(timeout=10)
         return self.process.returncode, out, "\n".join(self.lines)
+
+    def kill(self) -> None:
+        """End the process now (if it still runs) and release its pipes."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=10)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def stop(self, signum: int, timeout: float = 60) -> float:
         """Send ``signum`` and wait for the exit; seconds it took."""
@@ -127,6 +142,13 @@ def wait_until(holds: Callable[[], bool], timeout: float, what: str) -> None:
 def batches(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The per-batch log lines."""
     return [e for e in logs if e.get("event") == "batch"]
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    yield
+    while Worker.running:
+        Worker.running.pop().kill()
 
 
 @pytest.fixture(scope="session")

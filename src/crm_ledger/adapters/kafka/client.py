@@ -5,6 +5,7 @@ names that are not UTF-8."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +38,8 @@ HEARTBEAT_INTERVAL_MS = 3_000
 BROKER_MAX_MESSAGE_BYTES = 1_048_588
 #: Room for the dead-letter headers beyond the largest message the source topic takes.
 HEADER_ROOM = 64 * 1024
+#: How long a new topic may take to be served before we call Kafka unavailable.
+READY_TIMEOUT_S = 30.0
 
 
 class _RawHeaderName(str):
@@ -150,6 +153,7 @@ def ensure_topics(settings: KafkaSettings) -> int:
         dlq_max = source_max + HEADER_ROOM
         dlq_config = {**config, "max.message.bytes": str(dlq_max)}
         created = _create(admin, settings.dlq_topic, settings.partitions, dlq_config)
+        _wait_until_led(admin, [settings.topic, settings.dlq_topic])
         if not created and max_message_bytes(admin, settings.dlq_topic) < dlq_max:
             resource = ConfigResource(
                 ConfigResourceType.TOPIC,
@@ -173,6 +177,42 @@ def _create(admin: Any, name: str, partitions: int, config: dict[str, str]) -> b
     except TopicAlreadyExistsError:  # another process got there between our look and ask
         return False
     return True
+
+
+def _wait_until_led(admin: Any, names: list[str], timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Return once every partition of ``names`` has a leader: a topic just created is not
+    served at once, and a consumer that joins its group before then is assigned nothing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = admin.describe_topics(names)
+        if len(described) == len(names) and all(_led(topic) for topic in described):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaUnavailable(f"topics {', '.join(names)} have no leader after {timeout_s} s")
+        time.sleep(0.1)
+
+
+def _led(topic: dict[str, Any]) -> bool:
+    partitions = topic.get("partitions") or []
+    return (
+        topic.get("error_code", 0) == 0
+        and bool(partitions)
+        and all(p.get("leader_id", -1) >= 0 for p in partitions)
+    )
+
+
+def wait_for_partitions(
+    consumer: KafkaConsumer, topic: str, timeout_s: float = READY_TIMEOUT_S
+) -> set[int]:
+    """The partitions of ``topic`` once ``consumer``'s own metadata knows them (a subscriber
+    that joins its group without them is assigned nothing until the next metadata refresh,
+    five minutes later by default)."""
+    deadline = time.monotonic() + timeout_s
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise KafkaUnavailable(f"Kafka does not know topic {topic} after {timeout_s} s")
+        time.sleep(0.1)
+    return set(partitions)
 
 
 def max_message_bytes(admin: Any, topic: str) -> int:

@@ -25,6 +25,7 @@ from crm_ledger.adapters.kafka.client import (
     ensure_topics,
     new_consumer,
     new_producer,
+    wait_for_partitions,
 )
 from crm_ledger.application import OutboxLetter, Position
 from crm_ledger.errors import (
@@ -159,6 +160,7 @@ class IngestWorker:
         self._dlq = new_producer(
             settings.bootstrap, max_request_size=dlq_bytes, max_block_ms=int(SEND_TIMEOUT_S * 1000)
         )
+        wait_for_partitions(self._consumer, settings.topic)
         self._consumer.subscribe([settings.topic], listener=_SeekToLedger(self))
 
     def stop(self) -> None:
