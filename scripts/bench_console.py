@@ -61,6 +61,23 @@ def build(folder: Path, events: int) -> tuple[Settings, list[dict[str, str]], st
     return settings, random.Random(1).sample(sample, 500), between, count
 
 
+def built(folder: Path, events: int) -> tuple[Settings, list[dict[str, str]], str, int]:
+    """build(), or what an earlier run with --keep left in ``folder``."""
+    saved = folder.with_suffix(".json")
+    if saved.exists():
+        meta = json.loads(saved.read_text())
+        return (
+            Settings.from_env({}, data_dir=folder),
+            meta["sample"],
+            meta["between"],
+            meta["events"],
+        )
+    settings, sample, between, count = build(folder, events)
+    meta = {"sample": sample, "between": between, "events": count}
+    saved.write_text(json.dumps(meta))
+    return settings, sample, between, count
+
+
 def path_of(kind: str, who: dict[str, str], between: str) -> str:
     if kind == "search":
         return "/api/customers?" + urllib.parse.urlencode({"q": who["email"]})
@@ -156,12 +173,18 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="build the ledger in this folder and keep it; a later run with the same folder "
+        "and --events reuses it (building a million events takes minutes)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "ledger"
+        folder = (args.keep or Path(tmp)) / f"ledger-{args.events}"
         started = time.perf_counter()
-        settings, sample, between, events = build(folder, args.events)
-        print(f"built {events:,} events in {time.perf_counter() - started:.0f} s", flush=True)
+        settings, sample, between, events = built(folder, args.events)
+        print(f"ledger of {events:,} events ready in {time.perf_counter() - started:.0f} s")
         inproc = in_process(settings, sample, between, 100)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

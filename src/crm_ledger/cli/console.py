@@ -24,7 +24,8 @@ def serve(ctx: Context, host: str, port: int) -> None:
     if not users.every():
         msg = "no console users yet: add one with `crm-ledger users add NAME --role admin`"
         raise click.UsageError(msg)
-    with bootstrap.build(ctx.settings) as services:
+    # Read-only: catching up is the console's explicit, exclusive step (see web.app.Console).
+    with bootstrap.build(ctx.settings, read_only=True) as services:
         services.read_models.catch_up()
         click.echo(f"crm-ledger console on http://{host}:{port}/ (Ctrl-C stops it)", err=True)
         run(services, users, bootstrap.console_secret(ctx.settings), host, port)

@@ -53,7 +53,7 @@ class _Analysis:
 
     # Value.
 
-    def _value(self, request: Request) -> dict[str, Any]:
+    async def _value(self, request: Request) -> dict[str, Any]:
         by = request.query_params.get("by", "customer")
         if by not in ("customer", "organisation"):
             raise InvalidInput("by: customer or organisation")
@@ -66,7 +66,7 @@ class _Analysis:
             )
             return values, s.read_models.currency_note(Moment(), currency)
 
-        values, note = self.console.call(read)
+        values, note = await self.console.call(read, keep=("value", by, limit, currency))
         rows = [plain(dataclasses.asdict(v)) for v in values]
         return {
             "by": by,
@@ -77,13 +77,13 @@ class _Analysis:
         }
 
     async def value(self, request: Request, user: User | None) -> Response:
-        return self.render(request, "value.html", user, **self._value(request))
+        return self.render(request, "value.html", user, **await self._value(request))
 
     async def api_value(self, request: Request, user: User | None) -> Response:
-        return JSONResponse(self._value(request))
+        return JSONResponse(await self._value(request))
 
     async def value_csv(self, request: Request, user: User | None) -> Response:
-        data = self._value(request)
+        data = await self._value(request)
         out = io.StringIO()
         if data["rows"]:
             writer = csv.DictWriter(out, fieldnames=list(data["rows"][0]))
@@ -99,15 +99,15 @@ class _Analysis:
     # Initiatives.
 
     async def initiatives(self, request: Request, user: User | None) -> Response:
-        found = self.console.call(lambda s: s.read_models.initiatives())
+        found = await self.console.call(lambda s: s.read_models.initiatives())
         rows = [plain(dataclasses.asdict(i)) for i in found]
         return self.render(request, "initiatives.html", user, initiatives=rows)
 
     async def api_initiatives(self, request: Request, user: User | None) -> Response:
-        found = self.console.call(lambda s: s.read_models.initiatives())
+        found = await self.console.call(lambda s: s.read_models.initiatives())
         return JSONResponse([plain(dataclasses.asdict(i)) for i in found])
 
-    def _compare(self, request: Request) -> tuple[Any, dict[str, str]]:
+    async def _compare(self, request: Request) -> tuple[Any, dict[str, str]]:
         initiative_id = request.path_params["initiative_id"]
         metric = request.query_params.get("metric", "net_revenue")
         control = _pairs(request.query_params.get("control", ""))
@@ -117,7 +117,7 @@ class _Analysis:
             "control": request.query_params.get("control", ""),
             "currency": currency or "",
         }
-        result = self.console.call(
+        result = await self.console.call(
             lambda s: s.read_models.compare(
                 initiative_id,
                 control=control or None,
@@ -129,7 +129,7 @@ class _Analysis:
         return result, chosen
 
     async def initiative(self, request: Request, user: User | None) -> Response:
-        result, chosen = self._compare(request)
+        result, chosen = await self._compare(request)
         query = "&".join(f"{k}={v}" for k, v in chosen.items() if v)
         return self.render(
             request,
@@ -142,29 +142,29 @@ class _Analysis:
         )
 
     async def api_initiative(self, request: Request, user: User | None) -> Response:
-        result, _ = self._compare(request)
+        result, _ = await self._compare(request)
         return JSONResponse(plain(dataclasses.asdict(result)))
 
     async def chart(self, request: Request, user: User | None) -> Response:
-        result, _ = self._compare(request)
-        svg = self.console.call(lambda s: s.charts.impact_svg(result))
+        result, _ = await self._compare(request)
+        svg = await self.console.call(lambda s: s.charts.impact_svg(result))
         return Response(svg, media_type="image/svg+xml")
 
     # Operations.
 
-    def _operations(self) -> dict[str, Any]:
-        rows = self.console.call(lambda s: s.projections.status())
-        status = self.console.call(lambda s: s.records.status())
+    async def _operations(self) -> dict[str, Any]:
+        rows = await self.console.call(lambda s: s.projections.status())
+        status = await self.console.call(lambda s: s.records.status())
         return {
             "projections": [plain(dataclasses.asdict(r)) for r in rows],
             "status": plain(dataclasses.asdict(status)),
         }
 
     async def operations(self, request: Request, user: User | None) -> Response:
-        return self.render(request, "operations.html", user, **self._operations())
+        return self.render(request, "operations.html", user, **await self._operations())
 
     async def api_operations(self, request: Request, user: User | None) -> Response:
-        return JSONResponse(self._operations())
+        return JSONResponse(await self._operations())
 
 
 def _int(value: str, name: str, low: int, high: int) -> int:

@@ -114,17 +114,17 @@ class _Pages:
 
     async def search(self, request: Request, user: User | None) -> Response:
         query = request.query_params.get("q", "").strip()
-        found = self._find(query, user) if query else []
+        found = await self._find(query, user) if query else []
         return self.render(request, "search.html", user, query=query, found=found)
 
     async def search_results(self, request: Request, user: User | None) -> Response:
         query = request.query_params.get("q", "").strip()
-        found = self._find(query, user) if len(query) >= 2 else []
+        found = await self._find(query, user) if len(query) >= 2 else []
         return self.render(request, "results.html", user, query=query, found=found)
 
-    def _find(self, query: str, user: User | None) -> list[dict[str, Any]]:
+    async def _find(self, query: str, user: User | None) -> list[dict[str, Any]]:
         try:
-            matches = self.console.call(lambda s: s.directory.find(query, 20))
+            matches = await self.console.call(lambda s: s.directory.find(query, 20))
         except InvalidInput:
             return []
         return [_mask_match(dataclasses.asdict(m), user) for m in matches]
@@ -134,16 +134,16 @@ class _Pages:
     async def customer(self, request: Request, user: User | None) -> Response:
         customer_id = request.path_params["customer_id"]
         at = moment_of(request)
-        view = self.console.call(lambda s: s.read_models.view(customer_id, at, last=10))
+        view = await self.console.call(lambda s: s.read_models.view(customer_id, at, last=10))
         data = _view_json(view, user)
         return self.render(request, "customer.html", user, c=data, at=at, customer_id=customer_id)
 
     async def journey(self, request: Request, user: User | None) -> Response:
         customer_id = request.path_params["customer_id"]
-        page = self._journey(request, customer_id)
+        page = await self._journey(request, customer_id)
         return self.render(request, "journey.html", user, customer_id=customer_id, **page)
 
-    def _journey(self, request: Request, customer_id: str) -> dict[str, Any]:
+    async def _journey(self, request: Request, customer_id: str) -> dict[str, Any]:
         at = moment_of(request)
         channel = request.query_params.get("channel") or None
         kind = request.query_params.get("kind") or None
@@ -153,7 +153,7 @@ class _Pages:
         def read(s: Services) -> list[Any]:
             return s.read_models.timeline(customer_id, at, channel=channel)
 
-        steps = [t for t in self.console.call(read) if kind is None or t.kind == kind]
+        steps = [t for t in await self.console.call(read) if kind is None or t.kind == kind]
         if newest:
             steps.reverse()
         if after:  # keyset: the page after the touch whose event id is the cursor
@@ -177,17 +177,17 @@ class _Pages:
 
     async def api_find(self, request: Request, user: User | None) -> Response:
         query = request.query_params.get("q", "")
-        matches = self.console.call(lambda s: s.directory.find(query, 20))
+        matches = await self.console.call(lambda s: s.directory.find(query, 20))
         return JSONResponse([_mask_match(dataclasses.asdict(m), user) for m in matches])
 
     async def api_customer(self, request: Request, user: User | None) -> Response:
         customer_id = request.path_params["customer_id"]
         at = moment_of(request)
-        view = self.console.call(lambda s: s.read_models.view(customer_id, at, last=10))
+        view = await self.console.call(lambda s: s.read_models.view(customer_id, at, last=10))
         return JSONResponse(_view_json(view, user))
 
     async def api_journey(self, request: Request, user: User | None) -> Response:
-        page = self._journey(request, request.path_params["customer_id"])
+        page = await self._journey(request, request.path_params["customer_id"])
         page["at"] = plain(dataclasses.asdict(page["at"]))
         return JSONResponse(page)
 

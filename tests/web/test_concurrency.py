@@ -1,0 +1,129 @@
+"""The console serves requests side by side while the read models catch up: every answer is
+whole, the value list kept between catch-ups is dropped when new records arrive, and the gate
+holds readers back while a catch-up writes."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import pytest
+
+from crm_ledger import bootstrap
+from crm_ledger.config import Settings
+from crm_ledger.web.app import SharedGate, create_app
+from tests.clock import moment_between
+from tests.factories import AT, tp
+from tests.web.conftest import PASSWORD, signed_in
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from starlette.testclient import TestClient
+
+
+@pytest.fixture
+def busy(tmp_path: Any) -> Iterator[dict[str, Any]]:
+    settings = Settings.from_env({}, data_dir=tmp_path / "ledger")
+    services = bootstrap.build(settings, create=True)
+    services.ledger.record_many([tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1")])
+    between = moment_between()
+    users = bootstrap.open_users(settings)
+    users.add("analyst", "admin", PASSWORD)
+    yield {"app": create_app(services, users, b"s" * 32), "services": services, "at": between}
+    services.close()
+
+
+def _orders(client: TestClient, query: str = "") -> int:
+    answer = client.get(f"/api/customers/C1{query}")
+    assert answer.status_code == 200, answer.text
+    return sum(int(v["orders"]) for v in answer.json()["values"])
+
+
+def test_requests_side_by_side_with_catch_ups_all_answer_whole(busy: dict[str, Any]) -> None:
+    app, services = busy["app"], busy["services"]
+    console = app.state.console
+    clients = [signed_in(app, "analyst") for _ in range(6)]
+    as_of = "?" + urlencode({"as_of": busy["at"].isoformat()})
+    written = threading.Event()
+
+    def write() -> None:
+        for n in range(20):
+            at = AT + timedelta(days=n + 1)
+            services.ledger.record_many([tp("OrderPlaced", "C1", order_id=f"W{n}", at=at)])
+            console.caught_up = float("-inf")  # the next request catches up
+        written.set()
+
+    def read(client: TestClient) -> list[int]:
+        seen = []
+        while not written.is_set():
+            seen.append(_orders(client))
+            assert _orders(client, as_of) == 1  # the past does not move
+            assert client.get("/api/value").status_code == 200
+            assert client.get("/api/customers/C1/journey").status_code == 200
+        return seen
+
+    with ThreadPoolExecutor(len(clients) + 1) as pool:
+        readers = [pool.submit(read, c) for c in clients]
+        pool.submit(write).result(timeout=120)
+        seen = [f.result(timeout=120) for f in readers]
+    for counts in seen:  # each client sees the orders grow, never shrink
+        assert counts == sorted(counts)
+        assert all(1 <= c <= 21 for c in counts)
+    console.caught_up = float("-inf")
+    assert _orders(clients[0]) == 21
+
+
+def test_the_kept_value_list_is_dropped_when_new_records_arrive(busy: dict[str, Any]) -> None:
+    app, services = busy["app"], busy["services"]
+    client = signed_in(app, "analyst")
+
+    def top() -> list[tuple[str, int]]:
+        answer = client.get("/api/value")
+        assert answer.status_code == 200, answer.text
+        return [(r["subject"], r["orders"]) for r in answer.json()["rows"]]
+
+    assert top() == [("C1", 1)]
+    assert top() == [("C1", 1)]  # kept
+    services.ledger.record_many([tp("CustomerRegistered", "C2"), tp("OrderPlaced", "C2")])
+    services.ledger.record_many([tp("OrderPlaced", "C2", order_id="O2")])
+    app.state.console.caught_up = float("-inf")
+    assert top() == [("C2", 2), ("C1", 1)]
+
+
+def test_the_gate_holds_readers_back_while_a_writer_waits_and_writes() -> None:
+    gate = SharedGate()
+    order: list[str] = []
+    writer_waiting, reader_done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        writer_waiting.set()
+        with gate.exclusive():
+            order.append("write")
+
+    def late_reader() -> None:
+        with gate.shared():
+            order.append("late read")
+        reader_done.set()
+
+    with gate.shared():
+        first = threading.Thread(target=writer)
+        first.start()
+        assert writer_waiting.wait(5)
+        # wait (on the gate's own state) until the writer is queued behind this reader
+        deadline = threading.Event()
+        for _ in range(500):
+            if gate._waiting:
+                break
+            deadline.wait(0.01)
+        assert gate._waiting == 1
+        second = threading.Thread(target=late_reader)
+        second.start()
+        assert not reader_done.wait(0.2)  # held back: a writer is waiting
+        assert order == []
+    first.join(5)
+    second.join(5)
+    assert order == ["write", "late read"]
