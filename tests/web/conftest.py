@@ -43,7 +43,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         users.add(role, role, PASSWORD)
     users.add("gone", "agent", PASSWORD)
     users.disable("gone")
-    app = create_app(services, users, b"s" * 32)
+    app = create_app(services, users, b"s" * 32, bootstrap.open_registry(settings))
     yield {
         "app": app,
         "between": between,

@@ -4,18 +4,42 @@ time travel and error bodies."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crm_ledger.web.registry import routes as registry_routes
 from crm_ledger.web.roles import ROLES
 from tests.web.conftest import PASSWORD, csrf_of, signed_in
 
+ROOT = Path(__file__).resolve().parents[2]
 #: Routes anyone may reach without signing in (every other route must declare roles).
-PUBLIC = {("/signin", "GET"), ("/signin", "POST")}
+PUBLIC = {("/signin", "GET"), ("/signin", "POST")} | {
+    (a.path, m)
+    for a, _ in registry_routes(None)
+    for m in a.methods  # schemas, not people
+}
 WHO = [*ROLES, None]
 #: The query a route needs to answer 200 (searches need something to search for).
 QUERIES = {"/api/customers": "?q=C1", "/search": "?q=C1"}
+#: A value each path parameter can take.
+PATH_VALUES = {
+    "{customer_id}": "C1",
+    "{initiative_id}": "loyalty",
+    "{schema_id}": "1",
+    "{subject}": "crm_ledger.events.OrderPlaced",
+    "{version}": "latest",
+}
+#: The schema registry's POSTs take a schema, not a form.
+REGISTRY_POSTS = {
+    "/subjects/{subject}",
+    "/subjects/{subject}/versions",
+    "/compatibility/subjects/{subject}/versions",
+    "/compatibility/subjects/{subject}/versions/{version}",
+}
+ORDER_PLACED = json.loads((ROOT / "schemas" / "OrderPlaced.avsc").read_text())
 
 
 def test_every_route_declares_its_roles(console: dict[str, Any]) -> None:
@@ -42,12 +66,17 @@ def test_every_route_answers_each_role_as_declared(
     client = signed_in(app, role)
     table = []
     for path, method, api, roles in _cases(app):
-        url = path.replace("{customer_id}", "C1").replace("{initiative_id}", "loyalty")
+        url = path
+        for name, value in PATH_VALUES.items():
+            url = url.replace(name, value)
         url += QUERIES.get(path, "")
         if method == "POST":
             if path == "/signin":
                 continue  # signing in is tested below
-            response = client.post(url, data={"csrf": csrf_of(client)})
+            if path in REGISTRY_POSTS:
+                response = client.post(url, json={"schema": json.dumps(ORDER_PLACED)})
+            else:
+                response = client.post(url, data={"csrf": csrf_of(client)})
             if role is not None and role in roles:
                 client = signed_in(app, role)  # /signout ended the session
         else:

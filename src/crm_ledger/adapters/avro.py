@@ -105,6 +105,28 @@ class SchemaRegistry:
             msg = f"schema id {schema_id} is not in the registry"
             raise UndecodableMessage(msg) from None
 
+    def subject_of(self, name: str) -> str | None:
+        """Our subject for ``name``: an event type, or its record's full name (what clients
+        using the record-name subject strategy ask for, e.g. crm_ledger.events.OrderPlaced)."""
+        if name in self._versions:
+            return name
+        namespace, _, short = name.rpartition(".")
+        versions = self._versions.get(short)
+        if versions and versions[-1].schema.get("namespace") == namespace:
+            return short
+        return None
+
+    def matching(self, schema: Any, subject: str | None = None) -> SchemaVersion | None:
+        """The registered version (of ``subject``, or of any) that writes the same bytes as
+        ``schema``: the same Parsing Canonical Form, which fixes the binary encoding."""
+        wanted = canonical_form(schema)
+        subjects = [subject] if subject else list(self._versions)
+        for name in subjects:
+            for version in self._versions.get(name, []):
+                if canonical_form(version.schema) == wanted:
+                    return version
+        return None
+
     def parsed(self, version: SchemaVersion) -> Any:
         """fastavro's parsed form of a version, cached."""
         parsed = self._parsed.get(version.schema_id)
@@ -419,6 +441,15 @@ def _uuid(value: Any) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise ValueError(f"is not a UUID: {value!r}") from None
+
+
+def canonical_form(schema: Any) -> str:
+    """The schema's Parsing Canonical Form (Avro specification); SchemaError if it is not a
+    valid Avro schema."""
+    try:
+        return str(fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(schema)))
+    except (fastavro.schema.SchemaParseException, ValueError, TypeError, KeyError) as e:
+        raise SchemaError(f"not a valid Avro schema: {e}") from None
 
 
 # Schema resolution (Avro specification, "Schema Resolution"): can ``reader`` read ``writer``?

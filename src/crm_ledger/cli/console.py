@@ -14,9 +14,10 @@ ROLES = ("agent", "analyst", "auditor", "admin")
 @click.option("--port", type=click.IntRange(1, 65535), default=8600, show_default=True)
 @pass_context
 def serve(ctx: Context, host: str, port: int) -> None:
-    """Serve the web console (search, the customer 360 as of any moment, journeys) and its
-    JSON API on HOST:PORT, over this ledger. Sign in with a user made by `crm-ledger users
-    add`; stop with Ctrl-C."""
+    """Serve the web console (search, the customer 360 as of any moment, journeys, value,
+    initiatives, operations) and its JSON API on HOST:PORT, over this ledger, with the
+    Confluent Schema Registry API over our schemas (read-only) for Kafka clients. Sign in
+    with a user made by `crm-ledger users add`; stop with Ctrl-C."""
     from crm_ledger import bootstrap
     from crm_ledger.web.server import serve as run
 
@@ -28,7 +29,8 @@ def serve(ctx: Context, host: str, port: int) -> None:
     with bootstrap.build(ctx.settings, read_only=True) as services:
         services.read_models.catch_up()
         click.echo(f"crm-ledger console on http://{host}:{port}/ (Ctrl-C stops it)", err=True)
-        run(services, users, bootstrap.console_secret(ctx.settings), host, port)
+        registry = bootstrap.open_registry(ctx.settings)
+        run(services, users, bootstrap.console_secret(ctx.settings), (host, port), registry)
 
 
 @cli.group()

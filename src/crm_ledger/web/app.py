@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from crm_ledger.adapters.avro import SchemaRegistry
     from crm_ledger.adapters.users import User, UserFile
     from crm_ledger.services import Services
 
@@ -155,13 +156,21 @@ class SharedGate:
                 self._changed.notify_all()
 
 
-def create_app(services: Services, users: UserFile, secret: bytes) -> Starlette:
-    """The console over ``services``; sessions signed with ``secret``."""
+def create_app(
+    services: Services, users: UserFile, secret: bytes, registry: SchemaRegistry | None = None
+) -> Starlette:
+    """The console over ``services``; sessions signed with ``secret``; with ``registry``, its
+    schemas served by the Schema Registry API too."""
     console = Console(services, users)
     routes: list[BaseRoute] = [
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     ]
-    for access, endpoint in _declared(console):
+    declared = _declared(console)
+    if registry is not None:
+        from crm_ledger.web.registry import routes as registry_routes
+
+        declared += registry_routes(registry)
+    for access, endpoint in declared:
         console.access.append(access)
         routes.append(
             Route(access.path, _guarded(console, access, endpoint), methods=list(access.methods))
@@ -217,7 +226,7 @@ def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
                 return RedirectResponse(f"/signin?next={request.url.path}", status_code=303)
             if user.role not in access.roles:
                 return _error(console, request, access, 403, "your role may not see this page")
-        if request.method == "POST" and not _csrf_ok(request, await request.form()):
+        if request.method == "POST" and access.csrf and not _csrf_ok(request, await request.form()):
             return _error(console, request, access, 403, "the form expired: reload the page")
         try:
             response: Response = await endpoint(request, user)

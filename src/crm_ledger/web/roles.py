@@ -14,12 +14,15 @@ SEES_PERSONAL = frozenset({AGENT, ADMIN})
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """A route's declaration: its path, methods and the roles allowed (empty: public)."""
+    """A route's declaration: its path, methods and the roles allowed (empty: public); JSON
+    or a page; whether a POST must carry the session's CSRF token (every form does; the
+    schema registry's API, called by programs without a session, does not)."""
 
     path: str
     methods: tuple[str, ...]
     roles: frozenset[str]
     api: bool
+    csrf: bool = True
 
 
 def mask(value: str | None) -> str | None:
