@@ -29,6 +29,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     folder = tmp_path_factory.mktemp("console")
     settings = Settings.from_env({}, data_dir=folder / "ledger")
     services = bootstrap.build(settings, create=True)
+    bootstrap.create_signing_key(settings)
     first = [tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1", at=AT + timedelta(days=1))]
     services.ledger.record_many(first)
     between = moment_between()

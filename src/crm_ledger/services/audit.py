@@ -80,6 +80,21 @@ class Erasure:
     kafka_topics: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """One customer's stream as an auditor would check it from its export: every event's
+    hashes and the chain recomputed, and the newest signed checkpoint that covers it."""
+
+    customer_id: str
+    events: int
+    verified: bool
+    problems: list[str]
+    checkpoint: int | None
+    checkpoint_at: datetime | None
+    #: Events the checkpoint signed; those after it are recorded but not signed yet.
+    signed_events: int
+
+
 class AuditService:
     """Audit use cases over one ledger (the auditor opened on first use)."""
 
@@ -175,6 +190,29 @@ class AuditService:
             if line["kind"] == "header":
                 line["customer_id"] = customer_id
             yield line
+
+    def status(self, customer_id: str) -> StreamStatus:
+        """Check the customer's stream as its offline export would be checked."""
+        from crm_ledger.audit import verify_export
+
+        lines = list(self.export(customer_id))
+        header = lines[0]
+        stream = bytes.fromhex(header["stream"])
+        signed = 0
+        for line in lines:
+            if line["kind"] == "checkpoint_heads":
+                signed = max((v for s, v, _ in line["heads"] if s == stream.hex()), default=0)
+        findings = verify_export(lines, self._auditor().signer)
+        checkpoint = header["checkpoint"]
+        return StreamStatus(
+            customer_id=customer_id,
+            events=int(header["events"]),
+            verified=not [f for f in findings if f.problem != "unsigned"],
+            problems=[f"{f.problem}: {f.detail}" for f in findings if f.problem != "unsigned"],
+            checkpoint=checkpoint["id"] if checkpoint else None,
+            checkpoint_at=datetime.fromisoformat(checkpoint["created_at"]) if checkpoint else None,
+            signed_events=signed,
+        )
 
     def erase(self, customer_id: str, *, reason: str, actor: str | None = None) -> Erasure:
         """Erase the customer's personal data; copies in Kafka expire with its retention."""

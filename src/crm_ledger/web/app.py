@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import secrets
 import threading
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from crm_ledger.services import Services
 
 HERE = Path(__file__).parent
+LOG = logging.getLogger("crm_ledger.web")
 T = TypeVar("T")
 CUSTOMER_READERS = frozenset({AGENT, ANALYST, ADMIN})
 #: Failed sign-ins allowed per client and name in the window, then 429.
@@ -238,6 +240,10 @@ def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
             return _error(console, request, access, 503, str(e))
         except CrmLedgerError as e:
             return _error(console, request, access, 400, str(e))
+        except Exception:  # a bug or a store returning what it should not: logged, not shown
+            LOG.exception("%s %s failed", request.method, request.url.path)
+            message = "the console could not answer this; the server log says why"
+            return _error(console, request, access, 500, message)
         return response
 
     return handle

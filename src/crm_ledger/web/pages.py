@@ -30,12 +30,13 @@ if TYPE_CHECKING:
 
 def routes(console: Console) -> list[tuple[Access, Any]]:
     """Every route: (path, methods, roles, JSON or page) and its handler."""
-    from crm_ledger.web import analysis
+    from crm_ledger.web import analysis, audit
 
     page = _Pages(console)
     public: frozenset[str] = frozenset()
     return [
         *analysis.routes(console),
+        *audit.routes(console),
         (Access("/signin", ("GET",), public, False), page.signin_form),
         (Access("/signin", ("POST",), public, False), page.signin),
         (Access("/signout", ("POST",), ANYONE, False), page.signout),
@@ -104,6 +105,8 @@ class _Pages:
         recent.clear()
         request.session.clear()
         request.session["user"] = found.name
+        if target == "/" and found.role == "auditor":  # search is not theirs: the audit is
+            target = "/audit"
         return RedirectResponse(target, status_code=303)
 
     async def signout(self, request: Request, user: User | None) -> Response:
