@@ -102,3 +102,27 @@ def test_a_changed_byte_in_the_database_turns_the_status_red(ledger: dict[str, A
     status = _status(signed_in(ledger["app"], "agent"))
     assert status["verified"] is False
     assert any(p.startswith("modified") for p in status["problems"]), status["problems"]
+
+
+def test_the_360_shows_the_predicted_value_once_a_model_exists(tmp_path: Path) -> None:
+    from crm_ledger.sources.synthetic import generate
+
+    settings = Settings.from_env({}, data_dir=tmp_path / "ledger")
+    with bootstrap.build(settings, create=True) as services:
+        bootstrap.create_signing_key(settings)
+        history, _ = generate(3, customers=120)
+        services.ledger.record_many(history)
+        users = bootstrap.open_users(settings)
+        users.add("agent", "agent", PASSWORD)
+        client = signed_in(create_app(services, users, b"s" * 32), "agent")
+        buyer = next(e.customer_id for e in history if e.event_type == "OrderPlaced")
+        assert client.get(f"/api/customers/{buyer}").json()["predicted"] is None
+        assert "No prediction" in client.get(f"/customers/{buyer}").text
+        last = max(e.occurred_at for e in history)
+        model = services.predictions.fit(last)
+        expected = services.predictions.show(buyer, model.model_id)
+        shown = client.get(f"/api/customers/{buyer}").json()["predicted"]
+        assert shown["model_id"] == model.model_id
+        assert shown["p_alive"] == pytest.approx(expected.p_alive)
+        assert shown["clv"] == pytest.approx(expected.clv)
+        assert f"CLV model {model.model_id}" in client.get(f"/customers/{buyer}").text

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from crm_ledger.errors import InvalidInput
+from crm_ledger.errors import CrmLedgerError, InvalidInput
 from crm_ledger.web.app import (
     CUSTOMER_READERS,
     JOURNEY_PAGE,
@@ -134,11 +134,37 @@ class _Pages:
 
     # One customer.
 
+    async def _customer(self, request: Request, user: User | None) -> dict[str, Any]:
+        """The 360 view, and the customer's predicted value under the latest CLV model (null
+        when no model exists or it predicts nothing for them)."""
+        customer_id = request.path_params["customer_id"]
+        at = moment_of(request)
+
+        def read(s: Services) -> tuple[Any, Any, Any]:
+            view = s.read_models.view(customer_id, at, last=10)
+            try:
+                model = s.predictions.model()
+                return view, model, s.predictions.show(customer_id, model.model_id)
+            except CrmLedgerError:
+                return view, None, None
+
+        view, model, predicted = await self.console.call(read)
+        data = _view_json(view, user)
+        data["predicted"] = None
+        if predicted is not None:
+            data["predicted"] = plain(dataclasses.asdict(predicted)) | {
+                "model_id": model.model_id,
+                "currency": model.currency,
+                "horizon": model.horizon,
+                "unit": model.unit,
+                "calibration_end": model.calibration_end.isoformat(),
+            }
+        return data
+
     async def customer(self, request: Request, user: User | None) -> Response:
         customer_id = request.path_params["customer_id"]
         at = moment_of(request)
-        view = await self.console.call(lambda s: s.read_models.view(customer_id, at, last=10))
-        data = _view_json(view, user)
+        data = await self._customer(request, user)
         return self.render(request, "customer.html", user, c=data, at=at, customer_id=customer_id)
 
     async def journey(self, request: Request, user: User | None) -> Response:
@@ -184,10 +210,7 @@ class _Pages:
         return JSONResponse([_mask_match(dataclasses.asdict(m), user) for m in matches])
 
     async def api_customer(self, request: Request, user: User | None) -> Response:
-        customer_id = request.path_params["customer_id"]
-        at = moment_of(request)
-        view = await self.console.call(lambda s: s.read_models.view(customer_id, at, last=10))
-        return JSONResponse(_view_json(view, user))
+        return JSONResponse(await self._customer(request, user))
 
     async def api_journey(self, request: Request, user: User | None) -> Response:
         page = await self._journey(request, request.path_params["customer_id"])
