@@ -8,9 +8,9 @@ import dataclasses
 import io
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from crm_ledger.errors import InvalidInput
+from crm_ledger.errors import ConfigurationError, InvalidInput, KafkaUnavailable
 from crm_ledger.services.ports import Moment
 from crm_ledger.web.app import plain
 from crm_ledger.web.roles import ADMIN, ANALYST, Access
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 ANALYSTS = frozenset({ANALYST, ADMIN})
 OPERATORS = frozenset({ADMIN})
 METRICS = ("net_revenue", "orders", "interactions")
+DEAD_LETTERS_SHOWN = 50
 
 
 def routes(console: Console) -> list[tuple[Access, Any]]:
@@ -41,6 +42,9 @@ def routes(console: Console) -> list[tuple[Access, Any]]:
         (Access("/api/initiatives/{initiative_id}", ("GET",), ANALYSTS, True), page.api_initiative),
         (Access("/operations", ("GET",), OPERATORS, False), page.operations),
         (Access("/api/operations", ("GET",), OPERATORS, True), page.api_operations),
+        (Access("/operations/kafka", ("GET",), OPERATORS, False), page.kafka),
+        (Access("/api/operations/kafka", ("GET",), OPERATORS, True), page.api_kafka),
+        (Access("/operations/redrive", ("POST",), OPERATORS, False), page.redrive),
     ]
 
 
@@ -161,10 +165,40 @@ class _Analysis:
         }
 
     async def operations(self, request: Request, user: User | None) -> Response:
-        return self.render(request, "operations.html", user, **await self._operations())
+        redriven = request.query_params.get("redriven")
+        shown = int(redriven) if redriven and redriven.isdigit() else None
+        return self.render(
+            request, "operations.html", user, redriven=shown, **await self._operations()
+        )
 
     async def api_operations(self, request: Request, user: User | None) -> Response:
         return JSONResponse(await self._operations())
+
+    async def _kafka(self) -> dict[str, Any]:
+        """Ingest positions and lag per partition, and the latest dead letters; when Kafka
+        cannot be reached, why (the rest of the console keeps working)."""
+
+        def read(s: Services) -> dict[str, Any]:
+            try:
+                lag = [plain(dataclasses.asdict(r)) for r in s.kafka.lag()]
+                letters = s.kafka.dead_letters(limit=DEAD_LETTERS_SHOWN)
+            except (KafkaUnavailable, ConfigurationError) as e:
+                return {"topic": s.kafka.topic, "error": str(e), "lag": [], "dead_letters": []}
+            rows = [plain(dataclasses.asdict(d)) for d in letters]
+            return {"topic": s.kafka.topic, "error": None, "lag": lag, "dead_letters": rows}
+
+        return dict(await self.console.call(read))
+
+    async def kafka(self, request: Request, user: User | None) -> Response:
+        return self.render(request, "operations_kafka.html", user, k=await self._kafka())
+
+    async def api_kafka(self, request: Request, user: User | None) -> Response:
+        return JSONResponse(await self._kafka())
+
+    async def redrive(self, request: Request, user: User | None) -> Response:
+        """Re-publish the dead letters not redriven before (admins), then back to the page."""
+        count = await self.console.call(lambda s: s.kafka.redrive())
+        return RedirectResponse(f"/operations?redriven={count}", status_code=303)
 
 
 def _int(value: str, name: str, low: int, high: int) -> int:
