@@ -181,6 +181,10 @@ def test_an_agent_finds_a_customer_and_travels_back(
     loaded(browser, wait)
     now = orders_shown(browser)
     assert "everything the ledger knows now" in browser.find_element(By.ID, "moment-shown").text
+    # the audit box, loaded by htmx: the chain recomputed, and checkpoint 1 covers the backfill
+    verdict = wait.until(ready.presence_of_element_located((By.ID, "audit-verdict")))
+    assert verdict.text.startswith("Chain verified"), verdict.text
+    assert "checkpoint 1" in browser.find_element(By.ID, "audit-status").text
     shot(browser, "customer-360")
     # What the ledger knew when checkpoint 1 was signed, to the millisecond: a whole second
     # could fall before the first delivery's commit (it often ends in the same second).
