@@ -82,3 +82,28 @@ def users_passwd(ctx: Context, name: str, password: str) -> None:
 
     bootstrap.open_users(ctx.settings).passwd(name, password)
     emit_record(ctx, {"name": name, "password": "changed"}, title="password changed")
+
+
+@users.command("token")
+@click.argument("name")
+@pass_context
+def users_token(ctx: Context, name: str) -> None:
+    """Issue an API token for user NAME: programs send it as `Authorization: Bearer TOKEN` to
+    the console's /api/ routes and act with NAME's role. It is printed once; only its hash
+    is kept."""
+    from crm_ledger import bootstrap
+
+    token = bootstrap.open_users(ctx.settings).issue_token(name)
+    click.echo(token)
+    click.echo(f"an API token for {name}: shown once, keep it secret", err=True)
+
+
+@users.command("revoke-tokens")
+@click.argument("name")
+@pass_context
+def users_revoke_tokens(ctx: Context, name: str) -> None:
+    """Revoke every API token of user NAME."""
+    from crm_ledger import bootstrap
+
+    count = bootstrap.open_users(ctx.settings).revoke_tokens(name)
+    emit_record(ctx, {"name": name, "revoked": count}, title="tokens revoked")

@@ -220,15 +220,21 @@ class SecurityHeaders:
 
 def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
     async def handle(request: Request) -> Response:
-        user = _current_user(console, request)
+        bearer = _bearer(request)
+        user = console.users.by_token(bearer) if bearer else _current_user(console, request)
         if access.roles:
             if user is None:
+                if bearer:
+                    refused = {"error": "the API token is unknown or revoked"}
+                    return JSONResponse(refused, status_code=401)
                 if access.api:
                     return JSONResponse({"error": "sign in first"}, status_code=401)
                 return RedirectResponse(f"/signin?next={request.url.path}", status_code=303)
             if user.role not in access.roles:
                 return _error(console, request, access, 403, "your role may not see this page")
-        if request.method == "POST" and access.csrf and not _csrf_ok(request, await request.form()):
+        # A token is sent by the program itself (no cookie a page could make a browser send).
+        forgeable = access.csrf and not bearer
+        if request.method == "POST" and forgeable and not _csrf_ok(request, await request.form()):
             return _error(console, request, access, 403, "the form expired: reload the page")
         try:
             response: Response = await endpoint(request, user)
@@ -247,6 +253,12 @@ def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
         return response
 
     return handle
+
+
+def _bearer(request: Request) -> str | None:
+    """The API token of an ``Authorization: Bearer`` header, if any."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _current_user(console: Console, request: Request) -> User | None:
