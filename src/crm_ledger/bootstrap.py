@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         KafkaTopics,
         Publisher,
     )
+    from crm_ledger.adapters.registry_client import Pushed
     from crm_ledger.adapters.users import UserFile
     from crm_ledger.audit import AuditStore, SnapshotCheck
     from crm_ledger.config import Settings
@@ -197,6 +198,13 @@ def open_registry(settings: Settings) -> SchemaRegistry:
     from crm_ledger.adapters.avro import SchemaRegistry  # fastavro: only when needed
 
     return SchemaRegistry(settings.schemas_dir)
+
+
+def push_schemas(settings: Settings, url: str) -> list[Pushed]:
+    """Our schemas into the Confluent-compatible registry at ``url``, with our ids."""
+    from crm_ledger.adapters.registry_client import push
+
+    return push(open_registry(settings), url)
 
 
 def open_codec(settings: Settings) -> Codec:

@@ -5,6 +5,8 @@ ingest` stores exactly as sent; a schema we have not registered is refused by th
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
@@ -16,7 +18,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from crm_ledger.adapters.avro import to_record
+from crm_ledger.adapters.avro import SchemaRegistry, to_record
 from crm_ledger.adapters.kafka import ensure_topics
 from tests.integration.conftest import (
     CLI,
@@ -140,3 +142,66 @@ def _schema_of(schema: dict[str, Any]) -> Any:
     from confluent_kafka.schema_registry import Schema
 
     return Schema(json.dumps(schema), "AVRO")
+
+
+def _push(url: str, schemas: Path | None = None) -> Any:
+    env = {**os.environ, "CRM_LEDGER_SCHEMAS_DIR": str(schemas)} if schemas else None
+    return run_cli(["--format", "json", "schemas", "register", "--registry", url], env)
+
+
+def test_pushing_to_a_registry_that_holds_our_ids_changes_nothing(registry_url: str) -> None:
+    pushed = _push(registry_url)
+    assert pushed.returncode == 0, pushed.stderr
+    rows = json.loads(pushed.stdout)
+    ours = SchemaRegistry(ROOT / "schemas")
+    assert len(rows) == sum(len(ours.versions(s)) for s in ours.subjects())
+    assert {r["outcome"] for r in rows} == {"already there"}
+    assert {r["schema_id"] for r in rows} == {
+        v.schema_id for s in ours.subjects() for v in ours.versions(s)
+    }
+
+
+def test_pushing_refuses_an_id_the_registry_gave_another_schema(
+    registry_url: str, tmp_path: Path
+) -> None:
+    schemas = _copy_schemas(tmp_path)
+    registry = json.loads((schemas / "registry.json").read_text())
+    registry["subjects"]["OrderPlaced"][-1]["id"] = 999
+    (schemas / "registry.json").write_text(json.dumps(registry))
+    pushed = _push(registry_url, schemas)
+    assert pushed.returncode == 1
+    (line,) = pushed.stderr.strip().splitlines()
+    assert "crm_ledger.events.OrderPlaced" in line
+    assert "ours is 999" in line
+
+
+def test_pushing_a_new_version_to_a_read_only_registry_is_refused_in_one_line(
+    registry_url: str, tmp_path: Path
+) -> None:
+    schemas = _copy_schemas(tmp_path)
+    avsc = schemas / "OrderPlaced.avsc"
+    schema = json.loads(avsc.read_text())
+    schema["fields"].append({"name": "coupon", "type": "string", "default": ""})
+    avsc.write_text(json.dumps(schema))
+    env = {**os.environ, "CRM_LEDGER_SCHEMAS_DIR": str(schemas)}
+    assert run_cli(["schemas", "register"], env).returncode == 0  # a new version, locally
+    pushed = _push(registry_url, schemas)
+    assert pushed.returncode == 1
+    (line,) = pushed.stderr.strip().splitlines()
+    assert "refused crm_ledger.events.OrderPlaced" in line
+    assert "read-only" in line
+    assert "42205" in line
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9", "ftp://example.org", "not a url"])
+def test_pushing_to_nowhere_is_one_line(url: str) -> None:
+    pushed = _push(url)
+    assert pushed.returncode != 0
+    assert len(pushed.stderr.strip().splitlines()) == 1, pushed.stderr
+    assert "Traceback" not in pushed.stderr
+
+
+def _copy_schemas(tmp_path: Path) -> Path:
+    copy = tmp_path / "schemas"
+    shutil.copytree(ROOT / "schemas", copy)
+    return copy

@@ -55,6 +55,12 @@ class SchemaVersion:
     schema_id: int
     schema: dict[str, Any]
 
+    @property
+    def full_name(self) -> str:
+        """The record's full name: the subject a record-name-strategy client asks for."""
+        namespace = self.schema.get("namespace")
+        return f"{namespace}.{self.subject}" if namespace else self.subject
+
 
 class SchemaRegistry:
     """Schemas by id and by subject, kept in ``schemas/registry.json`` beside the .avsc files.

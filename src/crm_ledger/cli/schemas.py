@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crm_ledger.cli.base import Context, cli, emit, emit_record, pass_context
+from crm_ledger.cli.base import Context, as_dict, cli, emit, emit_record, pass_context
 from crm_ledger.errors import (
     IncompatibleSchema,
 )
@@ -62,11 +62,26 @@ def schemas_check(ctx: Context) -> None:
 
 
 @schemas.command("register")
+@click.option(
+    "--registry",
+    "registry_url",
+    metavar="URL",
+    help="Instead, push every registered version into the Confluent-compatible schema "
+    "registry at URL with our ids (imported in its IMPORT mode; an id it gave another "
+    "schema is an error), so its clients frame messages the ledger reads.",
+)
 @pass_context
-def schemas_register(ctx: Context) -> None:
-    """Register each changed .avsc as a new version (refused if it breaks compatibility)."""
+def schemas_register(ctx: Context, registry_url: str | None) -> None:
+    """Register each changed .avsc as a new version (refused if it breaks compatibility);
+    with --registry URL, push the registered versions into another registry."""
     from crm_ledger import bootstrap
 
+    if registry_url:
+        pushed = [as_dict(p) for p in bootstrap.push_schemas(ctx.settings, registry_url)]
+        emit(
+            ctx, pushed, title=registry_url, columns=("subject", "version", "schema_id", "outcome")
+        )
+        return
     added = bootstrap.open_registry(ctx.settings).register()
     rows = [{"type": v.subject, "version": v.version, "schema_id": v.schema_id} for v in added]
     if not rows and ctx.output == "table":

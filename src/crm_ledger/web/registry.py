@@ -53,6 +53,9 @@ def routes(registry: SchemaRegistry) -> list[tuple[Access, Any]]:
     def post(path: str, handler: Any) -> tuple[Access, Any]:
         return Access(path, ("POST",), PUBLIC, True, csrf=False), _answering(handler)
 
+    def put(path: str, handler: Any) -> tuple[Access, Any]:
+        return Access(path, ("PUT",), PUBLIC, True, csrf=False), _answering(handler)
+
     versions = "/subjects/{subject}/versions/{version}"
     return [
         get("/schemas/types", api.types),
@@ -72,6 +75,10 @@ def routes(registry: SchemaRegistry) -> list[tuple[Access, Any]]:
         get("/config/{subject}", api.config),
         get("/mode", api.mode),
         get("/mode/{subject}", api.mode),
+        put("/mode", api.refuse_change),
+        put("/mode/{subject}", api.refuse_change),
+        put("/config", api.refuse_change),
+        put("/config/{subject}", api.refuse_change),
     ]
 
 
@@ -231,5 +238,8 @@ class _Registry:
 
     @staticmethod
     def _full_name(version: SchemaVersion) -> str:
-        namespace = version.schema.get("namespace")
-        return f"{namespace}.{version.subject}" if namespace else version.subject
+        return version.full_name
+
+    async def refuse_change(self, request: Request) -> Any:
+        msg = "this registry is read-only: its schemas are a reviewed change to the repository"
+        raise RegistryError(422, NOT_PERMITTED, msg)
