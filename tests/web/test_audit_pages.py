@@ -126,3 +126,12 @@ def test_the_360_shows_the_predicted_value_once_a_model_exists(tmp_path: Path) -
         assert shown["p_alive"] == pytest.approx(expected.p_alive)
         assert shown["clv"] == pytest.approx(expected.clv)
         assert f"CLV model {model.model_id}" in client.get(f"/customers/{buyer}").text
+        users.add("ivy", "analyst", PASSWORD)
+        analyst = signed_in(client.app, "ivy")
+        top = analyst.get("/api/value?by=clv&limit=5").json()
+        values = [r["clv"] for r in top["rows"]]
+        assert len(values) == 5
+        assert values == sorted(values, reverse=True)
+        assert values[0] == pytest.approx(services.predictions.top(1)[0].clv)
+        assert f"CLV model {model.model_id}" in top["notes"][0]
+        assert analyst.get("/api/value?by=clv&snapshot=x").status_code == 400

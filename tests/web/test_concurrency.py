@@ -127,3 +127,24 @@ def test_the_gate_holds_readers_back_while_a_writer_waits_and_writes() -> None:
     first.join(5)
     second.join(5)
     assert order == ["write", "late read"]
+
+
+def test_the_value_list_of_a_replayed_snapshot_is_what_was_known_then(
+    busy: dict[str, Any],
+) -> None:
+    app, services = busy["app"], busy["services"]
+    services.ledger.record_many([tp("CustomerRegistered", "C2"), tp("OrderPlaced", "C2")])
+    services.ledger.record_many([tp("OrderPlaced", "C2", order_id="O2")])
+    services.projections.replay("before", as_of=busy["at"], valid_at=None)
+    client = signed_in(app, "analyst")
+    live = client.get("/api/value").json()
+    then = client.get("/api/value?snapshot=before").json()
+    assert [(r["subject"], r["orders"]) for r in live["rows"]] == [("C2", 2), ("C1", 1)]
+    assert [(r["subject"], r["orders"]) for r in then["rows"]] == [("C1", 1)]
+    assert then["snapshots"][0]["name"] == "before"
+    page = client.get("/value?snapshot=before")
+    assert "Showing snapshot before" in page.text
+    assert 'value="before" selected' in page.text
+    unknown = client.get("/api/value?snapshot=nope")
+    assert unknown.status_code in (400, 404)
+    assert "nope" in unknown.json()["error"]

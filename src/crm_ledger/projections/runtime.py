@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from crm_ledger.application import LogPage, LogRecord
 
 LIVE, BUILDING, RETIRED = "live", "building", "retired"
+
+
+def snapshot_of(label: str) -> str | None:
+    """The snapshot a table set's label names (None for live and building sets)."""
+    return label[2:] if label.startswith("s_") else None
+
+
 SNAPSHOT, SNAPSHOT_BUILDING = "snapshot", "snapshot-building"
 
 #: How many notifications one transaction covers.
@@ -59,7 +66,7 @@ class TableSet:
     @property
     def snapshot(self) -> str | None:
         """The snapshot name, for sets replayed into a snapshot."""
-        return self.label[2:] if self.label.startswith("s_") else None
+        return snapshot_of(self.label)
 
 
 @dataclass(frozen=True, slots=True)

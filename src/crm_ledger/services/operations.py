@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from crm_ledger.projections.contributions import micros, moment
+from crm_ledger.projections.runtime import snapshot_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,8 @@ class ProjectionRow:
     lag: int
     as_of: datetime | None
     valid_at: datetime | None
+    #: The snapshot's name, for a set replayed into one (what `--snapshot` takes).
+    snapshot: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ class ProjectionOperations:
                 lag=r.lag,
                 as_of=moment(r.as_of) if r.as_of is not None else None,
                 valid_at=moment(r.valid_at) if r.valid_at is not None else None,
+                snapshot=snapshot_of(r.label),
             )
             for r in self.projector.status()
         ]

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 ANALYSTS = frozenset({ANALYST, ADMIN})
 OPERATORS = frozenset({ADMIN})
 METRICS = ("net_revenue", "orders", "interactions")
+VALUE_BY = ("customer", "organisation", "clv")
 DEAD_LETTERS_SHOWN = 50
 
 
@@ -58,26 +59,41 @@ class _Analysis:
     # Value.
 
     async def _value(self, request: Request) -> dict[str, Any]:
+        """Top customers or organisations by net value (live, or in a replayed snapshot), or
+        customers by predicted value under the latest CLV model."""
         by = request.query_params.get("by", "customer")
-        if by not in ("customer", "organisation"):
-            raise InvalidInput("by: customer or organisation")
+        if by not in VALUE_BY:
+            raise InvalidInput(f"by: one of {', '.join(VALUE_BY)}")
         limit = _int(request.query_params.get("limit", "25"), "limit", 1, 1000)
         currency = request.query_params.get("currency") or None
+        snapshot = request.query_params.get("snapshot") or None
+        if by == "clv":
+            if snapshot:
+                raise InvalidInput("a CLV model has its own moment: leave the snapshot empty")
+            # not kept: a model fitted since changes the answer without any new record
+            rows, notes = await self.console.call(lambda s: _predicted(s, limit))
+        else:
+            at = Moment(snapshot=snapshot)
 
-        def read(s: Services) -> tuple[list[Any], str | None]:
-            values = s.read_models.top(
-                limit, by_organisation=by == "organisation", currency=currency
-            )
-            return values, s.read_models.currency_note(Moment(), currency)
+            def read(s: Services) -> tuple[list[Any], list[str]]:
+                values = s.read_models.top(
+                    limit, at, by_organisation=by == "organisation", currency=currency
+                )
+                note = s.read_models.currency_note(at, currency)
+                return [plain(dataclasses.asdict(v)) for v in values], [note] if note else []
 
-        values, note = await self.console.call(read, keep=("value", by, limit, currency))
-        rows = [plain(dataclasses.asdict(v)) for v in values]
+            # kept for live answers only: a snapshot can be dropped and replayed under its name
+            key = None if snapshot else ("value", by, limit, currency)
+            rows, notes = await self.console.call(read, keep=key)
+        snapshots = await self.console.call(_snapshots)  # a replay adds one, records none
         return {
             "by": by,
             "limit": limit,
             "currency": currency or "",
+            "snapshot": snapshot or "",
+            "snapshots": snapshots,
             "rows": rows,
-            "notes": [note] if note else [],
+            "notes": notes,
         }
 
     async def value(self, request: Request, user: User | None) -> Response:
@@ -199,6 +215,27 @@ class _Analysis:
         """Re-publish the dead letters not redriven before (admins), then back to the page."""
         count = await self.console.call(lambda s: s.kafka.redrive())
         return RedirectResponse(f"/operations?redriven={count}", status_code=303)
+
+
+def _predicted(s: Services, limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The customers with the highest predicted value, and which model says so."""
+    model = s.predictions.model()
+    rows = [plain(dataclasses.asdict(v)) for v in s.predictions.top(limit, model.model_id)]
+    note = (
+        f"Predicted by CLV model {model.model_id} over {model.horizon:g} {model.unit}, in "
+        f"{model.currency}, fitted on purchases up to {model.calibration_end:%Y-%m-%d}."
+    )
+    return rows, [note]
+
+
+def _snapshots(s: Services) -> list[dict[str, Any]]:
+    """The replayed snapshots (name and moment), for the value page's moment control."""
+    seen: dict[str, dict[str, Any]] = {}
+    for row in s.projections.status():
+        if row.snapshot and row.snapshot not in seen:
+            moment = {"name": row.snapshot, "as_of": row.as_of, "valid_at": row.valid_at}
+            seen[row.snapshot] = plain(moment)
+    return list(seen.values())
 
 
 def _int(value: str, name: str, low: int, high: int) -> int:
