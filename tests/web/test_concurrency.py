@@ -148,3 +148,46 @@ def test_the_value_list_of_a_replayed_snapshot_is_what_was_known_then(
     unknown = client.get("/api/value?snapshot=nope")
     assert unknown.status_code in (400, 404)
     assert "nope" in unknown.json()["error"]
+
+
+def test_the_journey_pages_on_a_keyset_that_new_touches_do_not_shift(
+    busy: dict[str, Any],
+) -> None:
+    app, services = busy["app"], busy["services"]
+    orders = [
+        tp("OrderPlaced", "C9", order_id=f"J{n}", at=AT + timedelta(hours=n)) for n in range(119)
+    ]
+    services.ledger.record_many([tp("CustomerRegistered", "C9"), *orders])
+    client = signed_in(app, "analyst")
+
+    def pages(query: str, *, record_after_first: bool = False) -> list[list[dict[str, Any]]]:
+        found, url = [], f"/api/customers/C9/journey?{query}"
+        while url:
+            answer = client.get(url)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            found.append(body["touches"])
+            if record_after_first and len(found) == 1:  # a touch recorded after page 1
+                services.ledger.record_many(
+                    [tp("OrderPlaced", "C9", order_id="NEW", at=AT + timedelta(days=30))]
+                )
+                app.state.console.caught_up = float("-inf")
+            url = f"/api/customers/C9/journey?{body['next_query']}" if body["next_query"] else ""
+        return found
+
+    newest = pages("order=newest", record_after_first=True)
+    assert [len(p) for p in newest] == [50, 50, 20]
+    seen = [t["event_id"] for p in newest for t in p]
+    assert len(set(seen)) == 120  # nothing twice, nothing skipped, the new one not in page 2+
+    times = [t["occurred_at"] for p in newest for t in p]
+    assert times == sorted(times, reverse=True)
+    oldest = [t["occurred_at"] for p in pages("order=oldest") for t in p]
+    assert oldest == sorted(oldest)
+    assert len(oldest) == 121  # the touch recorded during the first walk is there now
+    window = client.get("/api/customers/C9/journey?from=2025-03-02&to=2025-03-02").json()
+    assert {t["occurred_at"][:10] for t in window["touches"]} == {"2025-03-02"}
+    assert len(window["touches"]) == 24
+    for bad in ("after=nonsense", "after=2025-01-01T00:00~", "from=yesterday", "to=2025-13-01"):
+        refused = client.get(f"/api/customers/C9/journey?{bad}")
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]

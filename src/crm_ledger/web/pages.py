@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -173,29 +175,40 @@ class _Pages:
         return self.render(request, "journey.html", user, customer_id=customer_id, **page)
 
     async def _journey(self, request: Request, customer_id: str) -> dict[str, Any]:
+        """One page of the journey: filtered by channel, kind and occurred dates, newest or
+        oldest first, keyset-paged on (occurred, event id) after the cursor ``after``."""
         at = moment_of(request)
-        channel = request.query_params.get("channel") or None
-        kind = request.query_params.get("kind") or None
-        newest = request.query_params.get("order", "newest") != "oldest"
-        after = request.query_params.get("after") or None
+        params = request.query_params
+        channel, kind = params.get("channel") or None, params.get("kind") or None
+        start, end = _day(params.get("from"), "from"), _day(params.get("to"), "to", end=True)
+        newest = params.get("order", "newest") != "oldest"
+        cursor = _cursor(params.get("after"))
 
         def read(s: Services) -> list[Any]:
-            return s.read_models.timeline(customer_id, at, channel=channel)
+            return s.read_models.timeline(customer_id, at, start=start, end=end, channel=channel)
 
         steps = [t for t in await self.console.call(read) if kind is None or t.kind == kind]
         if newest:
             steps.reverse()
-        if after:  # keyset: the page after the touch whose event id is the cursor
-            ids = [t.event_id for t in steps]
-            steps = steps[ids.index(after) + 1 :] if after in ids else []
+        if cursor is not None:
+            steps = [t for t in steps if _beyond((t.occurred_at, t.event_id), cursor, newest)]
         shown = steps[:JOURNEY_PAGE]
         more = len(steps) > JOURNEY_PAGE
+        following = None
+        if more and shown:
+            last = shown[-1]
+            after = f"{last.occurred_at.isoformat()}~{last.event_id}"
+            following = urlencode(
+                {k: v for k, v in params.items() if k != "after"} | {"after": after}
+            )
         return {
             "touches": [plain(dataclasses.asdict(t)) for t in shown],
-            "next_after": shown[-1].event_id if more and shown else None,
+            "next_query": following,
             "order": "newest" if newest else "oldest",
             "channel": channel or "",
             "kind": kind or "",
+            "from": params.get("from", ""),
+            "to": params.get("to", ""),
             "at": at,
         }
 
@@ -216,6 +229,38 @@ class _Pages:
         page = await self._journey(request, request.path_params["customer_id"])
         page["at"] = plain(dataclasses.asdict(page["at"]))
         return JSONResponse(page)
+
+
+def _day(value: str | None, name: str, *, end: bool = False) -> datetime | None:
+    """A date (or time) of a journey filter; ``to`` includes its whole day."""
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{name}: {value!r} is not a date such as 2025-03-01") from None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return when + timedelta(days=1) if end and len(value) <= len("2025-03-01") else when
+
+
+def _beyond(key: tuple[datetime, str], cursor: tuple[datetime, str], newest: bool) -> bool:
+    """Whether a touch comes after the cursor in the page order (never the cursor itself)."""
+    return key < cursor if newest else key > cursor
+
+
+def _cursor(value: str | None) -> tuple[datetime, str] | None:
+    """The keyset cursor of a journey page: the last touch shown, as OCCURRED~EVENT_ID."""
+    if not value:
+        return None
+    occurred, sep, event_id = value.partition("~")
+    try:
+        if not sep or not event_id:
+            raise ValueError
+        return datetime.fromisoformat(occurred), event_id
+    except ValueError:
+        raise InvalidInput(
+            f"after: {value!r} is not a page cursor (use the Next page link)"
+        ) from None
 
 
 def _mask_match(match: dict[str, Any], user: User | None) -> dict[str, Any]:
