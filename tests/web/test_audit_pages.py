@@ -135,3 +135,17 @@ def test_the_360_shows_the_predicted_value_once_a_model_exists(tmp_path: Path) -
         assert values[0] == pytest.approx(services.predictions.top(1)[0].clv)
         assert f"CLV model {model.model_id}" in top["notes"][0]
         assert analyst.get("/api/value?by=clv&snapshot=x").status_code == 400
+        first, second = (analyst.get(f"/api/value?limit=10&page={n}").json() for n in (1, 2))
+        assert (len(first["rows"]), len(second["rows"])) == (10, 10)
+        assert (first["next_page"], second["first_rank"]) == (2, 11)
+        nets = [r["net_minor"] for r in first["rows"] + second["rows"]]
+        assert nets == sorted(nets, reverse=True)
+        top20 = analyst.get("/api/value?limit=20").json()["rows"]
+        assert [r["subject"] for r in top20] == [
+            r["subject"] for r in first["rows"] + second["rows"]
+        ]
+        empty = analyst.get("/value.csv?currency=XXX")
+        assert empty.status_code == 200
+        assert empty.text.splitlines()[0].startswith("subject,")
+        assert len(empty.text.splitlines()) == 1
+        assert analyst.get("/api/value?limit=100&page=101").status_code == 400

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from crm_ledger.errors import ConfigurationError, InvalidInput, KafkaUnavailable
+from crm_ledger.projections.lifetime_value import Value
 from crm_ledger.services.ports import Moment
+from crm_ledger.services.predictions import CustomerValue
 from crm_ledger.web.app import plain
 from crm_ledger.web.roles import ADMIN, ANALYST, Access
 
@@ -26,6 +28,8 @@ ANALYSTS = frozenset({ANALYST, ADMIN})
 OPERATORS = frozenset({ADMIN})
 METRICS = ("net_revenue", "orders", "interactions")
 VALUE_BY = ("customer", "organisation", "clv")
+#: How deep the value list pages (page times limit rows at most).
+MAX_VALUE_ROWS = 10_000
 DEAD_LETTERS_SHOWN = 50
 
 
@@ -65,34 +69,41 @@ class _Analysis:
         if by not in VALUE_BY:
             raise InvalidInput(f"by: one of {', '.join(VALUE_BY)}")
         limit = _int(request.query_params.get("limit", "25"), "limit", 1, 1000)
+        page = _int(request.query_params.get("page", "1"), "page", 1, MAX_VALUE_ROWS // limit)
         currency = request.query_params.get("currency") or None
         snapshot = request.query_params.get("snapshot") or None
+        upto = limit * page  # the top ``upto`` rows, of which this page shows the last ``limit``
         if by == "clv":
             if snapshot:
                 raise InvalidInput("a CLV model has its own moment: leave the snapshot empty")
             # not kept: a model fitted since changes the answer without any new record
-            rows, notes = await self.console.call(lambda s: _predicted(s, limit))
+            rows, notes = await self.console.call(lambda s: _predicted(s, upto))
         else:
             at = Moment(snapshot=snapshot)
 
             def read(s: Services) -> tuple[list[Any], list[str]]:
                 values = s.read_models.top(
-                    limit, at, by_organisation=by == "organisation", currency=currency
+                    upto, at, by_organisation=by == "organisation", currency=currency
                 )
                 note = s.read_models.currency_note(at, currency)
                 return [plain(dataclasses.asdict(v)) for v in values], [note] if note else []
 
             # kept for live answers only: a snapshot can be dropped and replayed under its name
-            key = None if snapshot else ("value", by, limit, currency)
+            key = None if snapshot else ("value", by, upto, currency)
             rows, notes = await self.console.call(read, keep=key)
         snapshots = await self.console.call(_snapshots)  # a replay adds one, records none
+        shown = rows[limit * (page - 1) :]
+        more = len(rows) == upto and page < MAX_VALUE_ROWS // limit
         return {
             "by": by,
             "limit": limit,
+            "page": page,
+            "next_page": page + 1 if more else None,
+            "first_rank": limit * (page - 1) + 1,
             "currency": currency or "",
             "snapshot": snapshot or "",
             "snapshots": snapshots,
-            "rows": rows,
+            "rows": shown,
             "notes": notes,
         }
 
@@ -105,11 +116,12 @@ class _Analysis:
     async def value_csv(self, request: Request, user: User | None) -> Response:
         data = await self._value(request)
         out = io.StringIO()
-        if data["rows"]:
-            writer = csv.DictWriter(out, fieldnames=list(data["rows"][0]))
-            writer.writeheader()
-            writer.writerows(data["rows"])
-        name = f"top-{data['by']}s.csv"
+        kind = CustomerValue if data["by"] == "clv" else Value
+        header = [f.name for f in dataclasses.fields(kind)]  # written even when nothing matched
+        writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(data["rows"])
+        name = f"top-{data['by']}s-page-{data['page']}.csv"
         return Response(
             out.getvalue(),
             media_type="text/csv",
