@@ -133,3 +133,16 @@ def test_unknown_subjects_versions_and_ids(client: Any, path: str, status: int, 
 def test_bad_schemas_get_the_registry_s_error(client: Any, body: bytes) -> None:
     for path in (f"/subjects/{SUBJECT}", f"/subjects/{SUBJECT}/versions"):
         _error(client.post(path, content=body), 422, 42201)
+
+
+def test_a_body_past_a_mebibyte_is_refused_unread(client: Any) -> None:
+    big = json.dumps({"schema": json.dumps(_schema()), "pad": "x" * (1024 * 1024)})
+    message = _error(client.post(f"/subjects/{SUBJECT}", content=big), 422, 42201)
+    assert "larger than" in message
+
+    def chunks() -> Any:  # no length given: counted as it comes
+        yield b'{"schema": "'
+        for _ in range(300):
+            yield b"x" * 4096
+
+    _error(client.post(f"/subjects/{SUBJECT}/versions", content=chunks()), 422, 42201)

@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from crm_ledger.errors import CrmLedgerError, InvalidInput, NotFound, StoreUnavailable
+from crm_ledger.projections.lifetime_value import minor_unit_exponent
 from crm_ledger.services.ports import Moment
 from crm_ledger.web.roles import ADMIN, AGENT, ANALYST, SEES_PERSONAL, Access, mask
 
@@ -74,6 +75,7 @@ class Console:
         self.services = services
         self.users = users
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.filters["money"] = money
         self.gate = SharedGate()
         self._catching = threading.Lock()
         self.failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
@@ -297,6 +299,14 @@ def _error(
         {"status": status, "message": message, "user": None},
         status_code=status,
     )
+
+
+def money(minor: int | None, currency: str | None) -> str:
+    """An amount in minor units as people read it: 37818, EUR -> 378.18 EUR."""
+    if minor is None:
+        return ""
+    places = minor_unit_exponent(currency or "")
+    return f"{minor / 10**places:,.{places}f} {currency or ''}".strip()
 
 
 def moment_of(request: Request) -> Moment:
