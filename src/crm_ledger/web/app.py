@@ -76,6 +76,7 @@ class Console:
         self.users = users
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["money"] = money
+        self.templates.env.filters["amount"] = amount
         self.gate = SharedGate()
         self._catching = threading.Lock()
         self.failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
@@ -307,6 +308,15 @@ def money(minor: int | None, currency: str | None) -> str:
         return ""
     places = minor_unit_exponent(currency or "")
     return f"{minor / 10**places:,.{places}f} {currency or ''}".strip()
+
+
+def amount(value: float | None, currency: str | None) -> str:
+    """A figure of a comparison: money (a currency given) in major units, counts as they are;
+    two decimals."""
+    if value is None:
+        return ""
+    scale = 10 ** minor_unit_exponent(currency) if currency else 1
+    return f"{value / scale:,.2f}"
 
 
 def moment_of(request: Request) -> Moment:
