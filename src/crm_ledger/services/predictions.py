@@ -223,7 +223,7 @@ class Predictions:
 
     def _model(self, row: dict[str, Any] | None, model_id: int | None = None) -> ClvModel:
         if row is None:
-            which = f"model {model_id}" if model_id else "a model"
+            which = f"model {model_id}" if model_id else "model"
             raise NotFound(f"no CLV {which} yet; run `crm-ledger clv fit --calibration-end DATE`")
         fits = json.loads(row["fits"])
         return ClvModel(
