@@ -73,25 +73,29 @@ class _Analysis:
         currency = request.query_params.get("currency") or None
         snapshot = request.query_params.get("snapshot") or None
         upto = limit * page  # the top ``upto`` rows, of which this page shows the last ``limit``
-        if by == "clv":
-            if snapshot:
-                raise InvalidInput("a CLV model has its own moment: leave the snapshot empty")
-            # not kept: a model fitted since changes the answer without any new record
-            rows, notes = await self.console.call(lambda s: _predicted(s, upto))
-        else:
-            at = Moment(snapshot=snapshot)
+        if by == "clv" and snapshot:
+            raise InvalidInput("a CLV model has its own moment: leave the snapshot empty")
+        at = Moment(snapshot=snapshot)
+        kept = self.console.remembered
 
-            def read(s: Services) -> tuple[list[Any], list[str]]:
-                values = s.read_models.top(
-                    upto, at, by_organisation=by == "organisation", currency=currency
-                )
-                note = s.read_models.currency_note(at, currency)
-                return [plain(dataclasses.asdict(v)) for v in values], [note] if note else []
+        def top(s: Services) -> tuple[list[Any], list[str]]:
+            values = s.read_models.top(
+                upto, at, by_organisation=by == "organisation", currency=currency
+            )
+            note = s.read_models.currency_note(at, currency)
+            return [plain(dataclasses.asdict(v)) for v in values], [note] if note else []
 
-            # kept for live answers only: a snapshot can be dropped and replayed under its name
-            key = None if snapshot else ("value", by, upto, currency)
-            rows, notes = await self.console.call(read, keep=key)
-        snapshots = await self.console.call(_snapshots)  # a replay adds one, records none
+        def read(s: Services) -> tuple[list[Any], list[str], list[dict[str, Any]]]:
+            """One call for the whole page (each call waits its turn for a thread)."""
+            if by == "clv":  # not kept: a model fitted since changes it, with no new record
+                rows, notes = _predicted(s, upto)
+            elif snapshot:  # not kept: a snapshot can be dropped and replayed under its name
+                rows, notes = top(s)
+            else:
+                rows, notes = kept(("value", by, upto, currency), lambda: top(s))
+            return rows, notes, _snapshots(s)  # not kept: a replay adds one, records none
+
+        rows, notes, snapshots = await self.console.call(read)
         shown = rows[limit * (page - 1) :]
         more = len(rows) == upto and page < MAX_VALUE_ROWS // limit
         return {
@@ -185,8 +189,9 @@ class _Analysis:
     # Operations.
 
     async def _operations(self) -> dict[str, Any]:
-        rows = await self.console.call(lambda s: s.projections.status())
-        status = await self.console.call(lambda s: s.records.status())
+        rows, status = await self.console.call(
+            lambda s: (s.projections.status(), s.records.status())
+        )
         return {
             "projections": [plain(dataclasses.asdict(r)) for r in rows],
             "status": plain(dataclasses.asdict(status)),

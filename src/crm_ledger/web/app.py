@@ -101,12 +101,17 @@ class Console:
         with self.gate.shared():
             if keep is None:
                 return work(self.services)
-            if keep not in self._kept:
-                if len(self._kept) >= KEPT_AT_MOST:  # keys come from query strings
-                    self._kept.clear()
-                self._kept[keep] = work(self.services)
-            answer: T = self._kept[keep]
-            return answer
+            return self.remembered(keep, lambda: work(self.services))
+
+    def remembered(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, kept under ``key`` until new records are applied (call it inside a
+        service call, where the gate is held)."""
+        if key not in self._kept:
+            if len(self._kept) >= KEPT_AT_MOST:  # keys come from query strings
+                self._kept.clear()
+            self._kept[key] = compute()
+        answer: T = self._kept[key]
+        return answer
 
     def catch_up_if_due(self) -> None:
         """Catch the read models up unless it was done less than CATCH_UP_EVERY seconds ago
