@@ -155,6 +155,7 @@ def build(
         retention_days=settings.kafka_retention_days,
         topics=(settings.kafka_topic, settings.kafka_dlq_topic),
         batch_size=settings.batch_size,
+        access_flush_seconds=settings.access_flush_seconds,
     )
     return Services(wiring, read_only=read_only, progress=progress)
 

@@ -52,6 +52,8 @@ class Settings:
     kafka_session_timeout_ms: int = 10_000
     #: Dead-letter messages whose Kafka key is not their event's customer_id.
     kafka_check_keys: bool = True
+    #: A server appends queued access records this often (the most a crash can lose).
+    access_flush_seconds: int = 1
 
     @property
     def key_folder(self) -> Path:
@@ -86,6 +88,9 @@ class Settings:
         if env.get(f"{ENV_PREFIX}SCHEMAS_DIR"):
             values["schemas_dir"] = Path(env[f"{ENV_PREFIX}SCHEMAS_DIR"])
         values.update(_kafka_values(env))
+        if env.get(f"{ENV_PREFIX}ACCESS_FLUSH_SECONDS"):
+            name = f"{ENV_PREFIX}ACCESS_FLUSH_SECONDS"
+            values["access_flush_seconds"] = _positive_int(name, env)
         if env.get(f"{ENV_PREFIX}BATCH_SIZE"):
             values["batch_size"] = _positive_int(f"{ENV_PREFIX}BATCH_SIZE", env)
         values.update({k: v for k, v in overrides.items() if v is not None})

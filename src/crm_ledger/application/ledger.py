@@ -38,6 +38,7 @@ from crm_ledger.aggregates import (
     subject_uuid,
 )
 from crm_ledger.aggregates.envelope import Touched, own_fields
+from crm_ledger.application import access
 from crm_ledger.application.batch import UnitOfWork, check_same_content
 from crm_ledger.application.records import (
     BatchResult,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 
     from eventsourcing.domain import MutableOrImmutableAggregate
 
+    from crm_ledger.application.access import AccessRecord
     from crm_ledger.application.records import KeyWrapping, LedgerRecorder, OutboxLetter, Position
 
 
@@ -356,6 +358,8 @@ class Ledger(Application[UUID]):
 
     def stream_name(self, stream: bytes) -> str | None:
         """The id sources use for the customer, organisation or initiative of ``stream``."""
+        if UUID(bytes=stream) == access.ACCESS_STREAM:
+            return "the access log"
         try:
             stored = self.recorder.select_events(UUID(bytes=stream), lte=1)
             opened: Any = self.mapper.to_domain_event(stored[0]) if stored else None
@@ -365,6 +369,14 @@ class Ledger(Application[UUID]):
             if opened is not None and hasattr(opened, name):
                 return str(getattr(opened, name))
         return None
+
+    def append_access(self, records: Sequence[AccessRecord]) -> int:
+        """Append access records to the access stream (chained like every event)."""
+        return access.append(self.recorder, records)
+
+    def access_records(self) -> list[tuple[int, AccessRecord]]:
+        """Every access record with its version, oldest first."""
+        return access.read(self.recorder)
 
     def log_head(self) -> int:
         """The position of the newest notification (0 when the log is empty)."""

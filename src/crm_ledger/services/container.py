@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from crm_ledger.audit import Auditor
     from crm_ledger.projections.contributions import Projection
     from crm_ledger.projections.runtime import Projector
+    from crm_ledger.services.access import AccessLog
     from crm_ledger.services.audit import AuditService
     from crm_ledger.services.directory import Directory
     from crm_ledger.services.exports import Exports, ExportWriter
@@ -79,6 +80,7 @@ class Wiring:
     retention_days: int
     topics: tuple[str, str]
     batch_size: int
+    access_flush_seconds: float = 1.0
 
 
 class Services:
@@ -205,8 +207,18 @@ class Services:
         """Charts of comparisons and holdouts (the drawing library loaded on first use)."""
         return self.wiring.open_charts()
 
+    @cached_property
+    def access(self) -> AccessLog:
+        """The access log: who read a customer's data, who did what as an administrator."""
+        from crm_ledger.services.access import AccessLog
+
+        return AccessLog(lambda: self.ledger, flush_every=self.wiring.access_flush_seconds)
+
     def close(self) -> None:
-        """Close what was opened: the read models' connections, then the ledger."""
+        """Close what was opened: the access log (appending what is queued), the read
+        models' connections, then the ledger."""
+        if "access" in self.__dict__:
+            self.access.close()
         if "read_model_store" in self.__dict__:
             self.read_model_store.dispose()
         if "ledger" in self.__dict__:

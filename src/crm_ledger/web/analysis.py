@@ -49,7 +49,16 @@ def routes(console: Console) -> list[tuple[Access, Any]]:
         (Access("/api/operations", ("GET",), OPERATORS, True), page.api_operations),
         (Access("/operations/kafka", ("GET",), OPERATORS, False), page.kafka),
         (Access("/api/operations/kafka", ("GET",), OPERATORS, True), page.api_kafka),
-        (Access("/operations/redrive", ("POST",), OPERATORS, False), page.redrive),
+        (
+            Access(
+                "/operations/redrive",
+                ("POST",),
+                OPERATORS,
+                False,
+                logged="redrive",
+            ),
+            page.redrive,
+        ),
     ]
 
 

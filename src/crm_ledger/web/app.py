@@ -83,6 +83,7 @@ class Console:
         self.access: list[Access] = []
         self.caught_up = float("-inf")
         self._kept: dict[Hashable, Any] = {}
+        services.access.start()  # page views queue their records; a thread appends them
         self._threads = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="console")
 
     def render(self, request: Request, name: str, user: User | None, **context: Any) -> Response:
@@ -228,6 +229,12 @@ class SecurityHeaders:
 
 def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
     async def handle(request: Request) -> Response:
+        response = await _answer(request)
+        if access.logged:
+            _log_access(console, request, access, response.status_code)
+        return response
+
+    async def _answer(request: Request) -> Response:
         bearer = _bearer(request)
         user = console.users.by_token(bearer) if bearer else _current_user(console, request)
         if access.roles:
@@ -261,6 +268,30 @@ def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
         return response
 
     return handle
+
+
+def _log_access(console: Console, request: Request, access: Access, status: int) -> None:
+    """Queue the access record of a logged route's request (no personal data in it: the
+    user's name, the customer's id, the moment asked for, what came of it)."""
+    bearer = _bearer(request)
+    user = console.users.by_token(bearer) if bearer else _current_user(console, request)
+    try:
+        at = moment_of(request)
+    except InvalidInput:
+        at = Moment()
+    outcome = {401: "refused", 403: "refused", 404: "not-found", 400: "invalid"}.get(
+        status, "allowed" if status < 400 else "failed"
+    )
+    console.services.access.record(
+        actor=user.name if user else "anonymous",
+        role=user.role if user else "-",
+        client="api" if access.api or bearer else "console",
+        action=access.logged or "",
+        subject=request.path_params.get("customer_id"),
+        outcome=outcome,
+        as_of=at.as_of,
+        valid_at=at.valid_at,
+    )
 
 
 def _bearer(request: Request) -> str | None:

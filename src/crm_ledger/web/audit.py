@@ -31,10 +31,37 @@ def routes(console: Console) -> list[tuple[Access, Any]]:
     return [
         (Access(f"{customer}/audit", ("GET",), STATUS_READERS, False), page.status),
         (Access(f"/api{customer}/audit", ("GET",), STATUS_READERS, True), page.api_status),
-        (Access(f"{customer}/export.jsonl", ("GET",), AUDITORS, True), page.export),
+        (
+            Access(
+                f"{customer}/export.jsonl",
+                ("GET",),
+                AUDITORS,
+                True,
+                logged="audit-export",
+            ),
+            page.export,
+        ),
         (Access("/audit", ("GET",), AUDITORS, False), page.home),
-        (Access(f"/audit{customer}", ("GET",), AUDITORS, False), page.history),
-        (Access(f"/api/audit{customer}", ("GET",), AUDITORS, True), page.api_history),
+        (
+            Access(
+                f"/audit{customer}",
+                ("GET",),
+                AUDITORS,
+                False,
+                logged="audit-history",
+            ),
+            page.history,
+        ),
+        (
+            Access(
+                f"/api/audit{customer}",
+                ("GET",),
+                AUDITORS,
+                True,
+                logged="audit-history",
+            ),
+            page.api_history,
+        ),
         (Access("/api/audit/verify", ("GET",), AUDITORS, True), page.api_verify),
     ]
 

@@ -42,21 +42,75 @@ def routes(console: Console) -> list[tuple[Access, Any]]:
         (Access("/signin", ("GET",), public, False), page.signin_form),
         (Access("/signin", ("POST",), public, False), page.signin),
         (Access("/signout", ("POST",), ANYONE, False), page.signout),
-        (Access("/", ("GET",), CUSTOMER_READERS, False), page.search),
-        (Access("/search", ("GET",), CUSTOMER_READERS, False), page.search_results),
-        (Access("/customers/{customer_id}", ("GET",), CUSTOMER_READERS, False), page.customer),
         (
-            Access("/customers/{customer_id}/journey", ("GET",), CUSTOMER_READERS, False),
+            Access(
+                "/",
+                ("GET",),
+                CUSTOMER_READERS,
+                False,
+                logged="search",
+            ),
+            page.search,
+        ),
+        (
+            Access(
+                "/search",
+                ("GET",),
+                CUSTOMER_READERS,
+                False,
+                logged="search",
+            ),
+            page.search_results,
+        ),
+        (
+            Access(
+                "/customers/{customer_id}",
+                ("GET",),
+                CUSTOMER_READERS,
+                False,
+                logged="360",
+            ),
+            page.customer,
+        ),
+        (
+            Access(
+                "/customers/{customer_id}/journey",
+                ("GET",),
+                CUSTOMER_READERS,
+                False,
+                logged="journey",
+            ),
             page.journey,
         ),
         (Access("/api/me", ("GET",), ANYONE, True), page.api_me),
-        (Access("/api/customers", ("GET",), CUSTOMER_READERS, True), page.api_find),
         (
-            Access("/api/customers/{customer_id}", ("GET",), CUSTOMER_READERS, True),
+            Access(
+                "/api/customers",
+                ("GET",),
+                CUSTOMER_READERS,
+                True,
+                logged="search",
+            ),
+            page.api_find,
+        ),
+        (
+            Access(
+                "/api/customers/{customer_id}",
+                ("GET",),
+                CUSTOMER_READERS,
+                True,
+                logged="360",
+            ),
             page.api_customer,
         ),
         (
-            Access("/api/customers/{customer_id}/journey", ("GET",), CUSTOMER_READERS, True),
+            Access(
+                "/api/customers/{customer_id}/journey",
+                ("GET",),
+                CUSTOMER_READERS,
+                True,
+                logged="journey",
+            ),
             page.api_journey,
         ),
     ]

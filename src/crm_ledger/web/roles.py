@@ -23,6 +23,9 @@ class Access:
     roles: frozenset[str]
     api: bool
     csrf: bool = True
+    #: The access log's name for what this route does, when it reads a customer's personal
+    #: data or is an administrative act (each request, allowed or refused, is recorded).
+    logged: str | None = None
 
 
 def mask(value: str | None) -> str | None:

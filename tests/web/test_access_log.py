@@ -1,0 +1,190 @@
+"""The access log: a page view of a customer's data is recorded with actor, role, moment and
+outcome (refusals too), inside the hash chain: editing, deleting or reordering a record is
+found by `audit verify`; a clean shutdown of `crm-ledger serve` loses no record."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from crm_ledger import bootstrap
+from crm_ledger.application.access import ACCESS_STREAM
+from crm_ledger.config import Settings
+from crm_ledger.web.app import create_app
+from tests.factories import tp
+from tests.integration.conftest import wait_until
+from tests.web.conftest import PASSWORD, signed_in
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def logged(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    settings = Settings.from_env({}, data_dir=tmp_path / "ledger")
+    services = bootstrap.build(settings, create=True)
+    bootstrap.create_signing_key(settings)
+    services.ledger.record_many([tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1")])
+    users = bootstrap.open_users(settings)
+    for role in ("agent", "analyst", "auditor"):
+        users.add(role, role, PASSWORD)
+    app = create_app(services, users, b"s" * 32)
+    yield {"app": app, "services": services, "db": tmp_path / "ledger" / "ledger.sqlite"}
+    services.close()
+
+
+def test_views_and_refusals_are_recorded_without_personal_data(logged: dict[str, Any]) -> None:
+    app, services = logged["app"], logged["services"]
+    agent = signed_in(app, "agent")
+    assert agent.get("/customers/C1?as_of=2030-01-01T00:00").status_code == 200
+    assert agent.get("/api/customers/C1/journey").status_code == 200
+    assert agent.get("/search?q=ada@example.org").status_code == 200
+    assert agent.get("/customers/C1/export.jsonl").status_code == 403
+    assert agent.get("/customers/NOPE").status_code == 404
+    services.access.flush()
+    about = services.access.about("C1")
+    assert [(r.actor, r.role, r.client, r.action, r.outcome) for r in about] == [
+        ("agent", "agent", "console", "360", "allowed"),
+        ("agent", "agent", "api", "journey", "allowed"),
+        ("agent", "agent", "api", "audit-export", "refused"),
+    ]
+    assert about[0].as_of is not None
+    assert about[0].as_of.year == 2030
+    searches = [r for _, r in services.access.every() if r.action == "search"]
+    assert [(s.subject, s.outcome) for s in searches] == [(None, "allowed")]
+    stored = b"".join(r.encoded() for _, r in services.access.every())
+    assert b"ada@example.org" not in stored  # the query is not kept
+    assert ("NOPE", "not-found") in [(r.subject, r.outcome) for _, r in services.access.every()]
+
+
+@pytest.mark.parametrize("change", ["edit", "delete", "reorder"])
+def test_a_changed_access_record_is_found_by_verify(logged: dict[str, Any], change: str) -> None:
+    app, services = logged["app"], logged["services"]
+    agent = signed_in(app, "agent")
+    for _ in range(3):
+        agent.get("/customers/C1")
+    services.access.flush()
+    services.audit.checkpoint()
+    assert services.audit.verify().ok
+    key = ACCESS_STREAM.hex
+    with sqlite3.connect(logged["db"]) as conn:
+        rows = conn.execute(
+            "SELECT originator_version, state FROM stored_events WHERE originator_id=? "
+            "ORDER BY originator_version",
+            (key,),
+        ).fetchall()
+        assert len(rows) == 3
+        update = "UPDATE stored_events SET state=? WHERE originator_id=? AND originator_version=?"
+        if change == "edit":
+            forged = bytes(rows[1][1]).replace(b'"agent"', b'"nobody"', 1)
+            conn.execute(update, (forged, key, 2))
+        elif change == "delete":
+            conn.execute(
+                "DELETE FROM stored_events WHERE originator_id=? AND originator_version=2", (key,)
+            )
+        else:
+            first = bytes(rows[0][1]).replace(b'"360"', b'"journey"')  # two that differ
+            conn.execute(update, (bytes(rows[2][1]), key, 1))
+            conn.execute(update, (first, key, 3))
+    report = services.audit.verify()
+    assert not report.ok
+    assert {f.subject for f in report.findings} == {"the access log"}, report.findings
+
+
+def _views(settings: Settings) -> int:
+    with bootstrap.build(settings) as services:
+        return len([r for r in services.access.about("C1") if r.action == "360"])
+
+
+def test_a_crash_loses_at_most_the_last_second(tmp_path: Path) -> None:
+    """Records reach the store within a second while the server runs, so kill -9 loses only
+    those of the second before it."""
+    data = tmp_path / "ledger"
+    cli = [sys.executable, "-m", "crm_ledger.cli", "--data-dir", str(data)]
+    assert subprocess.run([*cli, "init"], capture_output=True, check=False).returncode == 0
+    settings = Settings.from_env({}, data_dir=data)
+    with bootstrap.build(settings) as services:
+        services.ledger.record_many([tp("CustomerRegistered", "C1")])
+    bootstrap.open_users(settings).add("agent", "agent", PASSWORD)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [*cli, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        opener = _signed_in_opener(port, server)
+        for _ in range(3):
+            with opener.open(f"http://127.0.0.1:{port}/customers/C1") as page:
+                assert page.status == 200
+        wait_until(lambda: _views(settings) == 3, 10, "the views appended by the server")
+        server.kill()
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=30)
+    assert _views(settings) == 3
+
+
+def test_a_clean_shutdown_loses_no_record(tmp_path: Path) -> None:
+    data = tmp_path / "ledger"
+    cli = [sys.executable, "-m", "crm_ledger.cli", "--data-dir", str(data)]
+    assert subprocess.run([*cli, "init"], capture_output=True, check=False).returncode == 0
+    settings = Settings.from_env({}, data_dir=data)
+    with bootstrap.build(settings) as services:
+        services.ledger.record_many([tp("CustomerRegistered", "C1")])
+    bootstrap.open_users(settings).add("agent", "agent", PASSWORD)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Records wait an hour for the thread: only the shutdown's own append can save them.
+    env = {**os.environ, "CRM_LEDGER_ACCESS_FLUSH_SECONDS": "3600"}
+    server = subprocess.Popen(
+        [*cli, "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        opener = _signed_in_opener(port, server)
+        for _ in range(5):
+            with opener.open(f"http://127.0.0.1:{port}/customers/C1") as page:
+                assert page.status == 200
+        server.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn stops, the services close
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=30)
+    assert _views(settings) == 5
+
+
+def _signed_in_opener(port: int, server: subprocess.Popen[bytes]) -> Any:
+    def listening() -> bool:
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    wait_until(listening, 60, "crm-ledger serve listening")
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    form = opener.open(f"http://127.0.0.1:{port}/signin").read().decode()
+    marker = 'name="csrf" value="'
+    token = form[form.index(marker) + len(marker) :].split('"', 1)[0]
+    body = urllib.parse.urlencode({"name": "agent", "password": PASSWORD, "csrf": token})
+    opener.open(f"http://127.0.0.1:{port}/signin", body.encode()).read()
+    return opener
