@@ -39,9 +39,9 @@ def test_checkpoint_verify_tamper_and_locate(runner: CliRunner, tmp_path: Path) 
     assert intact.exit_code == 0, intact.output
     assert json.loads(intact.stdout) == {
         "ok": True,
-        "events": 5,
-        "touchpoints": 4,  # the fifth opened the stream
-        "streams": 1,
+        "events": 6,  # the 4 touchpoints, the customer's stream opening, and the access
+        "touchpoints": 4,  # record of the checkpoint (appended when the command ended)
+        "streams": 2,  # C1 and the access log
         "checkpoints": 1,
         "findings": [],
     }

@@ -204,6 +204,18 @@ OPTIONS: dict[str, tuple[list[str], str]] = {
 }
 
 
+#: Bad input that is also an attempt to read a customer's data: recorded in the access log.
+LOGGED_ATTEMPTS = {"an unknown customer": ("360", "nobody", "not-found")}
+
+
+def _touchpoints(ledger_dir: Path) -> int:
+    from crm_ledger import bootstrap
+    from crm_ledger.config import Settings
+
+    with bootstrap.build(Settings.from_env({}, data_dir=ledger_dir)) as services:
+        return services.ledger.count_events()
+
+
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_bad_options_and_arguments_are_one_line(
     name: str, runner: CliRunner, ledger_dir: Path, tmp_path: Path
@@ -222,5 +234,15 @@ def test_bad_options_and_arguments_are_one_line(
     files["{binary}"].write_bytes(os.urandom(2048))
     argv = [str(files.get(a, a)) for a in args]
     before = _fingerprint(ledger_dir)
+    touchpoints_before = _touchpoints(ledger_dir)
     _one_line_exit_1(runner.invoke(cli, ["--data-dir", str(ledger_dir), *argv]), expected)
+    if name in LOGGED_ATTEMPTS:  # the attempt itself is kept: in the access log, and only there
+        from crm_ledger import bootstrap
+        from crm_ledger.config import Settings
+
+        with bootstrap.build(Settings.from_env({}, data_dir=ledger_dir)) as services:
+            last = services.access.every()[-1][1]
+            assert (last.action, last.subject, last.outcome) == LOGGED_ATTEMPTS[name]
+            assert services.ledger.count_events() == touchpoints_before
+        return
     assert _fingerprint(ledger_dir) == before

@@ -4,6 +4,7 @@ found by `audit verify`; a clean shutdown of `crm-ledger serve` loses no record.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from http.cookiejar import CookieJar
 from typing import TYPE_CHECKING, Any
 
@@ -188,3 +190,61 @@ def _signed_in_opener(port: int, server: subprocess.Popen[bytes]) -> Any:
     body = urllib.parse.urlencode({"name": "agent", "password": PASSWORD, "csrf": token})
     opener.open(f"http://127.0.0.1:{port}/signin", body.encode()).read()
     return opener
+
+
+def test_a_page_view_appears_in_the_subject_access_report(
+    logged: dict[str, Any], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from crm_ledger.cli import cli
+
+    app, services = logged["app"], logged["services"]
+    viewed = datetime.now(UTC)
+    assert signed_in(app, "agent").get("/customers/C1").status_code == 200
+    services.access.flush()
+    data = str(logged["db"].parent)
+    out = tmp_path / "c1.json"
+    made = CliRunner().invoke(
+        cli, ["--data-dir", data, "customer", "report", "C1", "--out", str(out)]
+    )
+    assert made.exit_code == 0, made.output
+    report = json.loads(out.read_text())
+    (view,) = [a for a in report["accesses"] if a["action"] == "360"]
+    assert (view["actor"], view["role"], view["client"]) == ("agent", "agent", "console")
+    assert viewed <= datetime.fromisoformat(view["at"]) <= datetime.now(UTC)
+    assert [e["event_type"] for e in report["events"]] == ["CustomerRegistered", "OrderPlaced"]
+    email = report["profile"]["email"]
+    assert "@" in email  # the subject's own data, unmasked
+    assert report["erasure"] == []
+    page = out.with_suffix(".html").read_text()
+    assert "Who accessed this customer" in page
+    assert "<script" not in page
+
+    erased = CliRunner().invoke(cli, ["--data-dir", data, "erase", "C1", "--reason", "art. 17"])
+    assert erased.exit_code == 0, erased.output
+    again = CliRunner().invoke(
+        cli, ["--data-dir", data, "customer", "report", "C1", "--out", str(out)]
+    )
+    assert again.exit_code == 0, again.output
+    after = json.loads(out.read_text())
+    assert after["erasure"][0]["reason"] == "art. 17"
+    assert "Personal data erased" in out.with_suffix(".html").read_text()
+    assert email not in out.read_text()  # unreadable once the key is destroyed
+    actions = [(a["client"], a["action"]) for a in after["accesses"]]
+    assert ("cli", "subject-access-report") in actions  # the first report was itself logged
+    assert ("cli", "erase") in actions
+
+
+def test_the_report_for_admins_in_the_console(logged: dict[str, Any]) -> None:
+    app = logged["app"]
+    users = app.state.console.users
+    users.add("root", "admin", PASSWORD)
+    admin = signed_in(app, "root")
+    assert 'id="report-html"' in admin.get("/customers/C1/audit").text
+    page = admin.get("/customers/C1/report.html")
+    assert page.status_code == 200
+    assert "What the ledger holds on C1" in page.text
+    assert admin.get("/customers/C1/report.json").json()["customer_id"] == "C1"
+    assert admin.get("/customers/C1/report.pdf").status_code == 404
+    assert signed_in(app, "auditor").get("/customers/C1/report.html").status_code == 403

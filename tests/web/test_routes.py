@@ -31,6 +31,7 @@ PATH_VALUES = {
     "{schema_id}": "1",
     "{subject}": "crm_ledger.events.OrderPlaced",
     "{version}": "latest",
+    "{kind}": "html",
 }
 #: What an allowed role gets where it is not 200 (or 303 after a form): this console has no
 #: Kafka, so a redrive says so (tests/integration/test_console_kafka.py redrives for real).

@@ -20,6 +20,7 @@ from crm_ledger.cli.base import (
     emit_record,
     fields_of,
     json_default,
+    logged,
     note,
     open_services,
     pass_context,
@@ -109,7 +110,11 @@ def projections_rebuild(
 
     bootstrap.tune_for_throughput()
     started = time.perf_counter()
-    with open_services(ctx) as services, catch_up_bar(ctx, "rebuilding") as bar:
+    with (
+        open_services(ctx) as services,
+        logged(services, "rebuild", None),
+        catch_up_bar(ctx, "rebuilding") as bar,
+    ):
         live = services.projections.rebuild(
             names, workers=workers, batch_size=batch_size, progress=bar
         )

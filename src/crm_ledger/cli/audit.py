@@ -15,6 +15,7 @@ from crm_ledger.cli.base import (
     emit,
     emit_record,
     fields_of,
+    logged,
     note,
     open_services,
     pass_context,
@@ -23,6 +24,7 @@ from crm_ledger.cli.base import (
 from crm_ledger.errors import (
     InvalidInput,
 )
+from crm_ledger.services.ports import Moment
 
 if TYPE_CHECKING:
     import io
@@ -42,7 +44,7 @@ def audit_checkpoint(ctx: Context) -> None:
     appended to the auditor's copy (CRM_LEDGER_AUDIT_RECEIPTS; default in the key folder),
     against which `audit verify` finds checkpoints removed from the database.
     """
-    with open_services(ctx) as services:
+    with open_services(ctx) as services, logged(services, "checkpoint", None):
         signed = services.audit.checkpoint()
     emit_record(ctx, as_dict(signed), title="checkpoint signed")
 
@@ -103,7 +105,8 @@ def audit_history(ctx: Context, customer_id: str, as_of: str | None) -> None:
     """Every fact about CUSTOMER_ID: who (actor), which service (source), when it occurred
     and when it was recorded, with the event's content and chain hash."""
     as_of_time = recorded_by(ctx, as_of)
-    with open_services(ctx) as services:
+    at = Moment(as_of=as_of_time)
+    with open_services(ctx) as services, logged(services, "audit-history", customer_id, at):
         rows = [as_dict(e) for e in services.audit.history(customer_id, as_of_time)]
     if ctx.output == "table":
         for row in rows:
@@ -127,7 +130,7 @@ def audit_export(ctx: Context, customer_id: str, out: io.TextIOBase) -> None:
     proofs to check them offline (crm-ledger audit verify-export): each event's bytes and
     hashes, the newest checkpoint that signed the stream, and the heads it signed."""
     events = 0
-    with open_services(ctx) as services:
+    with open_services(ctx) as services, logged(services, "audit-export", customer_id):
         for line in services.audit.export(customer_id):
             out.write(json.dumps(line, separators=(",", ":")) + "\n")
             events += line["kind"] == "event"

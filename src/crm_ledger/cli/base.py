@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import getpass
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,12 +24,11 @@ from rich.table import Table
 
 from crm_ledger import __version__
 from crm_ledger.config import Settings
-from crm_ledger.errors import (
-    CrmLedgerError,
-)
+from crm_ledger.errors import CrmLedgerError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from crm_ledger.services import Services
+    from crm_ledger.services.ports import Moment
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "json", "csv")
@@ -280,6 +281,45 @@ def open_services(ctx: Context, label: str | None = None) -> Iterator[Services]:
         return
     with catch_up_bar(ctx, label) as bar, build(ctx.settings, progress=bar) as services:
         yield services
+
+
+@contextlib.contextmanager
+def logged(
+    services: Services, action: str, subject: str | None, at: Moment | None = None
+) -> Iterator[None]:
+    """Record in the access log that this command (run by the operating-system user) read a
+    customer's data or acted as an administrator, and what came of it; appended when the
+    services close, before the command exits."""
+    outcome = "allowed"
+    try:
+        yield
+    except NotFound:
+        outcome = "not-found"
+        raise
+    except InvalidInput:
+        outcome = "invalid"
+        raise
+    except BaseException:
+        outcome = "failed"
+        raise
+    finally:
+        services.access.record(
+            actor=_os_user(),
+            role="cli",
+            client="cli",
+            action=action,
+            subject=subject,
+            outcome=outcome,
+            as_of=at.as_of if at else None,
+            valid_at=at.valid_at if at else None,
+        )
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container, say)
+        return f"uid:{os.getuid()}"
 
 
 @contextlib.contextmanager

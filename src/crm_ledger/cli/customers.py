@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,12 +17,14 @@ from crm_ledger.cli.base import (
     emit,
     emit_record,
     fields_of,
+    logged,
     note,
     open_services,
     parse_when,
     pass_context,
     recorded_by,
 )
+from crm_ledger.errors import InvalidInput
 from crm_ledger.projections.lifetime_value import Value, minor_unit_exponent
 from crm_ledger.services.ports import Moment
 
@@ -131,8 +134,8 @@ def customer_show(
     With --as-of/--valid-at, the customer as the ledger knew them then.
     """
     at = moment_from_options(ctx, as_of, valid_at, snapshot)
-    with read_models(ctx) as models:
-        view = models.view(customer_id, at, last=last)
+    with open_services(ctx, "projecting") as services, logged(services, "360", customer_id, at):
+        view = services.read_models.view(customer_id, at, last=last)
     record_ = _view_record(ctx, view)
     touches = [_touch_row(ctx, t) for t in view.last_touches]
     if ctx.output == "json":
@@ -189,6 +192,45 @@ def _view_record(ctx: Context, view: Customer360View) -> dict[str, Any]:
             record_[f"ltv.{v.currency}.gross_minor"] = v.gross_minor
             record_[f"ltv.{v.currency}.refunded_minor"] = v.refunded_minor
     return record_
+
+
+@customer.command("report")
+@click.argument("customer_id")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="FILE.json or FILE.html; the other of the two is written beside it.",
+)
+@pass_context
+def customer_report(ctx: Context, customer_id: str, out: Path) -> None:
+    """The subject-access report of CUSTOMER_ID (a data subject's request): profile, every
+    event with both times, consent history, identities, merges, value, predictions, and who
+    accessed their data and when; after an erasure, what was erased and when. Written as
+    JSON and as a readable HTML page. Needs the personal data: recorded in the access log."""
+    from crm_ledger.services.reports import subject_access, to_html, to_json
+
+    if out.suffix not in (".json", ".html"):
+        raise InvalidInput(f"--out: FILE.json or FILE.html, got {out}")
+    with (
+        open_services(ctx, "projecting") as services,
+        logged(services, "subject-access-report", customer_id),
+    ):
+        report = subject_access(services, customer_id)
+    written = [out.with_suffix(".json"), out.with_suffix(".html")]
+    written[0].write_text(to_json(report))
+    written[1].write_text(to_html(report))
+    emit_record(
+        ctx,
+        {
+            "customer_id": customer_id,
+            "events": len(report["events"]),
+            "accesses": len(report["accesses"]),
+            "erased": bool(report["erasure"]),
+            "files": [str(p) for p in written],
+        },
+        title="subject-access report",
+    )
 
 
 @customer.command("find")

@@ -18,6 +18,7 @@ from crm_ledger.cli.base import (
     emit,
     emit_record,
     fields_of,
+    logged,
     open_services,
     pass_context,
     progress_bar,
@@ -307,7 +308,7 @@ def dlq_redrive(ctx: Context) -> None:
     to the dead-letter topic. How far redrive got is kept in the ledger, so each dead letter
     is redriven once.
     """
-    with open_services(ctx) as services:
+    with open_services(ctx) as services, logged(services, "redrive", None):
         count = services.kafka.redrive()
     emit_record(ctx, {"redriven": count}, title="dlq redrive")
 

@@ -16,6 +16,7 @@ from crm_ledger.cli.base import (
     cli,
     emit,
     emit_record,
+    logged,
     open_services,
     parse_when,
     pass_context,
@@ -24,6 +25,7 @@ from crm_ledger.cli.base import (
     recorded_by,
 )
 from crm_ledger.errors import InvalidInput
+from crm_ledger.services.ports import Moment
 
 if TYPE_CHECKING:
     import io
@@ -155,7 +157,7 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
     unreadable everywhere; orders, amounts, times and channels remain, so totals stay true.
     Kafka cannot delete single records: copies that services published expire with the
     topics' retention, and the date is printed."""
-    with open_services(ctx) as services:
+    with open_services(ctx) as services, logged(services, "erase", customer_id):
         erased = services.audit.erase(customer_id, reason=reason, actor=actor)
     emit_record(ctx, as_dict(erased), title="erased")
 
@@ -173,7 +175,8 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
 def history(ctx: Context, customer_id: str, as_of: str | None, limit: int | None) -> None:
     """Every stored event of CUSTOMER_ID with occurred and recorded time, source and actor."""
     as_of_time = recorded_by(ctx, as_of)
-    with open_services(ctx) as services:
+    at = Moment(as_of=as_of_time)
+    with open_services(ctx) as services, logged(services, "history", customer_id, at):
         entries = services.records.history(customer_id, as_of=as_of_time, limit=limit)
     if ctx.output == "table":
         rows = [

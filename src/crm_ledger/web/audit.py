@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
+from crm_ledger.errors import NotFound
 from crm_ledger.web.app import plain
 from crm_ledger.web.roles import ADMIN, AGENT, ANALYST, AUDITOR, Access
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from crm_ledger.web.app import Console
 
 AUDITORS = frozenset({AUDITOR, ADMIN})
+ADMINS = frozenset({ADMIN})
 #: Who sees whether a customer's stream is intact (no personal data in it).
 STATUS_READERS = frozenset({AGENT, ANALYST, AUDITOR, ADMIN})
 
@@ -40,6 +42,16 @@ def routes(console: Console) -> list[tuple[Access, Any]]:
                 logged="audit-export",
             ),
             page.export,
+        ),
+        (
+            Access(
+                f"{customer}/report.{{kind}}",
+                ("GET",),
+                ADMINS,
+                True,
+                logged="subject-access-report",
+            ),
+            page.report,
         ),
         (Access("/audit", ("GET",), AUDITORS, False), page.home),
         (
@@ -92,6 +104,29 @@ class _Audit:
         return Response(
             body,
             media_type="application/x-ndjson",
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )
+
+    async def report(self, request: Request, user: User | None) -> Response:
+        """The subject-access report (admins), as JSON or as the readable HTML page."""
+        from crm_ledger.services.reports import subject_access, to_html, to_json
+
+        customer_id, kind = request.path_params["customer_id"], request.path_params["kind"]
+        if kind not in ("json", "html"):
+            raise NotFound(f"no report as {kind!r}: report.json or report.html")
+        report = await self.console.call(lambda s: subject_access(s, customer_id))
+        body, media = (
+            (to_json(report), "application/json")
+            if kind == "json"
+            else (
+                to_html(report),
+                "text/html; charset=utf-8",
+            )
+        )
+        name = f"{customer_id}-subject-access.{kind}"
+        return Response(
+            body,
+            media_type=media,
             headers={"content-disposition": f'attachment; filename="{name}"'},
         )
 

@@ -36,83 +36,26 @@ def routes(console: Console) -> list[tuple[Access, Any]]:
 
     page = _Pages(console)
     public: frozenset[str] = frozenset()
+
+    def reads(path: str, api: bool, logged: str) -> Access:
+        """A GET that shows customers' data, logged in the access log."""
+        return Access(path, ("GET",), CUSTOMER_READERS, api, logged=logged)
+
+    one = "/customers/{customer_id}"
     return [
         *analysis.routes(console),
         *audit.routes(console),
         (Access("/signin", ("GET",), public, False), page.signin_form),
         (Access("/signin", ("POST",), public, False), page.signin),
         (Access("/signout", ("POST",), ANYONE, False), page.signout),
-        (
-            Access(
-                "/",
-                ("GET",),
-                CUSTOMER_READERS,
-                False,
-                logged="search",
-            ),
-            page.search,
-        ),
-        (
-            Access(
-                "/search",
-                ("GET",),
-                CUSTOMER_READERS,
-                False,
-                logged="search",
-            ),
-            page.search_results,
-        ),
-        (
-            Access(
-                "/customers/{customer_id}",
-                ("GET",),
-                CUSTOMER_READERS,
-                False,
-                logged="360",
-            ),
-            page.customer,
-        ),
-        (
-            Access(
-                "/customers/{customer_id}/journey",
-                ("GET",),
-                CUSTOMER_READERS,
-                False,
-                logged="journey",
-            ),
-            page.journey,
-        ),
+        (reads("/", False, "search"), page.search),
+        (reads("/search", False, "search"), page.search_results),
+        (reads(one, False, "360"), page.customer),
+        (reads(f"{one}/journey", False, "journey"), page.journey),
         (Access("/api/me", ("GET",), ANYONE, True), page.api_me),
-        (
-            Access(
-                "/api/customers",
-                ("GET",),
-                CUSTOMER_READERS,
-                True,
-                logged="search",
-            ),
-            page.api_find,
-        ),
-        (
-            Access(
-                "/api/customers/{customer_id}",
-                ("GET",),
-                CUSTOMER_READERS,
-                True,
-                logged="360",
-            ),
-            page.api_customer,
-        ),
-        (
-            Access(
-                "/api/customers/{customer_id}/journey",
-                ("GET",),
-                CUSTOMER_READERS,
-                True,
-                logged="journey",
-            ),
-            page.api_journey,
-        ),
+        (reads("/api/customers", True, "search"), page.api_find),
+        (reads(f"/api{one}", True, "360"), page.api_customer),
+        (reads(f"/api{one}/journey", True, "journey"), page.api_journey),
     ]
 
 
