@@ -248,3 +248,17 @@ def test_the_report_for_admins_in_the_console(logged: dict[str, Any]) -> None:
     assert admin.get("/customers/C1/report.json").json()["customer_id"] == "C1"
     assert admin.get("/customers/C1/report.pdf").status_code == 404
     assert signed_in(app, "auditor").get("/customers/C1/report.html").status_code == 403
+
+
+def test_projections_skip_a_topic_this_version_does_not_know(logged: dict[str, Any]) -> None:
+    """A newer writer's event type in the log (as the access log was to older versions)."""
+    from uuid import uuid4
+
+    from eventsourcing.persistence import StoredEvent
+
+    services = logged["services"]
+    unknown = StoredEvent(uuid4(), 1, "crm_ledger.future:SomethingNew", b'{"x": 1}')
+    services.ledger.recorder.insert_events([unknown])
+    services.ledger.record_many([tp("OrderPlaced", "C1", order_id="after-the-unknown")])
+    services.read_models.catch_up()
+    assert sum(v.orders for v in services.read_models.values("C1")) == 2

@@ -14,7 +14,7 @@ from uuid import UUID
 import orjson
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import Mapper, StoredEvent
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
 from crm_ledger.aggregates import PERSONAL_FIELDS, Customer, customer_uuid
 from crm_ledger.aggregates.envelope import Touched, own_fields
@@ -271,8 +271,13 @@ def _micros_of(text: str) -> int:
 
 @cache
 def _customer_kind(topic: str) -> str | None:
-    """The event class name for a Customer stream's event topic; None for anything else."""
-    cls = resolve_topic(topic)
+    """The event class name for a Customer stream's event topic; None for anything else,
+    topics this version does not know included (a newer writer's), so projections skip them
+    instead of stopping."""
+    try:
+        cls = resolve_topic(topic)
+    except TopicError:
+        return None
     if not (isinstance(cls, type) and cls.__qualname__.startswith("Customer.")):
         return None
     if issubclass(cls, Touched) or cls is Customer.Opened:
