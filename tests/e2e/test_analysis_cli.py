@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from crm_ledger.adapters.sql import SqlProjectionStore, sqlite_engine
+from tests.clock import moment_between
 from tests.e2e.test_cli import run
 
 if TYPE_CHECKING:
@@ -48,8 +48,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     second.write_text("".join(lines[len(lines) // 2 :]))
     assert run(runner, data, "init").exit_code == 0
     assert run(runner, data, "import", str(first)).exit_code == 0
-    between = datetime.now(UTC).isoformat()
-    time.sleep(0.01)
+    between = moment_between().isoformat()
     assert run(runner, data, "import", str(second)).exit_code == 0
     return {
         "data": data,

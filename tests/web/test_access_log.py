@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.cookiejar import CookieJar
 from typing import TYPE_CHECKING, Any
@@ -109,9 +110,9 @@ def _views(settings: Settings) -> int:
         return len([r for r in services.access.about("C1") if r.action == "360"])
 
 
-def test_a_crash_loses_at_most_the_last_second(tmp_path: Path) -> None:
-    """Records reach the store within a second while the server runs, so kill -9 loses only
-    those of the second before it."""
+@contextmanager
+def _served(tmp_path: Path, **env: str) -> Iterator[tuple[Settings, subprocess.Popen[bytes], Any]]:
+    """A ledger with C1 and an agent, `crm-ledger serve` over it, and an opener signed in."""
     data = tmp_path / "ledger"
     cli = [sys.executable, "-m", "crm_ledger.cli", "--data-dir", str(data)]
     assert subprocess.run([*cli, "init"], capture_output=True, check=False).returncode == 0
@@ -122,54 +123,42 @@ def test_a_crash_loses_at_most_the_last_second(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [*cli, "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        opener = _signed_in_opener(port, server)
-        for _ in range(3):
-            with opener.open(f"http://127.0.0.1:{port}/customers/C1") as page:
-                assert page.status == 200
-        wait_until(lambda: _views(settings) == 3, 10, "the views appended by the server")
-        server.kill()
-        server.wait(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.communicate(timeout=30)
-    assert _views(settings) == 3
-
-
-def test_a_clean_shutdown_loses_no_record(tmp_path: Path) -> None:
-    data = tmp_path / "ledger"
-    cli = [sys.executable, "-m", "crm_ledger.cli", "--data-dir", str(data)]
-    assert subprocess.run([*cli, "init"], capture_output=True, check=False).returncode == 0
-    settings = Settings.from_env({}, data_dir=data)
-    with bootstrap.build(settings) as services:
-        services.ledger.record_many([tp("CustomerRegistered", "C1")])
-    bootstrap.open_users(settings).add("agent", "agent", PASSWORD)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # Records wait an hour for the thread: only the shutdown's own append can save them.
-    env = {**os.environ, "CRM_LEDGER_ACCESS_FLUSH_SECONDS": "3600"}
     server = subprocess.Popen(
         [*cli, "serve", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env,
+        env={**os.environ, **env},
     )
     try:
         opener = _signed_in_opener(port, server)
-        for _ in range(5):
-            with opener.open(f"http://127.0.0.1:{port}/customers/C1") as page:
-                assert page.status == 200
-        server.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn stops, the services close
-        assert server.wait(timeout=60) == 0
+        yield settings, server, lambda path: opener.open(f"http://127.0.0.1:{port}{path}")
     finally:
         if server.poll() is None:
             server.kill()
         server.communicate(timeout=30)
+
+
+def test_a_crash_loses_at_most_the_last_second(tmp_path: Path) -> None:
+    """Records reach the store within a second while the server runs, so kill -9 loses only
+    those of the second before it."""
+    with _served(tmp_path) as (settings, server, get):
+        for _ in range(3):
+            with get("/customers/C1") as page:
+                assert page.status == 200
+        wait_until(lambda: _views(settings) == 3, 10, "the views appended by the server")
+        server.kill()
+        server.wait(timeout=30)
+    assert _views(settings) == 3
+
+
+def test_a_clean_shutdown_loses_no_record(tmp_path: Path) -> None:
+    # Records wait an hour for the thread: only the shutdown's own append can save them.
+    with _served(tmp_path, CRM_LEDGER_ACCESS_FLUSH_SECONDS="3600") as (settings, server, get):
+        for _ in range(5):
+            with get("/customers/C1") as page:
+                assert page.status == 200
+        server.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn stops, the services close
+        assert server.wait(timeout=60) == 0
     assert _views(settings) == 5
 
 
