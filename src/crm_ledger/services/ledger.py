@@ -26,7 +26,7 @@ class JsonDecoder(Protocol):
 COUNTS_NOTE = (
     "events: touchpoints received (one per event_id); stored_events: every event in the "
     "log, which audit verify checks: the touchpoints plus those the ledger records itself "
-    "(opening each customer's and organisation's stream)"
+    "(opening each customer's and organisation's stream, and the access log's records)"
 )
 
 
