@@ -251,3 +251,31 @@ def test_projections_skip_a_topic_this_version_does_not_know(logged: dict[str, A
     services.ledger.record_many([tp("OrderPlaced", "C1", order_id="after-the-unknown")])
     services.read_models.catch_up()
     assert sum(v.orders for v in services.read_models.values("C1")) == 2
+
+
+def test_user_changes_are_recorded_once_the_ledger_exists(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from crm_ledger.cli import cli
+
+    data = tmp_path / "ledger"
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--data-dir", str(data), *args])
+
+    early = run("users", "add", "first", "--role", "admin", "--password", PASSWORD)
+    assert early.exit_code == 0, early.output  # before init: no log to record into
+    assert run("init").exit_code == 0
+    assert run("users", "add", "bob", "--role", "agent", "--password", PASSWORD).exit_code == 0
+    assert run("users", "token", "bob").exit_code == 0
+    assert run("users", "disable", "bob").exit_code == 0
+    refused = run("users", "add", "bob", "--role", "agent", "--password", PASSWORD)
+    assert refused.exit_code == 1  # the name is taken
+    with bootstrap.build(Settings.from_env({}, data_dir=data)) as services:
+        changes = [(r.action, r.subject, r.outcome, r.client) for _, r in services.access.every()]
+    assert changes == [
+        ("user-add", "bob", "allowed", "cli"),
+        ("user-token", "bob", "allowed", "cli"),
+        ("user-disable", "bob", "allowed", "cli"),
+        ("user-add", "bob", "invalid", "cli"),
+    ]

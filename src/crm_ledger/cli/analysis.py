@@ -105,7 +105,7 @@ def projections_rebuild(
     """Rebuild projections NAMES (all when none are given) into fresh tables, swapped in
     when caught up. Queries keep using the old tables meanwhile; an interrupted rebuild, run
     again, carries on where it stopped. The heaviest projection gets a process of its own
-    when the machine has more than one core."""
+    when the machine has more than one core. Role: admin (recorded in the access log)."""
     from crm_ledger import bootstrap
 
     bootstrap.tune_for_throughput()

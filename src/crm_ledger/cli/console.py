@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
 import click
 
-from crm_ledger.cli.base import Context, as_dict, cli, emit, emit_record, pass_context
+from crm_ledger.cli.base import (
+    Context,
+    as_dict,
+    cli,
+    emit,
+    emit_record,
+    logged,
+    open_services,
+    pass_context,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROLES = ("agent", "analyst", "auditor", "admin")
 
@@ -35,7 +50,20 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
 @cli.group()
 def users() -> None:
-    """The console's users: names, roles (agent, analyst, auditor, admin), passwords."""
+    """The console's users: names, roles (agent, analyst, auditor, admin), passwords, API
+    tokens. An administrator's act: each change is recorded in the access log (once the
+    ledger exists)."""
+
+
+@contextlib.contextmanager
+def _user_change(ctx: Context, action: str, name: str) -> Iterator[None]:
+    """Record a change of user NAME in the access log, allowed or refused; a key folder
+    without a ledger yet (users made before `init`) has no log to record into."""
+    if not (ctx.settings.database_url or ctx.settings.sqlite_path.exists()):
+        yield
+        return
+    with open_services(ctx) as services, logged(services, action, name):
+        yield
 
 
 @users.command("add")
@@ -47,7 +75,8 @@ def users_add(ctx: Context, name: str, role: str, password: str) -> None:
     """Add user NAME with ROLE."""
     from crm_ledger import bootstrap
 
-    user = bootstrap.open_users(ctx.settings).add(name, role, password)
+    with _user_change(ctx, "user-add", name):
+        user = bootstrap.open_users(ctx.settings).add(name, role, password)
     emit_record(ctx, {"name": user.name, "role": user.role}, title="user added")
 
 
@@ -68,7 +97,8 @@ def users_disable(ctx: Context, name: str) -> None:
     """Stop NAME from signing in (their open sessions end at their next request)."""
     from crm_ledger import bootstrap
 
-    bootstrap.open_users(ctx.settings).disable(name)
+    with _user_change(ctx, "user-disable", name):
+        bootstrap.open_users(ctx.settings).disable(name)
     emit_record(ctx, {"name": name, "disabled": True}, title="user disabled")
 
 
@@ -80,7 +110,8 @@ def users_passwd(ctx: Context, name: str, password: str) -> None:
     """Set NAME's password."""
     from crm_ledger import bootstrap
 
-    bootstrap.open_users(ctx.settings).passwd(name, password)
+    with _user_change(ctx, "user-passwd", name):
+        bootstrap.open_users(ctx.settings).passwd(name, password)
     emit_record(ctx, {"name": name, "password": "changed"}, title="password changed")
 
 
@@ -93,7 +124,8 @@ def users_token(ctx: Context, name: str) -> None:
     is kept."""
     from crm_ledger import bootstrap
 
-    token = bootstrap.open_users(ctx.settings).issue_token(name)
+    with _user_change(ctx, "user-token", name):
+        token = bootstrap.open_users(ctx.settings).issue_token(name)
     click.echo(token)
     click.echo(f"an API token for {name}: shown once, keep it secret", err=True)
 
@@ -105,5 +137,6 @@ def users_revoke_tokens(ctx: Context, name: str) -> None:
     """Revoke every API token of user NAME."""
     from crm_ledger import bootstrap
 
-    count = bootstrap.open_users(ctx.settings).revoke_tokens(name)
+    with _user_change(ctx, "user-revoke-tokens", name):
+        count = bootstrap.open_users(ctx.settings).revoke_tokens(name)
     emit_record(ctx, {"name": name, "revoked": count}, title="tokens revoked")

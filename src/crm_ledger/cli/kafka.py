@@ -306,7 +306,7 @@ def dlq_redrive(ctx: Context) -> None:
 
     The ingest worker then takes them like any other message; one that still fails returns
     to the dead-letter topic. How far redrive got is kept in the ledger, so each dead letter
-    is redriven once.
+    is redriven once. Role: admin (recorded in the access log).
     """
     with open_services(ctx) as services, logged(services, "redrive", None):
         count = services.kafka.redrive()

@@ -156,7 +156,7 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
     data key (and those of customers merged into them). Sealed personal fields become
     unreadable everywhere; orders, amounts, times and channels remain, so totals stay true.
     Kafka cannot delete single records: copies that services published expire with the
-    topics' retention, and the date is printed."""
+    topics' retention, and the date is printed. Role: admin (recorded in the access log)."""
     with open_services(ctx) as services, logged(services, "erase", customer_id):
         erased = services.audit.erase(customer_id, reason=reason, actor=actor)
     emit_record(ctx, as_dict(erased), title="erased")
@@ -173,7 +173,8 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
 @click.option("--limit", type=click.IntRange(1), help="Show only the last N events.")
 @pass_context
 def history(ctx: Context, customer_id: str, as_of: str | None, limit: int | None) -> None:
-    """Every stored event of CUSTOMER_ID with occurred and recorded time, source and actor."""
+    """Every stored event of CUSTOMER_ID with occurred and recorded time, source and actor.
+    Role: agent or auditor (personal data; recorded in the access log)."""
     as_of_time = recorded_by(ctx, as_of)
     at = Moment(as_of=as_of_time)
     with open_services(ctx) as services, logged(services, "history", customer_id, at):
