@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,8 @@ from tests.clock import moment_between
 from tests.factories import AT, tp
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping, Sequence
+    from pathlib import Path
 
 PASSWORD = "correct horse battery"
 
@@ -53,6 +55,25 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         "json": [to_json(e) for e in first + later],
     }
     services.close()
+
+
+@contextmanager
+def console_over(
+    folder: Path, events: Sequence[Any], users: Mapping[str, str]
+) -> Iterator[tuple[Settings, Any, Any]]:
+    """A ledger in ``folder`` holding ``events`` (with its signing key), users by name and
+    role, and the console over it: (settings, services, app); the services closed after."""
+    settings = Settings.from_env({}, data_dir=folder / "ledger")
+    services = bootstrap.build(settings, create=True)
+    try:
+        bootstrap.create_signing_key(settings)
+        services.ledger.record_many(list(events))
+        made = bootstrap.open_users(settings)
+        for name, role in users.items():
+            made.add(name, role, PASSWORD)
+        yield settings, services, create_app(services, made, b"s" * 32)
+    finally:
+        services.close()
 
 
 def _initiative() -> list[Any]:

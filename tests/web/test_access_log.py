@@ -23,10 +23,9 @@ import pytest
 from crm_ledger import bootstrap
 from crm_ledger.application.access import ACCESS_STREAM
 from crm_ledger.config import Settings
-from crm_ledger.web.app import create_app
 from tests.factories import tp
 from tests.integration.conftest import wait_until
-from tests.web.conftest import PASSWORD, signed_in
+from tests.web.conftest import PASSWORD, console_over, signed_in
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,16 +34,10 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def logged(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    settings = Settings.from_env({}, data_dir=tmp_path / "ledger")
-    services = bootstrap.build(settings, create=True)
-    bootstrap.create_signing_key(settings)
-    services.ledger.record_many([tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1")])
-    users = bootstrap.open_users(settings)
-    for role in ("agent", "analyst", "auditor"):
-        users.add(role, role, PASSWORD)
-    app = create_app(services, users, b"s" * 32)
-    yield {"app": app, "services": services, "db": tmp_path / "ledger" / "ledger.sqlite"}
-    services.close()
+    events = [tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1")]
+    roles = {"agent": "agent", "analyst": "analyst", "auditor": "auditor"}
+    with console_over(tmp_path, events, roles) as (_, services, app):
+        yield {"app": app, "services": services, "db": tmp_path / "ledger" / "ledger.sqlite"}
 
 
 def test_views_and_refusals_are_recorded_without_personal_data(logged: dict[str, Any]) -> None:

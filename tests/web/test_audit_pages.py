@@ -15,7 +15,7 @@ from crm_ledger.audit import verify_export
 from crm_ledger.config import Settings
 from crm_ledger.web.app import create_app
 from tests.factories import tp
-from tests.web.conftest import PASSWORD, signed_in
+from tests.web.conftest import PASSWORD, console_over, signed_in
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,17 +24,10 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    settings = Settings.from_env({}, data_dir=tmp_path / "ledger")
-    services = bootstrap.build(settings, create=True)
-    bootstrap.create_signing_key(settings)
-    services.ledger.record_many(
-        [tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1", order_id="O1")]
-    )
-    users = bootstrap.open_users(settings)
-    for role in ("agent", "auditor"):
-        users.add(role, role, PASSWORD)
-    yield {"app": create_app(services, users, b"s" * 32), "services": services, "tmp": tmp_path}
-    services.close()
+    events = [tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1", order_id="O1")]
+    with console_over(tmp_path, events, {"agent": "agent", "auditor": "auditor"}) as made:
+        _, services, app = made
+        yield {"app": app, "services": services, "tmp": tmp_path}
 
 
 def _status(client: Any) -> dict[str, Any]:

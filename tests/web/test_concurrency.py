@@ -12,12 +12,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-from crm_ledger import bootstrap
-from crm_ledger.config import Settings
-from crm_ledger.web.app import SharedGate, create_app
+from crm_ledger.web.app import SharedGate
 from tests.clock import moment_between
 from tests.factories import AT, tp
-from tests.web.conftest import PASSWORD, signed_in
+from tests.web.conftest import console_over, signed_in
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,14 +25,9 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def busy(tmp_path: Any) -> Iterator[dict[str, Any]]:
-    settings = Settings.from_env({}, data_dir=tmp_path / "ledger")
-    services = bootstrap.build(settings, create=True)
-    services.ledger.record_many([tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1")])
-    between = moment_between()
-    users = bootstrap.open_users(settings)
-    users.add("analyst", "admin", PASSWORD)
-    yield {"app": create_app(services, users, b"s" * 32), "services": services, "at": between}
-    services.close()
+    events = [tp("CustomerRegistered", "C1"), tp("OrderPlaced", "C1")]
+    with console_over(tmp_path, events, {"analyst": "admin"}) as (_, services, app):
+        yield {"app": app, "services": services, "at": moment_between()}
 
 
 def _orders(client: TestClient, query: str = "") -> int:

@@ -4,13 +4,14 @@ light modules (no numpy, no SQL), so an entrypoint can name them without loading
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 from crm_ledger.projections.contributions import counts_at, micros
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
-    from datetime import datetime
 
     from crm_ledger.application import LogRecord
     from crm_ledger.projections.contributions import Table
@@ -39,6 +40,20 @@ class Moment:
 
 
 LIVE = Moment()
+
+
+def plain(value: Any) -> Any:
+    """A service result (``dataclasses.asdict`` of it) as JSON values: times in ISO 8601,
+    UUIDs as text, tuples as lists; the shapes the console's JSON and the reports share."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 class QueryStore(Protocol):

@@ -14,9 +14,9 @@ import html
 import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from crm_ledger.errors import CrmLedgerError
+from crm_ledger.services.ports import plain
 
 if TYPE_CHECKING:
     from crm_ledger.services.container import Services
@@ -60,8 +60,8 @@ def subject_access(services: Services, customer_id: str) -> dict[str, Any]:
         "events": [dataclasses.asdict(e) for e in history],
         "accesses": [dataclasses.asdict(r) for r in services.access.about(customer_id)],
     }
-    plain: dict[str, Any] = _plain(report)
-    return plain
+    shaped: dict[str, Any] = plain(report)
+    return shaped
 
 
 def to_json(report: dict[str, Any]) -> str:
@@ -126,15 +126,3 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict | list):
         return html.escape(json.dumps(value, ensure_ascii=False))
     return html.escape(str(value))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, UUID):
-        return str(value)
-    return value

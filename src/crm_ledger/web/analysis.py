@@ -12,9 +12,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from crm_ledger.errors import ConfigurationError, InvalidInput, KafkaUnavailable
 from crm_ledger.projections.lifetime_value import Value
-from crm_ledger.services.ports import Moment
+from crm_ledger.services.ports import Moment, plain
 from crm_ledger.services.predictions import CustomerValue
-from crm_ledger.web.app import plain
 from crm_ledger.web.roles import ADMIN, ANALYST, Access
 
 if TYPE_CHECKING:

@@ -91,18 +91,16 @@ class Console:
         context |= {"user": user, "csrf": csrf_token(request), "path": request.url.path}
         return self.templates.TemplateResponse(request, name, context)
 
-    async def call(self, work: Callable[[Services], T], *, keep: Hashable | None = None) -> T:
-        """``work(services)`` on a worker thread, the read models caught up first when due;
-        with ``keep``, the answer is kept under that key until new records are applied."""
+    async def call(self, work: Callable[[Services], T]) -> T:
+        """``work(services)`` on a worker thread, the read models caught up first when due
+        (one call per page: each call waits its turn for a thread)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._call, work, keep)
+        return await loop.run_in_executor(self._threads, self._call, work)
 
-    def _call(self, work: Callable[[Services], T], keep: Hashable | None) -> T:
+    def _call(self, work: Callable[[Services], T]) -> T:
         self.catch_up_if_due()
         with self.gate.shared():
-            if keep is None:
-                return work(self.services)
-            return self.remembered(keep, lambda: work(self.services))
+            return work(self.services)
 
     def remembered(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, kept under ``key`` until new records are applied (call it inside a
@@ -229,14 +227,14 @@ class SecurityHeaders:
 
 def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
     async def handle(request: Request) -> Response:
-        response = await _answer(request)
-        if access.logged:
-            _log_access(console, request, access, response.status_code)
-        return response
-
-    async def _answer(request: Request) -> Response:
         bearer = _bearer(request)
         user = console.users.by_token(bearer) if bearer else _current_user(console, request)
+        response = await _answer(request, bearer, user)
+        if access.logged:
+            _log_access(console, request, access, response.status_code, user, bearer)
+        return response
+
+    async def _answer(request: Request, bearer: str | None, user: User | None) -> Response:
         if access.roles:
             if user is None:
                 if bearer:
@@ -270,11 +268,16 @@ def _guarded(console: Console, access: Access, endpoint: Any) -> Any:
     return handle
 
 
-def _log_access(console: Console, request: Request, access: Access, status: int) -> None:
+def _log_access(
+    console: Console,
+    request: Request,
+    access: Access,
+    status: int,
+    user: User | None,
+    bearer: str | None,
+) -> None:
     """Queue the access record of a logged route's request (no personal data in it: the
     user's name, the customer's id, the moment asked for, what came of it)."""
-    bearer = _bearer(request)
-    user = console.users.by_token(bearer) if bearer else _current_user(console, request)
     try:
         at = moment_of(request)
     except InvalidInput:
@@ -371,16 +374,6 @@ def moment_of(request: Request) -> Moment:
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
     return Moment(as_of=when("as_of"), valid_at=when("valid_at"))
-
-
-def plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
 
 
 def masked_profile(profile: dict[str, Any], user: User | None) -> dict[str, Any]:

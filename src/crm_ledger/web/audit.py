@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse, Response
 
 from crm_ledger.errors import NotFound
-from crm_ledger.web.app import plain
+from crm_ledger.services.ports import plain
 from crm_ledger.web.roles import ADMIN, AGENT, ANALYST, AUDITOR, Access
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from crm_ledger.errors import CrmLedgerError, InvalidInput
+from crm_ledger.services.ports import plain
 from crm_ledger.web.app import (
     CUSTOMER_READERS,
     JOURNEY_PAGE,
@@ -18,7 +19,6 @@ from crm_ledger.web.app import (
     SIGNIN_WINDOW,
     masked_profile,
     moment_of,
-    plain,
 )
 from crm_ledger.web.roles import ANYONE, Access
 

@@ -137,16 +137,16 @@ class _Registry:
         return self._id(request).schema
 
     async def subjects_of_id(self, request: Request) -> Any:
-        return [self._full_name(self._id(request))]
+        return [self._id(request).full_name]
 
     async def versions_of_id(self, request: Request) -> Any:
         found = self._id(request)
-        return [{"subject": self._full_name(found), "version": found.version}]
+        return [{"subject": found.full_name, "version": found.version}]
 
     # Subjects.
 
     async def subjects(self, request: Request) -> Any:
-        return [self._full_name(self.registry.latest(s)) for s in self.registry.subjects()]
+        return [self.registry.latest(s).full_name for s in self.registry.subjects()]
 
     def _subject(self, request: Request) -> str:
         name = request.path_params["subject"]
@@ -248,15 +248,11 @@ class _Registry:
 
     def _registered(self, version: SchemaVersion) -> dict[str, Any]:
         return {
-            "subject": self._full_name(version),
+            "subject": version.full_name,
             "version": version.version,
             "id": version.schema_id,
             "schema": json.dumps(version.schema),
         }
-
-    @staticmethod
-    def _full_name(version: SchemaVersion) -> str:
-        return version.full_name
 
     async def refuse_change(self, request: Request) -> Any:
         msg = "this registry is read-only: its schemas are a reviewed change to the repository"
