@@ -23,7 +23,7 @@ from crm_ledger.adapters.receipts import ReceiptFile
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.application import Ledger
 from crm_ledger.audit import Auditor
-from crm_ledger.errors import ConfigurationError, StoreUnavailable
+from crm_ledger.errors import AccessDenied, ConfigurationError, StoreUnavailable
 from crm_ledger.projections.customer_search import CustomerSearch, SearchKey
 from crm_ledger.projections.runtime import BUILDING, DEFAULT_BATCH, Projector, all_projections
 from crm_ledger.services import Services, Wiring
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from crm_ledger.adapters.avro import Codec, SchemaRegistry
+    from crm_ledger.adapters.eventstore.roles import RoleAccess, RoleGrant
     from crm_ledger.adapters.kafka import IngestStats as IngestStats  # noqa: PLC0414 (the CLI's)
     from crm_ledger.adapters.kafka import (
         IngestWorker,
@@ -138,6 +139,10 @@ def build(
     (``init``); ``read_only`` queries never catch the read models up."""
     if create:
         open_ledger(settings, create=True).close()
+    if settings.database_url and not read_only:
+        # A role that cannot read the events and their keys (the reader of `db grant`)
+        # answers from the read models as the owner last brought them up to date.
+        read_only = not store_role(settings).may_project
     wiring = Wiring(
         store=settings.store_name,
         location=settings.database_url or str(settings.sqlite_path),
@@ -158,6 +163,50 @@ def build(
         access_flush_seconds=settings.access_flush_seconds,
     )
     return Services(wiring, read_only=read_only, progress=progress)
+
+
+def store_role(settings: Settings) -> RoleAccess:
+    """What the role of ``settings.database_url`` may do in the ledger's schema."""
+    from crm_ledger.adapters.eventstore import roles
+
+    url = settings.database_url
+    if not url:
+        msg = "roles apply to a PostgreSQL store; pass --database-url"
+        raise ConfigurationError(msg)
+    return roles.role_access(url, settings.database_schema)
+
+
+def grant_roles(settings: Settings, prefix: str | None = None) -> list[RoleGrant]:
+    """Set up the owner, writer and reader roles on the configured PostgreSQL ledger."""
+    from crm_ledger.adapters.eventstore import roles
+
+    url = settings.database_url
+    if not url:
+        msg = "roles apply to a PostgreSQL store; pass --database-url"
+        raise ConfigurationError(msg)
+    schema = settings.database_schema
+    ledger = open_ledger(settings)
+    try:
+        recorder = cast("Any", ledger.ledger_recorder)
+        events, snapshots = recorder.events_table_name, recorder.snapshots_table
+    finally:
+        ledger.close()
+    open_projection_store(settings).dispose()  # the read models' own tables exist first
+    chosen = prefix or ("crm_ledger" if schema == "public" else f"crm_ledger_{schema}")
+    return roles.grant_roles(url, schema, prefix=chosen, events=events, snapshots=snapshots)
+
+
+def refusal(settings: Settings, error: BaseException) -> AccessDenied | None:
+    """``error`` as one line naming the refused role, if PostgreSQL refused a privilege."""
+    if not settings.database_url:
+        return None
+    from crm_ledger.adapters.eventstore import roles
+
+    found = roles.refusal(error)
+    if found is None:
+        return None
+    user = roles.url_user(settings.database_url)
+    return AccessDenied(f"PostgreSQL refused role {user}: {found} (see `crm-ledger db --help`)")
 
 
 def open_export(path: Path, columns: Mapping[str, str]) -> ExportWriter:

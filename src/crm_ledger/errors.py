@@ -22,6 +22,7 @@
     ├── ConfigurationError              settings that cannot work
     ├── StoreUnavailable                the event store cannot be reached or opened
     │   └── KafkaUnavailable            the Kafka cluster cannot be reached, or refused a request
+    ├── AccessDenied                    the store or the cluster refused the connected role
     ├── PositionConflict                another process moved a read model's position first
     └── UntrustedSnapshot               a stored snapshot whose seal does not match (never used)
 
@@ -158,6 +159,10 @@ class StoreUnavailable(CrmLedgerError):
 
 class KafkaUnavailable(StoreUnavailable):
     """The Kafka cluster cannot be reached, or refused a request."""
+
+
+class AccessDenied(CrmLedgerError):
+    """The store or the cluster refused the role this process connects as."""
 
 
 class PositionConflict(CrmLedgerError):

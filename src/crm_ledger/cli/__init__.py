@@ -7,6 +7,7 @@ from crm_ledger.cli import (  # noqa: F401  (each module registers its commands)
     clv,
     console,
     customers,
+    db,
     exports,
     kafka,
     ledger,

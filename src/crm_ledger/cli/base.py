@@ -178,6 +178,22 @@ class LedgerGroup(click.Group):
             ctx.exit(1)
         except BrokenPipeError:
             ctx.exit(1)
+        except Exception as e:
+            denied = _refused(ctx, e)
+            if denied is None:
+                raise
+            click.echo(f"crm-ledger: error: {denied}", err=True)
+            ctx.exit(1)
+
+
+def _refused(ctx: click.Context, error: Exception) -> CrmLedgerError | None:
+    """``error`` as one line if the store refused the connected role a privilege."""
+    obj = ctx.find_object(Context)
+    if obj is None or not obj.settings.database_url:
+        return None
+    from crm_ledger import bootstrap
+
+    return bootstrap.refusal(obj.settings, error)
 
 
 @click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -298,6 +314,9 @@ def logged(
         raise
     except InvalidInput:
         outcome = "invalid"
+        raise
+    except Exception as e:
+        outcome = "refused" if _refused(click.get_current_context(), e) else "failed"
         raise
     except BaseException:
         outcome = "failed"

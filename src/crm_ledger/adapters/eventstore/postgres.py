@@ -454,9 +454,9 @@ def check_postgres_ledger(url: str, schema: str) -> None:
     """Raise StoreUnavailable unless ``schema`` holds a ledger."""
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            # pg_tables lists every table, information_schema only those the role may use.
             found = conn.execute(
-                "SELECT 1 FROM information_schema.tables "
-                "WHERE table_schema=%s AND table_name='ledger_receipts'",
+                "SELECT 1 FROM pg_tables WHERE schemaname=%s AND tablename='ledger_receipts'",
                 [schema],
             ).fetchone()
     except psycopg.OperationalError as e:
@@ -485,14 +485,25 @@ def postgres_env(url: str, schema: str = "public") -> dict[str, str]:
         "APPLICATION_RECORDER_TOPIC": f"{__name__}:LedgerPostgresRecorder",
         "MAPPER_TOPIC": get_topic(LedgerMapper),
     }
-    _create_schema(url, schema)
+    # A role without DDL in the schema (the writer or reader of `db grant`) leaves the
+    # tables as the owner made them.
+    env["CREATE_TABLE"] = "yes" if _create_schema(url, schema) else "no"
     return env
 
 
-def _create_schema(url: str, schema: str) -> None:
+def _create_schema(url: str, schema: str) -> bool:
+    """Create ``schema`` if it is missing; whether the connected role may create in it."""
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute(
+                "SELECT has_schema_privilege(current_user, oid, 'CREATE') "
+                "FROM pg_namespace WHERE nspname=%s",
+                [schema],
+            ).fetchone()
+            if row is not None:
+                return bool(row[0])
             conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+            return True
     except psycopg.OperationalError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"cannot reach PostgreSQL at {_redact(url)}: {first_line}"
