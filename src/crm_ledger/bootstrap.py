@@ -34,13 +34,14 @@ if TYPE_CHECKING:
 
     from crm_ledger.adapters.avro import Codec, SchemaRegistry
     from crm_ledger.adapters.eventstore.roles import RoleAccess, RoleGrant
-    from crm_ledger.adapters.kafka import IngestStats as IngestStats  # noqa: PLC0414 (the CLI's)
     from crm_ledger.adapters.kafka import (
+        AclBinding,
         IngestWorker,
         KafkaSettings,
         KafkaTopics,
         Publisher,
     )
+    from crm_ledger.adapters.kafka import IngestStats as IngestStats  # noqa: PLC0414 (the CLI's)
     from crm_ledger.adapters.registry_client import Pushed
     from crm_ledger.adapters.users import UserFile
     from crm_ledger.audit import AuditStore, SnapshotCheck
@@ -278,7 +279,8 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
             "--bootstrap-servers (scripts/kafka_server.sh start runs one and prints its address)"
         )
         raise ConfigurationError(msg)
-    from crm_ledger.adapters.kafka import KafkaSettings  # kafka-python: only when needed
+    # kafka-python: only when needed
+    from crm_ledger.adapters.kafka import KafkaSettings, security_config
 
     return KafkaSettings(
         bootstrap=settings.kafka_bootstrap,
@@ -291,7 +293,23 @@ def kafka_settings(settings: Settings) -> KafkaSettings:
         # Heartbeats a third of the session, as Kafka advises.
         heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 100),
         check_keys=settings.kafka_check_keys,
+        user=settings.kafka_user,
+        security=security_config(
+            user=settings.kafka_user,
+            password=settings.kafka_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ca_file=settings.kafka_ca_file,
+        ),
     )
+
+
+def kafka_acls(settings: Settings, roles: Sequence[tuple[str, str]]) -> list[AclBinding]:
+    """Grant each (role, user) of ``roles`` its ACLs (creating the topics first); with none,
+    the ACLs as they stand."""
+    from crm_ledger.adapters.kafka import grant_acls, list_acls
+
+    chosen = kafka_settings(settings)
+    return grant_acls(chosen, roles) if roles else list_acls(chosen)
 
 
 def open_publisher(settings: Settings) -> Publisher:

@@ -52,6 +52,12 @@ class Settings:
     kafka_session_timeout_ms: int = 10_000
     #: Dead-letter messages whose Kafka key is not their event's customer_id.
     kafka_check_keys: bool = True
+    #: SASL: the user this process authenticates as, its password, the mechanism, and the
+    #: CA file that turns on TLS (SASL_SSL).
+    kafka_user: str | None = None
+    kafka_password: str | None = field(default=None, repr=False)
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_ca_file: str | None = None
     #: A server appends queued access records this often (the most a crash can lose).
     access_flush_seconds: int = 1
 
@@ -117,7 +123,25 @@ def _kafka_values(env: Mapping[str, str]) -> dict[str, Any]:
         )
     if env.get(f"{ENV_PREFIX}KAFKA_CHECK_KEYS"):
         values["kafka_check_keys"] = _flag(f"{ENV_PREFIX}KAFKA_CHECK_KEYS", env)
+    for name in ("user", "password", "sasl_mechanism", "ca_file"):
+        if env.get(f"{ENV_PREFIX}KAFKA_{name.upper()}"):
+            values[f"kafka_{name}"] = env[f"{ENV_PREFIX}KAFKA_{name.upper()}"]
+    if env.get(f"{ENV_PREFIX}KAFKA_PASSWORD_FILE"):
+        values["kafka_password"] = read_secret(Path(env[f"{ENV_PREFIX}KAFKA_PASSWORD_FILE"]))
     return values
+
+
+def read_secret(path: Path) -> str:
+    """A password kept in a file (its first line), or a ConfigurationError naming the file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        msg = f"cannot read the password file {path}: {getattr(e, 'strerror', None) or e}"
+        raise ConfigurationError(msg) from None
+    if not lines or not lines[0]:
+        msg = f"the password file {path} is empty"
+        raise ConfigurationError(msg)
+    return lines[0]
 
 
 def _flag(name: str, env: Mapping[str, str]) -> bool:

@@ -219,3 +219,51 @@ def stored_touchpoints(ledger: Ledger) -> list[tuple[str, Stored]]:
                 )
                 out.append((str(event.event_id), stored))
         start = page[-1].id + 1
+
+
+@dataclass(frozen=True)
+class Sasl:
+    """The broker's SASL/SCRAM listener and its users (made by the storage tool at format)."""
+
+    bootstrap: str
+    passwords: dict[str, str]
+
+    def client(self, user: str, password: str | None = None) -> dict[str, Any]:
+        """kafka-python settings to connect as ``user``."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": user,
+            "sasl_plain_password": password or self.passwords[user],
+        }
+
+    def env(self, kafka: KafkaSettings, user: str, folder: Path) -> dict[str, str]:
+        """Environment for a `crm-ledger` process acting as ``user`` on these topics (its
+        password in a file, as a service keeps it)."""
+        secret = folder / f"{user}.password"
+        secret.write_text(self.passwords.get(user, "not-the-password") + "\n")
+        secret.chmod(0o600)
+        return {
+            **kafka_env(kafka),
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CRM_LEDGER_KAFKA_USER": user,
+            "CRM_LEDGER_KAFKA_PASSWORD_FILE": str(secret),
+        }
+
+
+@pytest.fixture(scope="session")
+def sasl(kafka_bootstrap: str) -> Sasl:
+    """The SASL listener of the broker scripts/kafka_server.sh runs (a failure if it is not
+    that broker: an external KAFKA_BOOTSTRAP_SERVERS has no users this suite knows)."""
+    shown = subprocess.run(
+        [str(KAFKA_SCRIPT), "sasl"], capture_output=True, text=True, check=False, timeout=60
+    )
+    lines = shown.stdout.split()
+    if shown.returncode != 0 or len(lines) < 3:
+        pytest.fail(
+            "the ACL tests need the SASL/SCRAM listener of scripts/kafka_server.sh "
+            f"(`scripts/kafka_server.sh sasl` said: {shown.stderr.strip()[-500:]})"
+        )
+    pairs = iter(lines[1:])
+    return Sasl(lines[0], dict(zip(pairs, pairs, strict=True)))

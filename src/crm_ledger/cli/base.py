@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from crm_ledger import __version__
-from crm_ledger.config import Settings
+from crm_ledger.config import Settings, read_secret
 from crm_ledger.errors import CrmLedgerError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -232,6 +232,27 @@ def _refused(ctx: click.Context, error: Exception) -> CrmLedgerError | None:
     help="Kafka cluster for publish, ingest, dlq and lag [env KAFKA_BOOTSTRAP_SERVERS].",
 )
 @click.option(
+    "--kafka-user",
+    metavar="NAME",
+    help="SASL user to authenticate to Kafka as [env CRM_LEDGER_KAFKA_USER].",
+)
+@click.option(
+    "--kafka-password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File whose first line is the Kafka user's password [env CRM_LEDGER_KAFKA_PASSWORD "
+    "or CRM_LEDGER_KAFKA_PASSWORD_FILE].",
+)
+@click.option(
+    "--kafka-sasl-mechanism",
+    type=click.Choice(["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]),
+    help="SASL mechanism [env CRM_LEDGER_KAFKA_SASL_MECHANISM; default SCRAM-SHA-512].",
+)
+@click.option(
+    "--kafka-ca-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="CA certificate that turns on TLS to Kafka (SASL_SSL) [env CRM_LEDGER_KAFKA_CA_FILE].",
+)
+@click.option(
     "--format",
     "output",
     type=click.Choice(FORMATS),
@@ -248,6 +269,10 @@ def cli(
     schemas_dir: Path | None,
     keys_dir: Path | None,
     bootstrap_servers: str | None,
+    kafka_user: str | None,
+    kafka_password_file: Path | None,
+    kafka_sasl_mechanism: str | None,
+    kafka_ca_file: str | None,
     output: str,
 ) -> None:
     """crm-ledger: every customer touchpoint as an immutable, schema-checked event.
@@ -262,6 +287,10 @@ def cli(
         schemas_dir=schemas_dir,
         keys_dir=keys_dir,
         kafka_bootstrap=bootstrap_servers,
+        kafka_user=kafka_user,
+        kafka_password=read_secret(kafka_password_file) if kafka_password_file else None,
+        kafka_sasl_mechanism=kafka_sasl_mechanism,
+        kafka_ca_file=kafka_ca_file,
     )
     ctx.obj = Context(settings, output)
 

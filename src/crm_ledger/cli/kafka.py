@@ -324,3 +324,44 @@ def lag_(ctx: Context) -> None:
         [as_dict(r) for r in rows],
         title=f"lag (total {sum(r.lag for r in rows)})",
     )
+
+
+ACLS_HELP = """Kafka principals and ACLs: least privilege on the ledger's topics.
+
+\b
+With no option, lists the ACLs on the touchpoint and dead-letter topics and the ingest
+group. Each option grants a SASL user one role (repeat it for more users):
+  --service USER   Write on the touchpoint topic: publish, and nothing else
+  --worker USER    Read on the touchpoint topic and the ingest group, Write on the
+                   dead-letter topic: `crm-ledger ingest`
+  --operator USER  Read on the dead-letter topic, Write on the touchpoint topic:
+                   `dlq list`, `dlq redrive`, `lag`
+Run it as a super user or a principal allowed to create topics and ACLs; it creates the
+topics first. The cluster must run an authorizer with allow.everyone.if.no.acl.found=false
+(scripts/kafka_server.sh's test broker does, on its SASL listener). Users authenticate with
+--kafka-user and --kafka-password-file (or CRM_LEDGER_KAFKA_USER / _PASSWORD).
+"""
+
+
+@cli.group()
+def kafka() -> None:
+    """Kafka administration: principals and ACLs."""
+
+
+@kafka.command(help=ACLS_HELP)
+@click.option("--service", "services", multiple=True, metavar="USER")
+@click.option("--worker", "workers", multiple=True, metavar="USER")
+@click.option("--operator", "operators", multiple=True, metavar="USER")
+@pass_context
+def acls(
+    ctx: Context, services: tuple[str, ...], workers: tuple[str, ...], operators: tuple[str, ...]
+) -> None:
+    from crm_ledger import bootstrap
+
+    roles = [("service", u) for u in services] + [("worker", u) for u in workers]
+    roles += [("operator", u) for u in operators]
+    bindings = bootstrap.kafka_acls(ctx.settings, roles)
+    emit(ctx, [as_dict(b) for b in bindings], title="ACLs", columns=ACL_COLUMNS)
+
+
+ACL_COLUMNS = ("principal", "operation", "resource_type", "resource", "permission")

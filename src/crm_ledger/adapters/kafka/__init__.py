@@ -1,6 +1,7 @@
 """Kafka transport: the Publisher, the exactly-once ingest worker, the dead-letter topic and lag.
 The only importer of kafka-python."""
 
+from crm_ledger.adapters.kafka.acls import AclBinding, grant_acls, list_acls
 from crm_ledger.adapters.kafka.client import (
     DLQ_TOPIC,
     GROUP,
@@ -9,6 +10,7 @@ from crm_ledger.adapters.kafka.client import (
     KafkaSettings,
     ensure_topics,
     max_message_bytes,
+    security_config,
 )
 from crm_ledger.adapters.kafka.ingest import IngestStats, IngestWorker, dead_letter_headers
 from crm_ledger.adapters.kafka.operations import (
@@ -27,6 +29,7 @@ __all__ = [
     "GROUP",
     "HEADER_ROOM",
     "TOPIC",
+    "AclBinding",
     "DeadLetter",
     "IngestStats",
     "IngestWorker",
@@ -38,8 +41,11 @@ __all__ = [
     "dead_letter_headers",
     "dead_letters",
     "ensure_topics",
+    "grant_acls",
     "lag",
+    "list_acls",
     "max_message_bytes",
     "read_topic",
     "redrive",
+    "security_config",
 ]

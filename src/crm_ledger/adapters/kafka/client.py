@@ -10,16 +10,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    AuthorizationError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from kafka.record.default_records import DefaultRecordBatch
 
-from crm_ledger.errors import (
-    KafkaUnavailable,
-)
+from crm_ledger.errors import AccessDenied, KafkaUnavailable
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 
 log = logging.getLogger("crm_ledger.ingest")
@@ -100,6 +104,11 @@ def _lenient_header_names() -> None:
 
 _lenient_header_names()
 
+# kafka-python warns on every SASL_PLAINTEXT connection that credentials go "in the clear";
+# with SCRAM they never do (a salted challenge and proof), so the warning is only noise in
+# the worker's log. PLAIN keeps its warning.
+logging.getLogger("kafka.net.sasl.scram").setLevel(logging.ERROR)
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
@@ -115,24 +124,76 @@ class KafkaSettings:
     heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
     #: Dead-letter a message whose key is not its event's customer_id.
     check_keys: bool = True
+    #: The principal this process authenticates as (SASL), if any.
+    user: str | None = None
+    #: kafka-python's security settings (security_protocol, sasl_*, ssl_cafile).
+    security: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def principal(self) -> str:
+        """Who the broker sees: the SASL user, or ANONYMOUS."""
+        return f"User:{self.user}" if self.user else "User:ANONYMOUS"
 
 
-def connect(client: Callable[..., T], bootstrap: str, **config: Any) -> T:
+def security_config(
+    *, user: str | None, password: str | None, mechanism: str, ca_file: str | None
+) -> tuple[tuple[str, str], ...]:
+    """kafka-python's settings for SASL (SCRAM or PLAIN), over TLS when ``ca_file`` is given."""
+    config: dict[str, str] = {}
+    if ca_file:
+        config |= {"security_protocol": "SSL", "ssl_cafile": ca_file}
+    if user:
+        protocol = "SASL_SSL" if ca_file else "SASL_PLAINTEXT"
+        config |= {
+            "security_protocol": protocol,
+            "sasl_mechanism": mechanism,
+            "sasl_plain_username": user,
+            "sasl_plain_password": password or "",
+        }
+    return tuple(sorted(config.items()))
+
+
+def refused(settings: KafkaSettings, error: BaseException, doing: str) -> AccessDenied | None:
+    """``error`` as one line naming the principal, if the cluster refused it."""
+    if isinstance(error, AuthorizationError):
+        reason = type(error).__name__.removesuffix("Error")
+        return AccessDenied(
+            f"Kafka refused {settings.principal} {doing}: {reason} (see `crm-ledger kafka "
+            "acls --help` for what each principal may do)"
+        )
+    return None
+
+
+def connect(client: Callable[..., T], settings: KafkaSettings, **config: Any) -> T:
     """A kafka-python client, or KafkaUnavailable saying why there is none."""
+    bootstrap = settings.bootstrap
     try:
-        return client(bootstrap_servers=bootstrap, bootstrap_timeout_ms=10_000, **config)
+        return client(
+            bootstrap_servers=bootstrap,
+            bootstrap_timeout_ms=10_000,
+            **dict(settings.security),
+            **config,
+        )
+    except KafkaTimeoutError as e:
+        if settings.user:
+            msg = (
+                f"cannot reach Kafka at {bootstrap} as {settings.principal}: no broker answered, "
+                "or it refused the user's password or SASL mechanism"
+            )
+            raise AccessDenied(msg) from None
+        raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {e}") from None
     except KafkaError as e:
         raise KafkaUnavailable(f"cannot reach Kafka at {bootstrap}: {e}") from None
 
 
-def new_consumer(bootstrap: str, **config: Any) -> KafkaConsumer:
-    return connect(KafkaConsumer, bootstrap, metrics_enabled=False, **config)
+def new_consumer(settings: KafkaSettings, **config: Any) -> KafkaConsumer:
+    return connect(KafkaConsumer, settings, metrics_enabled=False, **config)
 
 
-def new_producer(bootstrap: str, **config: Any) -> KafkaProducer:
+def new_producer(settings: KafkaSettings, **config: Any) -> KafkaProducer:
     return connect(
         KafkaProducer,
-        bootstrap,
+        settings,
         acks="all",
         enable_idempotence=True,
         allow_auto_create_topics=False,
@@ -141,12 +202,15 @@ def new_producer(bootstrap: str, **config: Any) -> KafkaProducer:
     )
 
 
-def ensure_topics(settings: KafkaSettings) -> int:
+def ensure_topics(settings: KafkaSettings, needed: Sequence[str] | None = None) -> int:
     """Create the touchpoint and dead-letter topics if missing, with bounded retention, and
     let the dead-letter topic take the largest message the touchpoint topic takes plus the
-    dead-letter headers. Returns the dead-letter topic's largest message, in bytes."""
+    dead-letter headers. Returns the dead-letter topic's largest message, in bytes.
+
+    A principal that may not manage topics (a service, the ingest worker under `kafka acls`)
+    needs only that the topics it uses (``needed``; both by default) exist for it."""
     config = {"retention.ms": str(settings.retention_days * DAY_MS)}
-    admin = connect(KafkaAdminClient, settings.bootstrap, request_timeout_ms=30_000)
+    admin = connect(KafkaAdminClient, settings, request_timeout_ms=30_000)
     try:
         _create(admin, settings.topic, settings.partitions, config)
         source_max = max_message_bytes(admin, settings.topic)
@@ -161,11 +225,32 @@ def ensure_topics(settings: KafkaSettings) -> int:
                 configs={"max.message.bytes": str(dlq_max)},
             )
             admin.alter_configs([resource])
+    except AuthorizationError:
+        names = list(needed or (settings.topic, settings.dlq_topic))
+        _check_visible(admin, settings, names)
+        dlq_max = BROKER_MAX_MESSAGE_BYTES + HEADER_ROOM
     except KafkaError as e:
         raise KafkaUnavailable(f"cannot set up the topics at {settings.bootstrap}: {e}") from None
     finally:
         admin.close()
     return dlq_max
+
+
+def _check_visible(admin: Any, settings: KafkaSettings, names: Sequence[str]) -> None:
+    """Raise AccessDenied unless every topic of ``names`` exists for this principal."""
+    try:
+        visible = set(admin.list_topics())
+    except KafkaError as e:
+        raise KafkaUnavailable(f"cannot list topics at {settings.bootstrap}: {e}") from None
+    missing = [name for name in names if name not in visible]
+    if missing:
+        msg = (
+            f"Kafka refused {settings.principal} to create topics, and "
+            f"{', '.join(missing)} does not exist or is not granted to it: an administrator "
+            "creates the topics and grants access with `crm-ledger kafka acls`"
+        )
+        raise AccessDenied(msg)
+    _wait_until_led(admin, list(names))
 
 
 def _create(admin: Any, name: str, partitions: int, config: dict[str, str]) -> bool:
@@ -219,6 +304,9 @@ def max_message_bytes(admin: Any, topic: str) -> int:
     """The largest message ``topic`` accepts (its own setting or the broker's default)."""
     resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None})
     described = admin.describe_configs([resource], config_filter="all")
+    if not any(by_name.get(topic) for by_name in described.values()):
+        # Every topic has configs: none means the principal may not describe them.
+        raise TopicAuthorizationFailedError
     for by_name in described.values():
         entry = by_name.get(topic, {}).get("max.message.bytes")
         if entry and entry.get("value"):

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, OffsetOutOfRangeError
+from kafka.errors import AuthorizationError, KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from crm_ledger.adapters.kafka.client import (
@@ -25,6 +25,7 @@ from crm_ledger.adapters.kafka.client import (
     ensure_topics,
     new_consumer,
     new_producer,
+    refused,
     wait_for_partitions,
 )
 from crm_ledger.application import OutboxLetter, Position
@@ -141,7 +142,7 @@ class IngestWorker:
         self.stats = IngestStats()
         dlq_bytes = ensure_topics(settings)
         self._consumer = new_consumer(
-            settings.bootstrap,
+            settings,
             group_id=settings.group,
             enable_auto_commit=False,
             # Never reset silently: every position comes from the ledger (or the beginning),
@@ -158,7 +159,7 @@ class IngestWorker:
         # A send never blocks for long (a stop must come within seconds): what is not sent
         # stays in the outbox.
         self._dlq = new_producer(
-            settings.bootstrap, max_request_size=dlq_bytes, max_block_ms=int(SEND_TIMEOUT_S * 1000)
+            settings, max_request_size=dlq_bytes, max_block_ms=int(SEND_TIMEOUT_S * 1000)
         )
         wait_for_partitions(self._consumer, settings.topic)
         self._consumer.subscribe([settings.topic], listener=_SeekToLedger(self))
@@ -247,6 +248,9 @@ class IngestWorker:
             polled = self._consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=limit)
         except OffsetOutOfRangeError as e:
             raise ConfigurationError(self._out_of_range(e)) from None
+        except AuthorizationError as e:
+            doing = f"reading {self.settings.topic} in group {self.settings.group}"
+            raise refused(self.settings, e, doing) or KafkaUnavailable(str(e)) from None
         except Exception as e:  # the broker is away, or a fetch cannot be read
             self._poll_failures += 1
             retriable = isinstance(e, KafkaError) and e.retriable

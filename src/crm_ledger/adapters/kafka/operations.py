@@ -15,9 +15,7 @@ from crm_ledger.adapters.kafka.client import (
     new_producer,
 )
 from crm_ledger.application import Position
-from crm_ledger.errors import (
-    CrmLedgerError,
-)
+from crm_ledger.errors import AccessDenied, CrmLedgerError
 
 if TYPE_CHECKING:
     from crm_ledger.application import Ledger
@@ -41,11 +39,17 @@ class DeadLetter:
     headers: dict[str, str]
 
 
-def read_topic(bootstrap: str, topic: str, start: dict[int, int] | None = None) -> list[Any]:
+def read_topic(
+    settings: KafkaSettings, topic: str, start: dict[int, int] | None = None
+) -> list[Any]:
     """Every record of ``topic`` from ``start`` (partition -> offset) to its current end."""
-    consumer = new_consumer(bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = new_consumer(settings, enable_auto_commit=False, group_id=None)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions and settings.user:
+            # A topic the principal may not describe looks like one that does not exist.
+            msg = f"Kafka refused {settings.principal} reading {topic}: it does not exist or "
+            raise AccessDenied(msg + "is not granted (see `crm-ledger kafka acls --help`)")
         if not partitions:
             return []
         consumer.assign(partitions)
@@ -73,7 +77,7 @@ def dead_letters(settings: KafkaSettings, start: dict[int, int] | None = None) -
             r.value,
             {k: v.decode(errors="replace") for k, v in r.headers},
         )
-        for r in read_topic(settings.bootstrap, settings.dlq_topic, start)
+        for r in read_topic(settings, settings.dlq_topic, start)
     ]
 
 
@@ -88,7 +92,7 @@ def redrive(settings: KafkaSettings, ledger: Ledger) -> list[DeadLetter]:
     letters = dead_letters(settings, done)
     if not letters:
         return []
-    producer = new_producer(settings.bootstrap, max_request_size=ensure_topics(settings))
+    producer = new_producer(settings, max_request_size=ensure_topics(settings))
     try:
         futures = [
             producer.send(
@@ -127,7 +131,7 @@ class Lag:
 
 def lag(settings: KafkaSettings, ledger: Ledger) -> list[Lag]:
     """Per partition: the ledger's stored position against the topic's end offset."""
-    consumer = new_consumer(settings.bootstrap, group_id=None)
+    consumer = new_consumer(settings, group_id=None)
     try:
         partitions = [
             TopicPartition(settings.topic, p)

@@ -12,6 +12,7 @@ from crm_ledger.adapters.kafka.client import (
     KafkaSettings,
     ensure_topics,
     new_producer,
+    refused,
 )
 from crm_ledger.aggregates import check_touchpoint
 from crm_ledger.errors import (
@@ -61,9 +62,9 @@ class Publisher:
         self.settings = settings
         self.codec = codec
         self._clock = clock or (lambda: datetime.now(UTC))
-        ensure_topics(settings)
+        ensure_topics(settings, needed=[settings.topic])
         self._producer = new_producer(
-            settings.bootstrap,
+            settings,
             linger_ms=linger_ms,
             batch_size=batch_bytes,
             max_in_flight_requests_per_connection=5,
@@ -117,6 +118,9 @@ class Publisher:
         try:
             meta = future.get(timeout=DELIVERY_TIMEOUT_S)
         except KafkaError as e:
+            denied = refused(self.settings, e, f"writing to {self.settings.topic}")
+            if denied is not None:  # every other event would be refused the same way
+                raise denied from None
             return PublishResult(tp.event_id, tp.customer_id, None, None, repr(e))
         return PublishResult(tp.event_id, tp.customer_id, meta.partition, meta.offset)
 
