@@ -5,7 +5,7 @@ hash chain, data keys, checkpoints and outbox, written in the same transaction a
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import psycopg
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -467,12 +467,18 @@ def check_postgres_ledger(url: str, schema: str) -> None:
         raise StoreUnavailable(msg)
 
 
-def postgres_env(url: str, schema: str = "public") -> dict[str, str]:
-    """eventsourcing settings for a PostgreSQL URL; creates ``schema`` if it is missing."""
+def check_url(url: str) -> SplitResult:
+    """``url``'s parts, or a ConfigurationError unless it names a PostgreSQL database."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
         msg = f"database URL must look like postgresql://user@host:5432/dbname, got {url!r}"
         raise ConfigurationError(msg)
+    return parts
+
+
+def postgres_env(url: str, schema: str = "public") -> dict[str, str]:
+    """eventsourcing settings for a PostgreSQL URL; creates ``schema`` if it is missing."""
+    parts = check_url(url)
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": unquote(parts.path.strip("/")),

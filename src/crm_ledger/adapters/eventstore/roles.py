@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from psycopg.sql import SQL, Identifier, Literal
 
+from crm_ledger.adapters.eventstore.postgres import check_url
 from crm_ledger.application.access import ACCESS_STREAM
 from crm_ledger.errors import StoreUnavailable
 
@@ -280,6 +281,7 @@ class _Plan:
 def role_access(url: str, schema: str) -> RoleAccess:
     """What the role ``url`` connects as may do in ``schema``: catching the read models up
     takes reading the data keys and writing the read models' table of positions."""
+    check_url(url)
     keys, sets = f'"{schema}".ledger_keys', f'"{schema}".crm_projection_sets'
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
