@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from crm_ledger import bootstrap
+from crm_ledger.adapters.avro import to_json
 from crm_ledger.application.access import ACCESS_STREAM
 from crm_ledger.config import Settings
 from tests.factories import tp
@@ -272,3 +273,25 @@ def test_user_changes_are_recorded_once_the_ledger_exists(tmp_path: Path) -> Non
         ("user-disable", "bob", "allowed", "cli"),
         ("user-add", "bob", "invalid", "cli"),
     ]
+
+
+def test_a_personal_export_is_recorded_and_a_plain_one_is_not(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from crm_ledger.cli import cli
+
+    data = tmp_path / "ledger"
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--data-dir", str(data), *args])
+
+    assert run("init").exit_code == 0
+    source = tmp_path / "events.jsonl"
+    source.write_text(json.dumps(to_json(tp("CustomerRegistered", "C1"))) + "\n")
+    assert run("import", str(source)).exit_code == 0
+    assert run("export", "customers", "--out", str(tmp_path / "plain.csv")).exit_code == 0
+    personal = run("export", "customers", "--include-personal", "--out", str(tmp_path / "p.csv"))
+    assert personal.exit_code == 0, personal.output
+    with bootstrap.build(Settings.from_env({}, data_dir=data)) as services:
+        records = [(r.action, r.outcome, r.client) for _, r in services.access.every()]
+    assert records == [("export-personal", "allowed", "cli")]

@@ -105,7 +105,8 @@ def projections_rebuild(
     """Rebuild projections NAMES (all when none are given) into fresh tables, swapped in
     when caught up. Queries keep using the old tables meanwhile; an interrupted rebuild, run
     again, carries on where it stopped. The heaviest projection gets a process of its own
-    when the machine has more than one core. Role: admin (recorded in the access log)."""
+    when the machine has more than one core. Role: admin (recorded in the access log); on a
+    shared PostgreSQL store, a login in the owner role (`crm-ledger db --help`)."""
     from crm_ledger import bootstrap
 
     bootstrap.tune_for_throughput()

@@ -43,7 +43,7 @@ def audit_checkpoint(ctx: Context) -> None:
     The signature covers every field and the link to the previous checkpoint; the receipt is
     appended to the auditor's copy (CRM_LEDGER_AUDIT_RECEIPTS; default in the key folder),
     against which `audit verify` finds checkpoints removed from the database. Role: auditor
-    or admin (recorded in the access log).
+    or admin (recorded in the access log); on a shared PostgreSQL store, the owner role.
     """
     with open_services(ctx) as services, logged(services, "checkpoint", None):
         signed = services.audit.checkpoint()
@@ -130,7 +130,8 @@ def audit_export(ctx: Context, customer_id: str, out: io.TextIOBase) -> None:
     """Write CUSTOMER_ID's stored events as JSON Lines for an external auditor, with the
     proofs to check them offline (crm-ledger audit verify-export): each event's bytes and
     hashes, the newest checkpoint that signed the stream, and the heads it signed. Role:
-    auditor (recorded in the access log)."""
+    auditor (recorded in the access log); on a shared PostgreSQL store, the owner role (the
+    reader may not read customers' events)."""
     events = 0
     with open_services(ctx) as services, logged(services, "audit-export", customer_id):
         for line in services.audit.export(customer_id):

@@ -132,7 +132,8 @@ def customer_show(
     organisations, lifetime value, latest touches, open tickets and latest survey score.
 
     With --as-of/--valid-at, the customer as the ledger knew them then. Role: agent
-    (personal data; recorded in the access log).
+    (personal data; recorded in the access log); on a shared PostgreSQL store, not the reader
+    role, which may not read customers' events (`crm-ledger db --help`).
     """
     at = moment_from_options(ctx, as_of, valid_at, snapshot)
     with open_services(ctx, "projecting") as services, logged(services, "360", customer_id, at):
@@ -208,7 +209,8 @@ def customer_report(ctx: Context, customer_id: str, out: Path) -> None:
     """The subject-access report of CUSTOMER_ID (a data subject's request): profile, every
     event with both times, consent history, identities, merges, value, predictions, and who
     accessed their data and when; after an erasure, what was erased and when. Written as
-    JSON and as a readable HTML page. Role: admin (recorded in the access log)."""
+    JSON and as a readable HTML page. Role: admin (recorded in the access log); on a shared
+    PostgreSQL store, the owner role."""
     from crm_ledger.services.reports import subject_access, to_html, to_json
 
     if out.suffix not in (".json", ".html"):

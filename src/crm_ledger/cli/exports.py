@@ -3,6 +3,7 @@ notebooks."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from crm_ledger.cli.base import (
     as_dict,
     cli,
     emit_record,
+    logged,
     open_services,
     pass_context,
     progress_bar,
@@ -48,6 +50,10 @@ def export(
       crm-ledger export orders --out orders.parquet
       crm-ledger export timeline --customer C000142 --out c142.csv
       crm-ledger export customers --include-personal --out customers.jsonl
+
+    Role: analyst; with --include-personal, admin (recorded in the access log). On a shared
+    PostgreSQL store the reader role exports what the read models hold; personal fields
+    take the owner role.
     """
     started = time.perf_counter()
     bar = progress_bar(ctx)
@@ -58,9 +64,12 @@ def export(
         bar.update(task, completed=rows, rate=f"{rate:,.0f}")
 
     with bar, open_services(ctx, "projecting") as services:
-        done = services.exports.export(
-            kind, out, customer=customer, include_personal=include_personal, progress=progress
-        )
+        # Personal data in bulk is an administrative act: it goes in the access log.
+        reading = logged(services, "export-personal", customer) if include_personal else None
+        with reading or contextlib.nullcontext():
+            done = services.exports.export(
+                kind, out, customer=customer, include_personal=include_personal, progress=progress
+            )
     emit_record(
         ctx, as_dict(done) | {"seconds": round(time.perf_counter() - started, 2)}, title="exported"
     )

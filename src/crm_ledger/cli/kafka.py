@@ -306,7 +306,8 @@ def dlq_redrive(ctx: Context) -> None:
 
     The ingest worker then takes them like any other message; one that still fails returns
     to the dead-letter topic. How far redrive got is kept in the ledger, so each dead letter
-    is redriven once. Role: admin (recorded in the access log).
+    is redriven once. Role: admin (recorded in the access log); Kafka: a principal with the
+    operator ACLs (`crm-ledger kafka acls --help`).
     """
     with open_services(ctx) as services, logged(services, "redrive", None):
         count = services.kafka.redrive()

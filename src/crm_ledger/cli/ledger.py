@@ -156,7 +156,8 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
     data key (and those of customers merged into them). Sealed personal fields become
     unreadable everywhere; orders, amounts, times and channels remain, so totals stay true.
     Kafka cannot delete single records: copies that services published expire with the
-    topics' retention, and the date is printed. Role: admin (recorded in the access log)."""
+    topics' retention, and the date is printed. Role: admin (recorded in the access log); on
+    a shared PostgreSQL store, a login in the owner role (`crm-ledger db --help`)."""
     with open_services(ctx) as services, logged(services, "erase", customer_id):
         erased = services.audit.erase(customer_id, reason=reason, actor=actor)
     emit_record(ctx, as_dict(erased), title="erased")
@@ -174,7 +175,8 @@ def erase(ctx: Context, customer_id: str, reason: str, actor: str | None) -> Non
 @pass_context
 def history(ctx: Context, customer_id: str, as_of: str | None, limit: int | None) -> None:
     """Every stored event of CUSTOMER_ID with occurred and recorded time, source and actor.
-    Role: agent or auditor (personal data; recorded in the access log)."""
+    Role: agent or auditor (personal data; recorded in the access log); on a shared PostgreSQL
+    store, not the reader role."""
     as_of_time = recorded_by(ctx, as_of)
     at = Moment(as_of=as_of_time)
     with open_services(ctx) as services, logged(services, "history", customer_id, at):
