@@ -83,3 +83,24 @@ def written_file(command: str, cwd: Path) -> Path | None:
     """The file a line writes (``--out FILE`` or ``> FILE``), if any."""
     m = re.search(r"(?:--out|--chart|>)\s+(\S+)", command.split(" #", maxsplit=1)[0])
     return cwd / m.group(1) if m else None
+
+
+def run_refusing(example: Example, cwd: Path, env: dict[str, str], refusal: str) -> list[str]:
+    """Run every command of ``example``: one whose comment says "refused" must exit 1 with
+    one line starting with ``refusal``; every other must succeed and print something. Their
+    outputs, in order."""
+    outputs = []
+    for command in example.commands():
+        result = shell(command, cwd, env)
+        where = f"README line {example.line}: {command}"
+        if "# refused" in command:
+            assert result.returncode == 1, f"{where}\n{result.stdout}{result.stderr}"
+            lines = [x for x in result.stderr.splitlines() if not x.startswith("{")]
+            assert len(lines) == 1, f"{where}\n{result.stderr}"
+            assert lines[0].startswith(refusal), f"{where}\n{lines[0]}"
+            outputs.append(lines[0])
+            continue
+        assert result.returncode == 0, f"{where}\n{result.stderr}"
+        assert result.stdout.strip(), f"{where} printed nothing"
+        outputs.append(result.stdout)
+    return outputs

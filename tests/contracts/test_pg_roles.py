@@ -16,6 +16,7 @@ from crm_ledger.adapters.eventstore import drop_postgres_schema
 from crm_ledger.application import Ledger
 from crm_ledger.application.access import ACCESS_STREAM
 from crm_ledger.cli import cli
+from tests.readme import examples, run_refusing, shell
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -204,3 +205,32 @@ def _env(granted: Granted) -> dict[str, str]:
     from crm_ledger.adapters.eventstore import postgres_env
 
     return postgres_env(granted.url, granted.schema)
+
+
+def test_the_readme_examples_run_as_written(pg_url: str, pg_schema: str, tmp_path: Path) -> None:
+    env = {
+        "CRM_LEDGER_DATABASE_URL": pg_url,
+        "CRM_LEDGER_DATABASE_SCHEMA": pg_schema,
+        "CRM_LEDGER_DATA_DIR": str(tmp_path / "data"),
+    }
+    for setup in ("init", "generate --customers 60 --out h.jsonl", "import h.jsonl"):
+        done = shell(f"crm-ledger {setup}", tmp_path, env)
+        assert done.returncode == 0, done.stderr
+    login, group = f"ana_{pg_schema}", f"crm_ledger_{pg_schema}"
+    try:
+        [block] = examples("postgres-roles")
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            shell(block.commands()[0], tmp_path, env)  # db grant makes the group roles
+            conn.execute(f'CREATE ROLE "{login}" LOGIN IN ROLE "{group}_reader"'.encode())
+        env["ANALYST_URL"] = pg_url.replace("postgres@", f"{login}@", 1)
+        outputs = run_refusing(
+            block, tmp_path, env, f"crm-ledger: error: PostgreSQL refused role {login}"
+        )
+        assert "C000042" in outputs[2]
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            drop_postgres_schema(pg_url, pg_schema)
+            conn.execute(f'DROP ROLE IF EXISTS "{login}"'.encode())
+            for role in ("owner", "writer", "reader"):
+                conn.execute(f'DROP OWNED BY "{group}_{role}"'.encode())
+                conn.execute(f'DROP ROLE "{group}_{role}"'.encode())

@@ -41,6 +41,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_every_cli_block_in_the_readme_is_marked_and_run() -> None:
     assert unmarked_cli_blocks() == []
     every = ("demo", "demo-setup", "cdnow", "python", "kafka", "kafka-python", "console")
+    every += ("postgres-roles", "kafka-acls")
     assert {e.kind for e in examples(*every)} == set(every)
     assert sum(len(e.commands()) for e in examples("demo")) >= 40
 
