@@ -4,8 +4,10 @@ serve`, and --clients concurrent clients for --seconds over HTTP on a realistic 
 e-mail, the 360, a journey page, the value list, a 360 as of a past moment), against the same
 service calls made in-process in the same run (the baseline).
 
-The last line is a JSON object: events, requests, rps, errors, and per page kind p50_ms,
-p95_ms and p99_ms; inprocess_p95_ms per kind.
+With --access-log both (the default) the same load runs twice, the access log off then on;
+the last line is a JSON object: events, requests, rps, errors (with the access log on; the
+same with an _access_off suffix), per page kind p50_ms, p95_ms, p99_ms (both ways),
+inprocess_p95_ms and access_log_p95_ratio (on / off), and access_log_p95_ratio_max.
 """
 
 from __future__ import annotations
@@ -167,12 +169,56 @@ def in_process(
     return p95
 
 
+#: `crm-ledger serve` with the access log's records dropped (the product has no switch).
+WITHOUT_ACCESS_LOG = (
+    "import sys; from crm_ledger.services.access import AccessLog; "
+    "AccessLog.record = lambda *a, **k: None; from crm_ledger.cli import main; main()"
+)
+
+
+def serve_and_load(
+    folder: Path, mode: str, args: argparse.Namespace, sample: list[dict[str, str]], between: str
+) -> tuple[dict[str, list[float]], int]:
+    """Serve the ledger (access log ``mode`` on or off) and load it for --seconds."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = ["-m", "crm_ledger.cli"] if mode == "on" else ["-c", WITHOUT_ACCESS_LOG]
+    server = subprocess.Popen(
+        [sys.executable, *launcher, "--data-dir", str(folder), "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("crm-ledger serve did not start")
+                time.sleep(0.1)
+        print(f"access log {mode}: loading for {args.seconds:.0f} s")
+        return load(port, args.seconds, args.clients, sample, between)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     """Build, serve, load, compare, print."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--access-log",
+        choices=("on", "off", "both"),
+        default="both",
+        help="serve with the access log on, off (its records dropped), or both in turn "
+        "(off first), to measure what it costs",
+    )
     parser.add_argument(
         "--keep",
         type=Path,
@@ -186,54 +232,32 @@ def main() -> None:
         settings, sample, between, events = built(folder, args.events)
         print(f"ledger of {events:,} events ready in {time.perf_counter() - started:.0f} s")
         inproc = in_process(settings, sample, between, 100)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "crm_ledger.cli",
-                "--data-dir",
-                str(folder),
-                "serve",
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        sys.exit("crm-ledger serve did not start")
-                    time.sleep(0.1)
-            timings, errors = load(port, args.seconds, args.clients, sample, between)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    requests = sum(len(v) for v in timings.values())
-    figures: dict[str, Any] = {
-        "events": events,
-        "clients": args.clients,
-        "requests": requests,
-        "rps": round(requests / args.seconds, 1),
-        "errors": errors,
-    }
-    for kind, samples in timings.items():
-        q = statistics.quantiles(samples, n=100) if len(samples) > 1 else samples * 100
-        figures[kind] = {
-            "requests": len(samples),
-            "p50_ms": round(q[49], 1),
-            "p95_ms": round(q[94], 1),
-            "p99_ms": round(q[98], 1),
-            "inprocess_p95_ms": inproc[kind],
+        runs = {
+            mode: serve_and_load(folder, mode, args, sample, between)
+            for mode in (["off", "on"] if args.access_log == "both" else [args.access_log])
         }
+    figures: dict[str, Any] = {"events": events, "clients": args.clients}
+    for mode, (timings, errors) in runs.items():
+        requests = sum(len(v) for v in timings.values())
+        suffix = "" if mode == "on" else "_access_off"
+        figures[f"requests{suffix}"] = requests
+        figures[f"rps{suffix}"] = round(requests / args.seconds, 1)
+        figures[f"errors{suffix}"] = errors
+        for kind, samples in timings.items():
+            q = statistics.quantiles(samples, n=100) if len(samples) > 1 else samples * 100
+            row = figures.setdefault(kind, {"inprocess_p95_ms": inproc[kind]})
+            row[f"requests{suffix}"] = len(samples)
+            row[f"p50_ms{suffix}"] = round(q[49], 1)
+            row[f"p95_ms{suffix}"] = round(q[94], 1)
+            row[f"p99_ms{suffix}"] = round(q[98], 1)
+    if len(runs) == 2:
+        for kind in KINDS:
+            row = figures[kind]
+            row["access_log_p95_ratio"] = round(row["p95_ms"] / row["p95_ms_access_off"], 3)
+        figures["access_log_p95_ratio_max"] = max(
+            figures[kind]["access_log_p95_ratio"] for kind in KINDS
+        )
+    for kind in KINDS:
         print(f"{kind}: {figures[kind]}")
     print(json.dumps(figures))
 

@@ -111,6 +111,11 @@ class Changes:
                 else:
                     add(table_name, row)
 
+    @property
+    def empty(self) -> bool:
+        """Whether no record contributed a row."""
+        return not any(self.appended.values()) and not any(self.merged.values())
+
     def rows(self, table_name: str) -> list[dict[str, Any]]:
         """The combined rows of one table, as dicts."""
         table = self.tables[table_name]

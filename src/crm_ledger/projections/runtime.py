@@ -162,7 +162,7 @@ class Projector:
     def catch_up(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Bring every live set up to the head of the log (building the missing ones first,
         and rebuilding those whose code changed since they were built); the number of
-        records applied."""
+        records applied (0 when the new records changed no row, as the access log's)."""
         live = self.live()
         missing = [
             name
@@ -310,7 +310,8 @@ class Projector:
                 changes.add_all(target.projection, records)
                 writes.append(SetWrite(current, changes, page.last))
                 positions[target.projection.name] = _moved(current, page.last)
-                in_batch += len(records)
+                if not changes.empty:  # records no read model takes (the access log's) move
+                    in_batch += len(records)  # the position only
             try:
                 self.store.write(writes)
             except PositionConflict:
