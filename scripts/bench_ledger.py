@@ -12,6 +12,12 @@ a larger first-generation GC threshold); record_many is also timed with Python's
 SQLite always; PostgreSQL too when --database-url (or CRM_LEDGER_BENCH_DATABASE_URL) is given.
 The last output line is a JSON object: events, store, record_many_eps, naive_eps, ratio (for
 SQLite), with a nested "postgres" object of the same figures when PostgreSQL was measured.
+
+With several sizes (``--events 100000,1000000,3000000``) each store also records the largest
+number of events into one ledger, with the chain and sealing on, and reports per size
+record_many_eps_100k, _1m, _3m (the average rate over the first N events, as the ledger
+grows), marginal_eps_* (the rate over the last tenth before N: what an append costs at that
+size), flatness (the largest size's average rate / the smallest's) and marginal_flatness.
 """
 
 from __future__ import annotations
@@ -69,6 +75,50 @@ def time_naive(env: dict[str, str], events: list[Touchpoint]) -> float:
     return len(events) / elapsed
 
 
+def size_name(size: int) -> str:
+    """100k, 1m, 3m, 2.5m."""
+    if size >= 1_000_000:
+        return f"{size / 1_000_000:g}m"
+    return f"{size / 1000:g}k"
+
+
+def time_sweep(
+    env: dict[str, str], events: list[Touchpoint], batch: int, sizes: list[int]
+) -> dict[str, Any]:
+    """Record every event into one ledger; the average and marginal rate at each size."""
+    reached: dict[int, float] = {}
+    marks = sorted({*sizes, *(n - n // 10 for n in sizes)})
+    with Ledger(env) as ledger:
+        started = time.perf_counter()
+        done = 0
+        for start in range(0, len(events), batch):
+            chunk = events[start : start + batch]
+            if ledger.record_many(chunk).rejected:
+                raise SystemExit("bench: unexpected rejections in the sweep")
+            done += len(chunk)
+            for mark in marks:
+                if mark not in reached and done >= mark:
+                    reached[mark] = time.perf_counter() - started
+            if done in sizes or any(done >= n > done - len(chunk) for n in sizes):
+                print(
+                    f"    {done:>10,} events: {done / reached[max(m for m in reached)]:,.0f} ev/s"
+                )
+    figures: dict[str, Any] = {}
+    for n in sizes:
+        name = size_name(n)
+        window = n // 10
+        figures[f"record_many_eps_{name}"] = round(n / reached[n])
+        figures[f"marginal_eps_{name}"] = round(window / (reached[n] - reached[n - window]))
+    low, high = size_name(min(sizes)), size_name(max(sizes))
+    figures["flatness"] = round(
+        figures[f"record_many_eps_{high}"] / figures[f"record_many_eps_{low}"], 3
+    )
+    figures["marginal_flatness"] = round(
+        figures[f"marginal_eps_{high}"] / figures[f"marginal_eps_{low}"], 3
+    )
+    return figures
+
+
 def sample_of_customers(events: list[Touchpoint], share: float) -> list[Touchpoint]:
     """The complete histories of every k-th subject, in the original order."""
     subjects = sorted({e.customer_id for e in events})
@@ -78,8 +128,17 @@ def sample_of_customers(events: list[Touchpoint], share: float) -> list[Touchpoi
 
 
 def measure(
-    store: str, make_env: Any, events: list[Touchpoint], naive_share: float, batch: int
+    store: str,
+    make_env: Any,
+    events: list[Touchpoint],
+    naive_share: float,
+    batch: int,
+    sizes: list[int],
 ) -> dict[str, Any]:
+    if len(sizes) > 1:
+        bootstrap.tune_for_throughput()
+        print(f"{store:>8}: sweep to {max(sizes):,} events")
+        return {"store": store, **time_sweep(make_env(), events, batch, sizes)}
     naive_sample = sample_of_customers(events, naive_share)
     gc_default = gc.get_threshold()
     fast_default_gc = time_record_many(make_env(), events, batch)
@@ -109,7 +168,12 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument(
+        "--events",
+        type=lambda text: sorted(int(n) for n in text.split(",")),
+        default=[100_000],
+        help="events to record; a comma list (100000,1000000,3000000) sweeps the sizes",
+    )
     parser.add_argument(
         "--naive-share",
         type=float,
@@ -121,7 +185,8 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("CRM_LEDGER_BENCH_DATABASE_URL"))
     args = parser.parse_args()
 
-    events = synthetic_events(args.events, args.seed)
+    sizes: list[int] = args.events
+    events = synthetic_events(max(sizes), args.seed)
     gc.freeze()  # the harness's input events are not the ledger's work: do not rescan them
     print(
         f"bench_ledger: {len(events):,} synthetic events of "
@@ -132,7 +197,7 @@ def main() -> None:
         def sqlite() -> dict[str, str]:
             return sqlite_env(str(Path(folder) / f"{uuid.uuid4().hex}.sqlite"))
 
-        result = measure("sqlite", sqlite, events, args.naive_share, args.batch_size)
+        result = measure("sqlite", sqlite, events, args.naive_share, args.batch_size, sizes)
 
     if args.database_url:
         schemas: list[str] = []
@@ -143,7 +208,7 @@ def main() -> None:
 
         try:
             result["postgres"] = measure(
-                "postgres", postgres, events, args.naive_share, args.batch_size
+                "postgres", postgres, events, args.naive_share, args.batch_size, sizes
             )
         finally:
             for schema in schemas:
