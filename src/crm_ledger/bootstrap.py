@@ -170,21 +170,14 @@ def store_role(settings: Settings) -> RoleAccess:
     """What the role of ``settings.database_url`` may do in the ledger's schema."""
     from crm_ledger.adapters.eventstore import roles
 
-    url = settings.database_url
-    if not url:
-        msg = "roles apply to a PostgreSQL store; pass --database-url"
-        raise ConfigurationError(msg)
-    return roles.role_access(url, settings.database_schema)
+    return roles.role_access(_postgres_url(settings), settings.database_schema)
 
 
 def grant_roles(settings: Settings, prefix: str | None = None) -> list[RoleGrant]:
     """Set up the owner, writer and reader roles on the configured PostgreSQL ledger."""
     from crm_ledger.adapters.eventstore import roles
 
-    url = settings.database_url
-    if not url:
-        msg = "roles apply to a PostgreSQL store; pass --database-url"
-        raise ConfigurationError(msg)
+    url = _postgres_url(settings)
     schema = settings.database_schema
     ledger = open_ledger(settings)
     try:
@@ -195,6 +188,13 @@ def grant_roles(settings: Settings, prefix: str | None = None) -> list[RoleGrant
     open_projection_store(settings).dispose()  # the read models' own tables exist first
     chosen = prefix or ("crm_ledger" if schema == "public" else f"crm_ledger_{schema}")
     return roles.grant_roles(url, schema, prefix=chosen, events=events, snapshots=snapshots)
+
+
+def _postgres_url(settings: Settings) -> str:
+    if not settings.database_url:
+        msg = "roles apply to a PostgreSQL store; pass --database-url"
+        raise ConfigurationError(msg)
+    return settings.database_url
 
 
 def refusal(settings: Settings, error: BaseException) -> AccessDenied | None:

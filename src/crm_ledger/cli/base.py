@@ -345,7 +345,8 @@ def logged(
         outcome = "invalid"
         raise
     except Exception as e:
-        outcome = "refused" if _refused(click.get_current_context(), e) else "failed"
+        ctx = click.get_current_context(silent=True)
+        outcome = "refused" if ctx is not None and _refused(ctx, e) else "failed"
         raise
     except BaseException:
         outcome = "failed"
