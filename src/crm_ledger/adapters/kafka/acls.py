@@ -13,6 +13,7 @@ Describe comes with each of these; creating topics stays with the administrator 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,7 @@ from crm_ledger.adapters.kafka.client import KafkaSettings, connect, ensure_topi
 from crm_ledger.errors import KafkaUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 #: Role -> (operation, resource type, which resource) it is granted.
 GRANTS: dict[str, tuple[tuple[ACLOperation, ResourceType, str], ...]] = {
@@ -76,33 +77,29 @@ def grant_acls(settings: KafkaSettings, roles: Sequence[tuple[str, str]]) -> lis
         for role, user in roles
         for operation, kind, which in GRANTS[role]
     ]
-    admin = connect(KafkaAdminClient, settings, request_timeout_ms=30_000)
-    try:
+    with _admin(settings, "managing ACLs") as admin:
         if acls:
-            result = admin.create_acls(acls)
-            failed = result.get("failed") or []
+            failed = admin.create_acls(acls).get("failed") or []
             if failed:
-                error = failed[0]() if isinstance(failed[0], type) else failed[0]
-                raise refused(settings, error, "creating ACLs") or KafkaUnavailable(
-                    f"Kafka refused the ACLs: {error}"
-                )
+                raise failed[0]() if isinstance(failed[0], type) else failed[0]
         return _bindings(admin, settings)
-    except KafkaError as e:
-        raise refused(settings, e, "managing ACLs") or KafkaUnavailable(
-            f"cannot manage ACLs at {settings.bootstrap}: {e}"
-        ) from None
-    finally:
-        admin.close()
 
 
 def list_acls(settings: KafkaSettings) -> list[AclBinding]:
     """Every ACL on the touchpoint and dead-letter topics and the ingest group."""
+    with _admin(settings, "describing ACLs") as admin:
+        return _bindings(admin, settings)
+
+
+@contextlib.contextmanager
+def _admin(settings: KafkaSettings, doing: str) -> Iterator[KafkaAdminClient]:
+    """An admin client; a Kafka error inside is one line (naming the principal if refused)."""
     admin = connect(KafkaAdminClient, settings, request_timeout_ms=30_000)
     try:
-        return _bindings(admin, settings)
+        yield admin
     except KafkaError as e:
-        raise refused(settings, e, "describing ACLs") or KafkaUnavailable(
-            f"cannot describe ACLs at {settings.bootstrap}: {e}"
+        raise refused(settings, e, doing) or KafkaUnavailable(
+            f"Kafka failed {doing} at {settings.bootstrap}: {e}"
         ) from None
     finally:
         admin.close()
