@@ -59,9 +59,12 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
                 "PRIMARY KEY (source, partition))"
             ).format(schema),
         ]
-        self._insert_receipts = SQL("INSERT INTO {}.ledger_receipts VALUES (%s,%s,%s)").format(
-            schema
-        )
+        # One statement per table and batch (unnest over column arrays): executemany sent a
+        # statement per row, and receipts and chain rows took a third of an append's time.
+        self._insert_receipts = SQL(
+            "INSERT INTO {}.ledger_receipts SELECT * FROM unnest(%s::uuid[], %s::uuid[], "
+            "%s::bigint[])"
+        ).format(schema)
         self._upsert_position = SQL(
             "INSERT INTO {}.ledger_positions AS p VALUES (%s,%s,%s) "
             "ON CONFLICT (source, partition) "
@@ -101,15 +104,23 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
         self._chain(curs, stored_events)
         keys = self.data_keys.take_pending()
         if keys:
-            curs.executemany(
-                SQL("INSERT INTO {}.ledger_keys VALUES (%s,%s,NULL)").format(self._schema), keys
+            curs.execute(
+                SQL(
+                    "INSERT INTO {}.ledger_keys SELECT k.o, k.d, NULL "
+                    "FROM unnest(%s::bytea[], %s::bytea[]) AS k(o, d)"
+                ).format(self._schema),
+                [list(column) for column in zip(*keys, strict=True)],
             )
         records = batch_records(kwargs)
         receipts = records.receipts
         if receipts:
-            curs.executemany(
+            curs.execute(
                 self._insert_receipts,
-                [(r.event_id, r.originator_id, r.originator_version) for r in receipts],
+                [
+                    [r.event_id for r in receipts],
+                    [r.originator_id for r in receipts],
+                    [r.originator_version for r in receipts],
+                ],
             )
         positions = records.positions
         if positions:
@@ -146,9 +157,14 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
                 for r in curs.fetchall()
             }
         links = self.heads.chain(streams, stored_events, found)
-        curs.executemany(
-            SQL("INSERT INTO {}.ledger_chain VALUES (%s,%s,%s,%s)").format(self._schema), links
-        )
+        if links:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {}.ledger_chain SELECT * FROM unnest(%s::bytea[], %s::bigint[], "
+                    "%s::bytea[], %s::bytea[])"
+                ).format(self._schema),
+                [list(column) for column in zip(*links, strict=True)],
+            )
 
     def load_key(self, stream: bytes) -> bytes | None:
         """The stream's data key; None if it has none or it was destroyed."""
