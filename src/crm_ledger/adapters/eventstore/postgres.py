@@ -103,26 +103,20 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
         self._chain(curs, stored_events)
         # Receipts, chain rows and keys go in one unnest statement per table and batch:
         # executemany sent a statement per row, a third of an append's time.
-        keys = self.data_keys.take_pending()
-        if keys:
-            curs.execute(
-                SQL(
-                    "INSERT INTO {}.ledger_keys SELECT k.o, k.d, NULL "
-                    "FROM unnest(%s::bytea[], %s::bytea[]) AS k(o, d)"
-                ).format(self._schema),
-                [list(column) for column in zip(*keys, strict=True)],
-            )
+        _insert_columns(
+            curs,
+            SQL(
+                "INSERT INTO {}.ledger_keys SELECT k.o, k.d, NULL "
+                "FROM unnest(%s::bytea[], %s::bytea[]) AS k(o, d)"
+            ).format(self._schema),
+            self.data_keys.take_pending(),
+        )
         records = batch_records(kwargs)
-        receipts = records.receipts
-        if receipts:
-            curs.execute(
-                self._insert_receipts,
-                [
-                    [r.event_id for r in receipts],
-                    [r.originator_id for r in receipts],
-                    [r.originator_version for r in receipts],
-                ],
-            )
+        _insert_columns(
+            curs,
+            self._insert_receipts,
+            [(r.event_id, r.originator_id, r.originator_version) for r in records.receipts],
+        )
         positions = records.positions
         if positions:
             curs.executemany(
@@ -157,15 +151,14 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
                 bytes(r["originator_id"]): (r["originator_version"], bytes(r["chain_hash"]))
                 for r in curs.fetchall()
             }
-        links = self.heads.chain(streams, stored_events, found)
-        if links:
-            curs.execute(
-                SQL(
-                    "INSERT INTO {}.ledger_chain SELECT * FROM unnest(%s::bytea[], %s::bigint[], "
-                    "%s::bytea[], %s::bytea[])"
-                ).format(self._schema),
-                [list(column) for column in zip(*links, strict=True)],
-            )
+        _insert_columns(
+            curs,
+            SQL(
+                "INSERT INTO {}.ledger_chain SELECT * FROM unnest(%s::bytea[], %s::bigint[], "
+                "%s::bytea[], %s::bytea[])"
+            ).format(self._schema),
+            self.heads.chain(streams, stored_events, found),
+        )
 
     def load_key(self, stream: bytes) -> bytes | None:
         """The stream's data key; None if it has none or it was destroyed."""
@@ -462,6 +455,13 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
         """How many distinct events the ledger holds."""
         rows = self._select(SQL("SELECT COUNT(*) AS n FROM {}.ledger_receipts"), [])
         return int(rows[0]["n"])
+
+
+def _insert_columns(curs: Cursor[DictRow], statement: Any, rows: Sequence[Sequence[Any]]) -> None:
+    """Run an ``unnest`` INSERT with ``rows`` passed as one array per column (nothing if
+    there are no rows)."""
+    if rows:
+        curs.execute(statement, [list(column) for column in zip(*rows, strict=True)])
 
 
 #: The outbox of dead letters: messages refused in a batch, kept until the DLQ has them.
