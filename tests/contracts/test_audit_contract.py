@@ -14,13 +14,12 @@ import pytest
 from crm_ledger.adapters.crypto import SealedValues, create_key_pair, load_signer
 from crm_ledger.adapters.receipts import ReceiptFile
 from crm_ledger.aggregates import customer_uuid
+from crm_ledger.application import Ledger
 from crm_ledger.audit import Auditor, chain_hash, content_hash
 from tests.factories import AT, tp
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from crm_ledger.application import Ledger
 
 
 class Rows:
@@ -117,8 +116,17 @@ def test_a_changed_byte_in_a_payload_is_found(history: Any) -> None:
 
 def test_a_deleted_event_is_found(history: Any) -> None:
     auditor, rows = history
+    # The newest event, after the checkpoint: its receipt is the witness.
     rows.run("DELETE FROM {events} WHERE originator_id=? AND originator_version=7", rows.key("C1"))
     assert found(auditor) == {(stream("C1"), 7, "deleted")}
+
+
+def test_an_event_deleted_from_the_middle_is_found(history: Any) -> None:
+    auditor, rows = history
+    rows.run("DELETE FROM {events} WHERE originator_id=? AND originator_version=3", rows.key("C1"))
+    problems = found(auditor)
+    assert (stream("C1"), 3, "deleted") in problems
+    assert (stream("C1"), 6, "history changed") in problems  # the signed head moved
 
 
 def test_two_swapped_events_are_found(history: Any) -> None:
@@ -141,18 +149,26 @@ def test_two_swapped_events_are_found(history: Any) -> None:
 
 def test_a_forged_event_is_found(history: Any) -> None:
     auditor, rows = history
-    ((topic, state),) = rows.run(
-        "SELECT topic, state FROM {events} WHERE originator_id=? AND originator_version=7",
+    ((topic, state, content, chained),) = rows.run(
+        "SELECT topic, state, content_hash, chain_hash FROM {events} "
+        "WHERE originator_id=? AND originator_version=7",
         rows.key("C1"),
     )
+    # The forger copies the newest event and its hashes as a version 8.
     rows.run(
-        "INSERT INTO {events} (originator_id, originator_version, topic, state) VALUES (?,?,?,?)",
+        "INSERT INTO {events} (originator_id, originator_version, topic, state, content_hash, "
+        "chain_hash) VALUES (?,?,?,?,?,?)",
         rows.key("C1"),
         8,
         topic,
         state,
+        content,
+        chained,
     )
-    assert found(auditor) == {(stream("C1"), 8, "inserted")}
+    assert found(auditor) == {
+        (stream("C1"), 8, "reordered"),  # it holds the event chained as version 7
+        (stream("C1"), 8, "chain broken"),
+    }
 
 
 def test_a_rewritten_event_with_a_recomputed_chain_is_found_by_the_checkpoint(
@@ -179,11 +195,11 @@ def test_a_rewritten_event_with_a_recomputed_chain_is_found_by_the_checkpoint(
         content = content_hash(raw, version, t, bytes(s))
         previous = chain_hash(previous, content)
         rows.run(
-            "UPDATE ledger_chain SET content_hash=?, chain_hash=? "
+            "UPDATE {events} SET content_hash=?, chain_hash=? "
             "WHERE originator_id=? AND originator_version=?",
             content,
             previous,
-            raw,
+            key,
             version,
         )
     assert found(auditor) == {(stream("C2"), 6, "history changed")}
@@ -403,9 +419,9 @@ def test_a_history_re_signed_with_a_key_that_is_not_the_auditors_is_found(
         rows.key("C2"),
     )
     links = rows.run(
-        "SELECT originator_version, content_hash FROM ledger_chain WHERE originator_id=? "
+        "SELECT originator_version, content_hash FROM {events} WHERE originator_id=? "
         "ORDER BY originator_version",
-        customer_uuid("C2").bytes,
+        rows.key("C2"),
     )
     previous = bytes(32)
     topics = dict(
@@ -419,11 +435,11 @@ def test_a_history_re_signed_with_a_key_that_is_not_the_auditors_is_found(
             content = content_hash(customer_uuid("C2").bytes, 3, topics[3], forged)
         previous = chain_hash(previous, bytes(content))
         rows.run(
-            "UPDATE ledger_chain SET content_hash=?, chain_hash=? "
+            "UPDATE {events} SET content_hash=?, chain_hash=? "
             "WHERE originator_id=? AND originator_version=?",
             bytes(content),
             previous,
-            customer_uuid("C2").bytes,
+            rows.key("C2"),
             version,
         )
     create_key_pair(tmp_path / "forger")
@@ -438,3 +454,34 @@ def test_a_history_re_signed_with_a_key_that_is_not_the_auditors_is_found(
     assert forger.verify().ok  # consistent under the forger's own key...
     problems = {p for p, _ in problems_of(auditor)}  # ...not under the auditor's
     assert {"checkpoint altered", "checkpoint removed"} <= problems
+
+
+def test_a_ledger_with_its_chain_in_a_table_of_its_own_moves_it_into_the_events(
+    history: Any, store_env: dict[str, str]
+) -> None:
+    """Ledgers written before the chain became columns of the events table: opening one moves
+    the chain in and drops the old table; what was signed still verifies, and appends go on."""
+    auditor, rows = history
+    if rows.sqlite:
+        rows.conn.create_function("unhex", 1, bytes.fromhex)  # SQLite has it from 3.41
+    rows.run(
+        "CREATE TABLE ledger_chain AS SELECT {stream} AS originator_id, originator_version, "
+        "content_hash, chain_hash FROM {events}".replace(
+            "{stream}", "unhex(originator_id)" if rows.sqlite else "uuid_send(originator_id)"
+        )
+    )
+    rows.run("ALTER TABLE {events} DROP COLUMN content_hash")
+    rows.run("ALTER TABLE {events} DROP COLUMN chain_hash")
+    with Ledger(store_env) as reopened:
+        reopened.record(tp("InteractionRecorded", "C1", at=AT))
+    assert rows.run("SELECT COUNT(*) FROM {events} WHERE chain_hash IS NULL") == [(0,)]
+    result = auditor.verify()
+    assert result.ok, result.findings
+    assert result.events == 22
+    tables = (
+        "SELECT name FROM sqlite_master WHERE name='ledger_chain'"
+        if rows.sqlite
+        else "SELECT tablename FROM pg_tables WHERE tablename='ledger_chain' "
+        "AND schemaname = current_schema()"
+    )
+    assert rows.run(tables) == []

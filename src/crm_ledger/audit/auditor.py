@@ -95,6 +95,10 @@ class Auditor:
             result.findings += _check_stream(
                 stream, stream_records, stream_links, signed, recomputed
             )
+        result.findings += [
+            Finding(stream, version, "deleted", "its receipt remains, the event is gone")
+            for stream, version in self.store.orphan_receipts()
+        ]
         for (stream, version), expected in sorted(signed.items()):
             actual = recomputed.get((stream, version))
             for checkpoint_id, chained in expected:

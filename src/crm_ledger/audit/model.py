@@ -132,6 +132,10 @@ class AuditStore(Protocol):
         """(stream, version, chain hash) of every stream's newest event."""
         ...
 
+    def orphan_receipts(self) -> list[tuple[bytes, int]]:
+        """(stream, version) of every receipt whose event is no longer stored."""
+        ...
+
     def stream_chain(self, stream: bytes) -> list[ChainLink]:
         """One stream's chain rows, in version order."""
         ...

@@ -4,18 +4,29 @@ hash chain, data keys, checkpoints and outbox, written in the same transaction a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import SplitResult, unquote, urlsplit
+from uuid import UUID
 
 import psycopg
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import get_topic
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from crm_ledger.adapters.eventstore.mapper import LedgerMapper
+from crm_ledger.adapters.eventstore.pg_tables import (
+    EVENTS_TABLE,
+    INSERT_EVENTS,
+    INSERT_KEYS,
+    INSERT_LETTER,
+    INSERT_RECEIPTS,
+    LEDGER_TABLES,
+    MOVE_CHAIN,
+    UPSERT_POSITION,
+    insert_columns,
+)
 from crm_ledger.adapters.eventstore.recording import (
     HEADS_QUERY,
-    OUTBOX_COLUMNS,
     OUTBOX_FIELDS,
     LedgerRecording,
     as_bytes,
@@ -34,7 +45,6 @@ from crm_ledger.errors import ConfigurationError, StoreUnavailable
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from datetime import datetime
-    from uuid import UUID
 
     from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresDatastore
@@ -48,71 +58,26 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(self.datastore.schema)
-        self.sql_create_statements += [
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {}.ledger_receipts (event_id uuid PRIMARY KEY, "
-                "originator_id uuid NOT NULL, originator_version bigint NOT NULL)"
-            ).format(schema),
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {}.ledger_positions (source text NOT NULL, "
-                "partition integer NOT NULL, next_offset bigint NOT NULL, "
-                "PRIMARY KEY (source, partition))"
-            ).format(schema),
-        ]
-        # One statement per batch (unnest): executemany sent one per row (see _insert_events).
-        self._insert_receipts = SQL(
-            "INSERT INTO {}.ledger_receipts SELECT * FROM unnest(%s::uuid[], %s::uuid[], "
-            "%s::bigint[])"
-        ).format(schema)
-        self._upsert_position = SQL(
-            "INSERT INTO {}.ledger_positions AS p VALUES (%s,%s,%s) "
-            "ON CONFLICT (source, partition) "
-            "DO UPDATE SET next_offset = GREATEST(p.next_offset, excluded.next_offset)"
-        ).format(schema)
-        self.sql_create_statements += [
-            SQL(statement).format(schema)
-            for statement in (
-                "CREATE TABLE IF NOT EXISTS {}.ledger_chain (originator_id bytea NOT NULL, "
-                "originator_version bigint NOT NULL, content_hash bytea NOT NULL, "
-                "chain_hash bytea NOT NULL, PRIMARY KEY (originator_id, originator_version))",
-                "CREATE TABLE IF NOT EXISTS {}.ledger_keys (originator_id bytea PRIMARY KEY, "
-                "data_key bytea, destroyed_at timestamptz)",
-                # The planner's statistics copy column values into pg_statistic, which no
-                # VACUUM rewrites: never collect them for the keys.
-                "ALTER TABLE {}.ledger_keys ALTER COLUMN data_key SET STATISTICS 0",
-                "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoints (checkpoint_id bigserial PRIMARY "
-                "KEY, created_at timestamptz NOT NULL, position bigint NOT NULL, streams bigint "
-                "NOT NULL, digest bytea NOT NULL, signature bytea NOT NULL)",
-                "CREATE TABLE IF NOT EXISTS {}.ledger_checkpoint_heads (checkpoint_id bigint NOT "
-                "NULL, originator_id bytea NOT NULL, originator_version bigint NOT NULL, "
-                "chain_hash bytea NOT NULL, PRIMARY KEY (checkpoint_id, originator_id))",
-                "CREATE TABLE IF NOT EXISTS {}.ledger_outbox ("
-                + OUTBOX_COLUMNS.format(id="id bigserial PRIMARY KEY").replace("BLOB", "bytea")
-                + ")",
-            )
-        ]
-        self._insert_letter = SQL(
-            f"INSERT INTO {{}}.ledger_outbox ({OUTBOX_FIELDS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)"
-        ).format(schema)
         self._schema = schema
+        self._events = SQL("{}.{}").format(schema, Identifier(self.events_table_name))
+        self.sql_create_statements[self.create_table_statement_index] = EVENTS_TABLE.format(
+            self._events
+        )
+        self.sql_create_statements += [statement.format(schema) for statement in LEDGER_TABLES]
+        self._insert_hashed = INSERT_EVENTS.format(self._events)
+        self._insert_receipts = INSERT_RECEIPTS.format(schema)
+        self._upsert_position = UPSERT_POSITION.format(schema)
+        self._insert_letter = INSERT_LETTER.format(schema)
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
-        self._chain(curs, stored_events)
-        # Receipts, chain rows and keys go in one unnest statement per table and batch:
+        # Receipts and keys go in one unnest statement per table and batch:
         # executemany sent a statement per row, a third of an append's time.
-        _insert_columns(
-            curs,
-            SQL(
-                "INSERT INTO {}.ledger_keys SELECT k.o, k.d, NULL "
-                "FROM unnest(%s::bytea[], %s::bytea[]) AS k(o, d)"
-            ).format(self._schema),
-            self.data_keys.take_pending(),
-        )
+        insert_columns(curs, INSERT_KEYS.format(self._schema), self.data_keys.take_pending())
         records = batch_records(kwargs)
-        _insert_columns(
+        insert_columns(
             curs,
             self._insert_receipts,
             [(r.event_id, r.originator_id, r.originator_version) for r in records.receipts],
@@ -127,38 +92,66 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
         if letters:
             curs.executemany(self._insert_letter, letters)
 
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        """The events with their content and chain hashes, in one statement (after
+        eventsourcing's table lock, so the heads read are the ones the events follow)."""
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        links = self._chain(curs, stored_events)
+        insert_columns(
+            curs,
+            self._insert_hashed,
+            [
+                (UUID(bytes=stream), version, s.topic, s.state, content, chained)
+                for s, (stream, version, content, chained) in zip(stored_events, links, strict=True)
+            ],
+        )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        return None  # the ledger does not use notification ids at append time
+
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         # Workers starting together would otherwise race to create the same tables, and
         # PostgreSQL refuses one with "tuple concurrently updated".
         curs.execute("SELECT pg_advisory_xact_lock(hashtext('crm-ledger schema'))")
         super()._create_table(curs)
+        curs.execute(
+            SQL("SELECT to_regclass({})").format(Literal(f"{self.datastore.schema}.ledger_chain"))
+        )
+        if cast("DictRow", curs.fetchone())["to_regclass"] is not None:
+            self._move_chain_into_events(curs)
 
-    def _chain(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]) -> None:
-        """Write each event's content and chain hash."""
+    def _move_chain_into_events(self, curs: Cursor[DictRow]) -> None:
+        """Move a ledger's hash chain from its own table (the layout before the chain became
+        columns of the events table) into the events rows, in the same transaction."""
+        for statement in MOVE_CHAIN:
+            curs.execute(statement.format(events=self._events, schema=self._schema))
+
+    def _chain(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]
+    ) -> list[tuple[bytes, int, bytes, bytes]]:
+        """Each event's (stream, version, content hash, chain hash)."""
         streams = [stream_bytes(s.originator_id) for s in stored_events]
         wanted = self.heads.missing(streams, stored_events)
         found: dict[bytes, tuple[int, bytes]] = {}
         if wanted:
             curs.execute(
                 SQL(
-                    "SELECT originator_id, originator_version, chain_hash FROM {}.ledger_chain "
+                    "SELECT originator_id, originator_version, chain_hash FROM {} "
                     "WHERE (originator_id, originator_version) IN "
-                    "(SELECT * FROM unnest(%s::bytea[], %s::bigint[]))"
-                ).format(self._schema),
-                [list(wanted), list(wanted.values())],
+                    "(SELECT * FROM unnest(%s::uuid[], %s::bigint[]))"
+                ).format(self._events),
+                [[UUID(bytes=w) for w in wanted], list(wanted.values())],
             )
             found = {
-                bytes(r["originator_id"]): (r["originator_version"], bytes(r["chain_hash"]))
+                r["originator_id"].bytes: (r["originator_version"], bytes(r["chain_hash"]))
                 for r in curs.fetchall()
             }
-        _insert_columns(
-            curs,
-            SQL(
-                "INSERT INTO {}.ledger_chain SELECT * FROM unnest(%s::bytea[], %s::bigint[], "
-                "%s::bytea[], %s::bytea[])"
-            ).format(self._schema),
-            self.heads.chain(streams, stored_events, found),
-        )
+        return self.heads.chain(streams, stored_events, found)
 
     def load_key(self, stream: bytes) -> bytes | None:
         """The stream's data key; None if it has none or it was destroyed."""
@@ -227,15 +220,13 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
 
     def chain_links(self) -> Iterator[ChainLink]:
         """Every chain row, by stream then version."""
-        query = SQL(
-            "SELECT * FROM {}.ledger_chain ORDER BY originator_id, originator_version"
-        ).format(self._schema)
+        query = SQL("{} ORDER BY originator_id, originator_version").format(self._links_query)
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(query)
             while rows := curs.fetchmany(10_000):
                 for r in rows:
                     yield ChainLink(
-                        bytes(r["originator_id"]),
+                        r["originator_id"].bytes,
                         r["originator_version"],
                         bytes(r["content_hash"]),
                         bytes(r["chain_hash"]),
@@ -243,30 +234,47 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
 
     def stream_chain(self, stream: bytes) -> list[ChainLink]:
         """One stream's chain rows, in version order."""
-        rows = self._select(
-            SQL("SELECT * FROM {}.ledger_chain WHERE originator_id=%s ORDER BY originator_version"),
-            [stream],
-        )
+        query = SQL("{} AND originator_id=%s ORDER BY originator_version").format(self._links_query)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query, [UUID(bytes=stream)])
+            rows = curs.fetchall()
         return [
             ChainLink(
-                bytes(r["originator_id"]),
-                r["originator_version"],
-                bytes(r["content_hash"]),
-                bytes(r["chain_hash"]),
+                stream, r["originator_version"], bytes(r["content_hash"]), bytes(r["chain_hash"])
             )
             for r in rows
         ]
 
+    @property
+    def _links_query(self) -> SQL | Composed:
+        """(stream, version, content hash, chain hash) of every event that has them."""
+        return SQL(
+            "SELECT originator_id, originator_version, content_hash, chain_hash FROM {} "
+            "WHERE chain_hash IS NOT NULL"
+        ).format(self._events)
+
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
         """(stream, version, chain hash) of every stream's newest event."""
-        query = SQL(HEADS_QUERY.format(schema="{schema}.")).format(schema=self._schema)
+        query = SQL(HEADS_QUERY.format(events="{events}")).format(events=self._events)
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(query)
             rows = curs.fetchall()
         return [
-            (bytes(r["originator_id"]), r["originator_version"], bytes(r["chain_hash"]))
+            (r["originator_id"].bytes, r["originator_version"], bytes(r["chain_hash"]))
             for r in rows
         ]
+
+    def orphan_receipts(self) -> list[tuple[bytes, int]]:
+        """(stream, version) of every receipt whose event is no longer stored."""
+        rows = self._select(
+            SQL(
+                "SELECT r.originator_id, r.originator_version FROM {0}.ledger_receipts r "
+                "WHERE NOT EXISTS (SELECT 1 FROM {0}.{events} e WHERE e.originator_id = "
+                "r.originator_id AND e.originator_version = r.originator_version)"
+            ),
+            [],
+        )
+        return sorted((r["originator_id"].bytes, r["originator_version"]) for r in rows)
 
     def save_checkpoint(
         self,
@@ -455,16 +463,6 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
         """How many distinct events the ledger holds."""
         rows = self._select(SQL("SELECT COUNT(*) AS n FROM {}.ledger_receipts"), [])
         return int(rows[0]["n"])
-
-
-def _insert_columns(curs: Cursor[DictRow], statement: Any, rows: Sequence[Sequence[Any]]) -> None:
-    """Run an ``unnest`` INSERT with ``rows`` passed as one array per column (nothing if
-    there are no rows)."""
-    if rows:
-        curs.execute(statement, [list(column) for column in zip(*rows, strict=True)])
-
-
-#: The outbox of dead letters: messages refused in a batch, kept until the DLQ has them.
 
 
 def check_postgres_ledger(url: str, schema: str) -> None:

@@ -57,10 +57,10 @@ def byte_chunks(items: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
         yield items[start : start + LOOKUP_CHUNK]
 
 
-#: Every stream's newest chain row (for checkpoints).
+#: Every stream's newest event's chain hash (for checkpoints); {events} is the events table.
 HEADS_QUERY = (
-    "SELECT c.originator_id, c.originator_version, c.chain_hash FROM {schema}ledger_chain c "
-    "JOIN (SELECT originator_id, MAX(originator_version) AS v FROM {schema}ledger_chain "
+    "SELECT c.originator_id, c.originator_version, c.chain_hash FROM {events} c "
+    "JOIN (SELECT originator_id, MAX(originator_version) AS v FROM {events} "
     "GROUP BY originator_id) m ON m.originator_id = c.originator_id "
     "AND m.v = c.originator_version"
 )

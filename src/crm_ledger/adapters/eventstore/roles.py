@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: Tables no role may change or empty once written.
-APPEND_ONLY = ("ledger_chain", "ledger_receipts", "ledger_checkpoints", "ledger_checkpoint_heads")
+#: (The events table, whose rows carry the hash chain, is append-only too.)
+APPEND_ONLY = ("ledger_receipts", "ledger_checkpoints", "ledger_checkpoint_heads")
 #: The policies ``grant_roles`` makes (dropped first, so that it can run again).
 POLICIES = ("crm_ledger_roles", "crm_ledger_access_read", "crm_ledger_access_append")
 #: Topics of the initiatives' events, which the reader may read.
@@ -193,7 +194,6 @@ class _Plan:
             SQL("GRANT USAGE ON SCHEMA {} TO {}, {}").format(s, w, r),
             # UPDATE only for eventsourcing's LOCK TABLE; a trigger refuses every UPDATE.
             SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}, {}").format(t(events), w, r),
-            SQL("GRANT SELECT, INSERT ON {} TO {}, {}").format(t("ledger_chain"), w, r),
             SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(s, w),
             SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(t(f"{events}_notification_id_seq"), r),
             SQL("GRANT SELECT, INSERT ON {}, {} TO {}").format(
@@ -239,28 +239,20 @@ class _Plan:
         """Row-level security, forced on the owner too: the reader's rows are the access
         log's and the initiatives' (which hold no personal data; ``compare`` reads them); a
         customer's row in the reader's way is a refusal, not an empty answer."""
-        statements: list[Any] = []
-        for name, stream, public in (
-            (
-                self.events,
-                Literal(str(ACCESS_STREAM)),
-                SQL("topic LIKE {}").format(Literal(INITIATIVE_TOPICS)),
-            ),
-            ("ledger_chain", Literal(ACCESS_STREAM.bytes), SQL("false")),
-        ):
-            table = self.t(name)
-            statements += [
-                *self._secured(table),
-                SQL(
-                    "CREATE POLICY crm_ledger_access_read ON {} FOR SELECT TO {} "
-                    "USING (originator_id = {} OR {} OR {}.crm_ledger_refuse_read())"
-                ).format(table, self.r, stream, public, self.s),
-                SQL(
-                    "CREATE POLICY crm_ledger_access_append ON {} FOR INSERT TO {} "
-                    "WITH CHECK (originator_id = {})"
-                ).format(table, self.r, stream),
-            ]
-        return statements
+        table = self.t(self.events)
+        stream = Literal(str(ACCESS_STREAM))
+        public = SQL("topic LIKE {}").format(Literal(INITIATIVE_TOPICS))
+        return [
+            *self._secured(table),
+            SQL(
+                "CREATE POLICY crm_ledger_access_read ON {} FOR SELECT TO {} "
+                "USING (originator_id = {} OR {} OR {}.crm_ledger_refuse_read())"
+            ).format(table, self.r, stream, public, self.s),
+            SQL(
+                "CREATE POLICY crm_ledger_access_append ON {} FOR INSERT TO {} "
+                "WITH CHECK (originator_id = {})"
+            ).format(table, self.r, stream),
+        ]
 
     def _secured(self, table: Any) -> list[Any]:
         """Row-level security on ``table``: every row for the owner and writer, none for

@@ -46,19 +46,20 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
     events."""
 
     def construct_create_table_statements(self) -> list[str]:
-        """Add the receipts and positions tables to eventsourcing's own."""
+        """eventsourcing's events table with the hash chain as two more columns (so that the
+        chain lives in the events' own rowid order, not in a second table keyed by stream),
+        then the ledger's own tables."""
         return [
-            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {self.events_table_name} ("
+            "originator_id TEXT, originator_version INTEGER, topic TEXT, state BLOB, "
+            "content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL, "
+            "PRIMARY KEY (originator_id, originator_version))",
             "CREATE TABLE IF NOT EXISTS ledger_receipts ("
             "event_id BLOB PRIMARY KEY, originator_id BLOB NOT NULL, "
             "originator_version INTEGER NOT NULL) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS ledger_positions ("
             "source TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, "
             "PRIMARY KEY (source, partition)) WITHOUT ROWID",
-            "CREATE TABLE IF NOT EXISTS ledger_chain ("
-            "originator_id BLOB NOT NULL, originator_version INTEGER NOT NULL, "
-            "content_hash BLOB NOT NULL, chain_hash BLOB NOT NULL, "
-            "PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS ledger_keys ("
             "originator_id BLOB PRIMARY KEY, data_key BLOB, destroyed_at TEXT) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS ledger_checkpoints ("
@@ -72,6 +73,27 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
             f"CREATE TABLE IF NOT EXISTS ledger_outbox ({OUTBOX_COLUMNS.format(id=SQLITE_ID)})",
         ]
 
+    def _create_table(self, c: SQLiteCursor) -> None:
+        super()._create_table(c)
+        c.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='ledger_chain'")
+        if c.fetchone() is not None:
+            self._move_chain_into_events(c)
+
+    def _move_chain_into_events(self, c: SQLiteCursor) -> None:
+        """Move a ledger's hash chain from its own table (the layout before the chain became
+        columns of the events table) into the events rows, in the same transaction."""
+        events = self.events_table_name
+        c.execute(f"SELECT name FROM pragma_table_info('{events}')")
+        if "chain_hash" not in {row[0] for row in c.fetchall()}:
+            c.execute(f"ALTER TABLE {events} ADD COLUMN content_hash BLOB")
+            c.execute(f"ALTER TABLE {events} ADD COLUMN chain_hash BLOB")
+        c.execute(
+            f"UPDATE {events} SET content_hash = l.content_hash, chain_hash = l.chain_hash "
+            f"FROM ledger_chain l WHERE {events}.originator_id = lower(hex(l.originator_id)) "
+            f"AND {events}.originator_version = l.originator_version"
+        )
+        c.execute("DROP TABLE ledger_chain")
+
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
@@ -79,20 +101,18 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         # more of them in memory than SQLite's 2 MB default.
         c.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         # One executemany instead of eventsourcing's row-by-row inserts (which exist only to
-        # return notification ids, and the ledger does not use them).
+        # return notification ids, and the ledger does not use them), each row with its
+        # content and chain hash.
         c.executemany(
-            self.insert_events_statement,
+            f"INSERT INTO {self.events_table_name} (originator_id, originator_version, topic, "
+            "state, content_hash, chain_hash) VALUES (?,?,?,?,?,?)",
             [
-                (
-                    s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
-                    s.originator_version,
-                    s.topic,
-                    s.state,
+                (stream.hex(), s.originator_version, s.topic, s.state, content, chained)
+                for s, (stream, _, content, chained) in zip(
+                    stored_events, self._chain(c, stored_events), strict=True
                 )
-                for s in stored_events
             ],
         )
-        self._chain(c, stored_events)
         c.executemany("INSERT INTO ledger_keys VALUES (?,?,NULL)", self.data_keys.take_pending())
         records = batch_records(kwargs)
         receipts = records.receipts
@@ -114,8 +134,10 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         )
         return None
 
-    def _chain(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> None:
-        """Write each event's content and chain hash."""
+    def _chain(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]
+    ) -> list[tuple[bytes, int, bytes, bytes]]:
+        """Each event's (stream, version, content hash, chain hash)."""
         streams = [stream_bytes(s.originator_id) for s in stored_events]
         wanted = self.heads.missing(streams, stored_events)
         found: dict[bytes, tuple[int, bytes]] = {}
@@ -123,14 +145,13 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         for start in range(0, len(pairs), LOOKUP_CHUNK // 2):
             chunk = pairs[start : start + LOOKUP_CHUNK // 2]
             c.execute(
-                "SELECT originator_id, originator_version, chain_hash FROM ledger_chain "
-                "WHERE (originator_id, originator_version) IN "
+                f"SELECT originator_id, originator_version, chain_hash FROM "
+                f"{self.events_table_name} WHERE (originator_id, originator_version) IN "
                 f"(VALUES {','.join(['(?,?)'] * len(chunk))})",
-                [value for pair in chunk for value in pair],
+                [value for stream, version in chunk for value in (stream.hex(), version)],
             )
-            found.update((row[0], (row[1], row[2])) for row in c.fetchall())
-        links = self.heads.chain(streams, stored_events, found)
-        c.executemany("INSERT INTO ledger_chain VALUES (?,?,?,?)", links)
+            found.update((bytes.fromhex(row[0]), (row[1], row[2])) for row in c.fetchall())
+        return self.heads.chain(streams, stored_events, found)
 
     def load_key(self, stream: bytes) -> bytes | None:
         """The stream's data key; None if it has none or it was destroyed."""
@@ -187,25 +208,44 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             raw = raw_cursor(c)
             raw.row_factory = None  # plain tuples, not sqlite3.Row
-            raw.execute("SELECT * FROM ledger_chain ORDER BY originator_id, originator_version")
+            raw.execute(f"{self._links_query} ORDER BY originator_id, originator_version")
             while rows := raw.fetchmany(10_000):
-                for row in rows:
-                    yield ChainLink(*row)
+                for stream, version, content, chained in rows:
+                    yield ChainLink(bytes.fromhex(stream), version, content, chained)
 
     def stream_chain(self, stream: bytes) -> list[ChainLink]:
         """One stream's chain rows, in version order."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                "SELECT * FROM ledger_chain WHERE originator_id=? ORDER BY originator_version",
-                [stream],
+                f"{self._links_query} AND originator_id=? ORDER BY originator_version",
+                [stream.hex()],
             )
-            return [ChainLink(*row) for row in c.fetchall()]
+            return [ChainLink(stream, r[1], r[2], r[3]) for r in c.fetchall()]
+
+    @property
+    def _links_query(self) -> str:
+        """(stream, version, content hash, chain hash) of every event that has them."""
+        return (
+            "SELECT originator_id, originator_version, content_hash, chain_hash "
+            f"FROM {self.events_table_name} WHERE chain_hash IS NOT NULL"
+        )
 
     def chain_heads(self) -> list[tuple[bytes, int, bytes]]:
         """(stream, version, chain hash) of every stream's newest event."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(HEADS_QUERY.format(schema=""))
-            return [(r[0], r[1], r[2]) for r in c.fetchall()]
+            c.execute(HEADS_QUERY.format(events=self.events_table_name))
+            return [(bytes.fromhex(r[0]), r[1], r[2]) for r in c.fetchall()]
+
+    def orphan_receipts(self) -> list[tuple[bytes, int]]:
+        """(stream, version) of every receipt whose event is no longer stored."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT r.originator_id, r.originator_version FROM ledger_receipts r "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {self.events_table_name} e "
+                "WHERE e.originator_id = lower(hex(r.originator_id)) "
+                "AND e.originator_version = r.originator_version)"
+            )
+            return sorted((bytes(r[0]), r[1]) for r in c.fetchall())
 
     def save_checkpoint(
         self,
