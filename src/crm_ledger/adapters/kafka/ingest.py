@@ -28,6 +28,7 @@ from crm_ledger.adapters.kafka.client import (
     refused,
     wait_for_partitions,
 )
+from crm_ledger.adapters.kafka.pipeline import StoreStage
 from crm_ledger.application import OutboxLetter, Position
 from crm_ledger.errors import (
     ConfigurationError,
@@ -60,8 +61,6 @@ CLOSE_TIMEOUT_MS = 2_000
 
 log = logging.getLogger("crm_ledger.ingest")
 
-log = logging.getLogger("crm_ledger.ingest")
-
 # Ingesting.
 
 
@@ -90,10 +89,14 @@ class _SeekToLedger(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # Nothing is in flight: batches are stored before the next poll, where this runs.
+        # Store the batches in flight before giving the partitions up: the next owner starts
+        # from the positions they store. (This runs on the Kafka client's IO thread, which
+        # must not block on the client: the rest of their handling waits for the next poll.)
+        self.worker.wait_stored()
         log.info("partitions revoked", extra={"partitions": sorted(p.partition for p in revoked)})
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.worker.wait_stored()
         self.worker.seek_to_ledger(assigned)
 
 
@@ -114,6 +117,10 @@ class IngestWorker:
     outbox in the batch's own transaction and sent to the dead-letter topic from there, so a
     crash between the two loses none, and a dead letter the topic will not take stays in the
     outbox and is tried again instead of stopping ingestion.
+
+    A store thread stores each batch while this thread polls and decodes the next;
+    ``pipeline_depth`` decoded batches may wait for it (0: no thread, each batch is stored
+    before the next poll).
     """
 
     def __init__(
@@ -127,6 +134,7 @@ class IngestWorker:
         on_batch: Callable[[IngestStats], None] | None = None,
         on_assign: Callable[[list[int]], None] | None = None,
         clock: Callable[[], datetime] | None = None,
+        pipeline_depth: int = 1,
     ) -> None:
         self.ledger = ledger
         self.codec = codec
@@ -140,6 +148,8 @@ class IngestWorker:
         self._outbox_due = 0.0
         self._poll_failures = 0
         self.stats = IngestStats()
+        self._taken = 0  # messages polled, stored or in flight
+        self._stored: list[tuple[_Outcome, list[Position], list[Any]]] = []  # to finish
         dlq_bytes = ensure_topics(settings)
         self._consumer = new_consumer(
             settings,
@@ -162,6 +172,7 @@ class IngestWorker:
             settings, max_request_size=dlq_bytes, max_block_ms=int(SEND_TIMEOUT_S * 1000)
         )
         wait_for_partitions(self._consumer, settings.topic)
+        self._stage = StoreStage(pipeline_depth)
         self._consumer.subscribe([settings.topic], listener=_SeekToLedger(self))
 
     def stop(self) -> None:
@@ -196,9 +207,20 @@ class IngestWorker:
         try:
             targets = self.end_offsets() if until_caught_up else None
             self._loop(max_events, until_idle, targets)
+            self.settle()
         finally:
-            self.close()
+            self.close()  # the batches in hand are stored first
         return self.stats
+
+    def wait_stored(self) -> None:
+        """Wait until every batch handed to the store thread is stored (or raise its error)."""
+        self._stored += self._stage.collect(wait=True)
+
+    def settle(self, *, wait: bool = True) -> None:
+        """Finish the batches stored so far (with ``wait``: every batch handed over)."""
+        self._stored += self._stage.collect(wait=wait)
+        while self._stored:
+            self._finish(*self._stored.pop(0))
 
     def _loop(
         self, max_events: int | None, until_idle: float | None, targets: dict[int, int] | None
@@ -210,18 +232,20 @@ class IngestWorker:
                 return
             limit = self.max_batch
             if max_events is not None:
-                limit = min(limit, max_events - self.stats.consumed)
+                limit = min(limit, max_events - self._taken)
                 if limit <= 0:
                     return
             records = self._poll(limit)
             if records is None:  # the broker is away: an outage is not idleness
                 idle_since = time.monotonic()
                 continue
-            self._send_outbox()
             if records:
                 self._ingest(records)
                 idle_since = time.monotonic()
-            elif not self._consumer.assignment():
+                continue
+            self.settle()  # nothing new: what is stored is all there is
+            self._send_outbox()
+            if not self._consumer.assignment():
                 # Waiting to join the group (say, for a crashed member's session to time
                 # out) is not being idle.
                 idle_since = time.monotonic()
@@ -292,7 +316,13 @@ class IngestWorker:
             else:
                 good.append((record, outcome))
         positions = self._positions(records)
-        result = self._record(good, positions, letters)
+        self._taken += len(records)
+        # The store thread stores this batch while this thread polls and decodes the next.
+        self._stage.submit(lambda: (self._record(good, positions, letters), positions, records))
+        self.settle(wait=False)
+
+    def _finish(self, result: _Outcome, positions: list[Position], records: list[Any]) -> None:
+        """A batch is stored: tell Kafka (for lag tools) and the caller, send dead letters."""
         self._commit(positions)
         self.stats.consumed += len(records)
         self.stats.recorded += result.recorded
@@ -493,6 +523,7 @@ class IngestWorker:
     def close(self) -> None:
         """Leave the group and close the clients, within a few seconds even with the broker
         away (whatever was not sent stays in the ledger's outbox)."""
+        self._stage.close()
         try:
             self._consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
         except Exception as e:
