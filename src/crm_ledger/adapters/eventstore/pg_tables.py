@@ -59,15 +59,15 @@ LEDGER_TABLES = [
 # of an append's time.
 INSERT_EVENTS = SQL(
     "INSERT INTO {} (originator_id, originator_version, topic, state, content_hash, "
-    "chain_hash) SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], "
-    "%s::bytea[], %s::bytea[], %s::bytea[])"
+    "chain_hash) SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], "
+    "%b::bytea[], %b::bytea[], %b::bytea[])"
 )
 INSERT_RECEIPTS = SQL(
-    "INSERT INTO {}.ledger_receipts SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[])"
+    "INSERT INTO {}.ledger_receipts SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[])"
 )
 INSERT_KEYS = SQL(
     "INSERT INTO {}.ledger_keys SELECT k.o, k.d, NULL "
-    "FROM unnest(%s::bytea[], %s::bytea[]) AS k(o, d)"
+    "FROM unnest(%b::bytea[], %b::bytea[]) AS k(o, d)"
 )
 UPSERT_POSITION = SQL(
     "INSERT INTO {}.ledger_positions AS p VALUES (%s,%s,%s) "
@@ -98,6 +98,8 @@ MOVE_CHAIN = [
 
 def insert_columns(curs: Cursor[DictRow], statement: Any, rows: Sequence[Sequence[Any]]) -> None:
     """Run an ``unnest`` INSERT with ``rows`` passed as one array per column (nothing if
-    there are no rows)."""
+    there are no rows). The statements take them in binary (``%b``): psycopg builds text
+    arrays in Python, escaping every byte string to hex, which took a third of an append's
+    time."""
     if rows:
         curs.execute(statement, [list(column) for column in zip(*rows, strict=True)])

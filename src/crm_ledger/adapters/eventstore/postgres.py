@@ -368,29 +368,30 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
 
     def receipted_events(self, event_ids: Sequence[UUID]) -> list[StoredCopy]:
         """The stored events of those of ``event_ids`` already stored."""
-        found: list[StoredCopy] = []
-        for chunk in chunks(event_ids):
-            rows = self._select(
-                SQL(
-                    "SELECT r.event_id, e.originator_id, e.originator_version, e.topic, e.state "
-                    "FROM {0}.ledger_receipts r JOIN {0}.{events} e "
-                    "ON e.originator_id = r.originator_id "
-                    "AND e.originator_version = r.originator_version "
-                    "WHERE r.event_id = ANY(%s)"
-                ),
-                [list(chunk)],
+        if not event_ids:
+            return []
+        query = SQL(
+            "SELECT r.event_id, e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM {0}.ledger_receipts r JOIN {0}.{events} e "
+            "ON e.originator_id = r.originator_id "
+            "AND e.originator_version = r.originator_version "
+            "WHERE r.event_id = ANY(%b::uuid[])"
+        ).format(self._schema, events=Identifier(self.events_table_name))
+        # One statement for the whole batch, its array sent in binary (a text array of
+        # thousands of ids cost more to build than the look-up).
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query, [list(event_ids)])
+            rows = curs.fetchall()
+        return [
+            StoredCopy(
+                r["event_id"],
+                r["originator_id"],
+                r["originator_version"],
+                r["topic"],
+                as_bytes(r["state"]),
             )
-            found += [
-                StoredCopy(
-                    r["event_id"],
-                    r["originator_id"],
-                    r["originator_version"],
-                    r["topic"],
-                    as_bytes(r["state"]),
-                )
-                for r in rows
-            ]
-        return found
+            for r in rows
+        ]
 
     def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
         """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
