@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""Benchmark the Kafka path: publish N events with the Publisher, ingest them into SQLite with
-the exactly-once worker, and measure in the same run the baselines over the same bytes:
+"""Benchmark the Kafka path: publish N events with the Publisher, ingest them with the
+exactly-once worker (into SQLite, or PostgreSQL with --database-url), and measure in the same
+run the baselines over the same bytes and events:
 
 * raw_produce_eps: a plain kafka-python KafkaProducer (same acks, idempotence and batching)
-  sending the already-encoded messages;
+  sending the already-encoded messages (publish_ratio = publish_eps / raw_produce_eps);
 * raw_consume_eps: a plain KafkaConsumer reading the published topic;
-* record_many_eps: the ledger's batch path on the same events, without Kafka.
+* ingest_eps_unpipelined: the worker without its store thread (--pipeline-depth 0);
+* record_many_eps: the ledger's batch path on the same events, without Kafka
+  (ingest_ratio = ingest_eps / record_many_eps).
 
-The ingest workers run as separate processes in one consumer group (--workers, default 1:
-SQLite has a single writer, and a second worker measured slower); each samples its RSS as it
-goes, and the first worker's RSS at a quarter, half, three quarters and all of its messages is
-reported to show whether memory stays flat. Uses the broker at
---bootstrap (or KAFKA_BOOTSTRAP_SERVERS), else starts one with scripts/kafka_server.sh.
-The last line is a JSON object: events, publish_eps, raw_produce_eps, publish_ratio,
-ingest_eps, raw_consume_eps, record_many_eps, max_rss_mb.
+The ingest workers run as separate processes in one consumer group, one fresh ledger per
+--workers count (default 1 on SQLite, which has a single writer; 1,2 on PostgreSQL):
+ingest_eps_1w, ingest_eps_2w, and the CPU seconds per 1,000 events of the workers, the Kafka
+broker and the PostgreSQL server (cpu_s_per_1k_worker_1w, _broker_1w, _database_1w, ...), so
+the scaling to N machines can be projected. Each worker samples its RSS; the first one's RSS
+at a quarter, half, three quarters and all of its messages shows whether memory stays flat
+(max_rss_mb is the peak). Uses the broker at --bootstrap (or KAFKA_BOOTSTRAP_SERVERS), else
+starts one with scripts/kafka_server.sh. The last line is a JSON object of every figure.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -29,7 +34,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka_server.sh"
@@ -46,7 +54,6 @@ def child_ingest(args: argparse.Namespace) -> None:
     """One ingest worker of the group; print one JSON line of its figures."""
     from crm_ledger import bootstrap
     from crm_ledger.adapters.avro import Codec, SchemaRegistry
-    from crm_ledger.adapters.eventstore import sqlite_env
     from crm_ledger.adapters.kafka import IngestStats, IngestWorker, KafkaSettings
     from crm_ledger.application import Ledger
 
@@ -71,7 +78,7 @@ def child_ingest(args: argparse.Namespace) -> None:
         last_batch[0] = time.time()
         rss.append((stats.consumed, round(rss_mb(), 1)))
 
-    with Ledger(sqlite_env(str(Path(args.data_dir) / "ingest.sqlite"))) as ledger:
+    with Ledger(store_env(args.database_url, args.data_dir, args.store)) as ledger:
         codec = Codec(SchemaRegistry(ROOT / "schemas"))
         worker = IngestWorker(
             ledger,
@@ -80,9 +87,11 @@ def child_ingest(args: argparse.Namespace) -> None:
             max_batch=args.batch_size,
             on_batch=on_batch,
             poll_timeout_ms=200,
+            pipeline_depth=args.pipeline_depth,
         )
         started = time.time()
         stats = worker.run(until_caught_up=True)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(
             {
@@ -93,9 +102,44 @@ def child_ingest(args: argparse.Namespace) -> None:
                 "last_batch": last_batch[0],
                 "max_rss_mb": round(max(peak[0], rss_mb()), 1),
                 "rss": rss,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
             }
         )
     )
+
+
+def store_env(url: str | None, folder: str, name: str) -> dict[str, str]:
+    """The ledger ``name``: a SQLite file in ``folder``, or a PostgreSQL schema at ``url``."""
+    from crm_ledger.adapters.eventstore import postgres_env, sqlite_env
+
+    if url:
+        return postgres_env(url, name)
+    return sqlite_env(str(Path(folder) / f"{name}.sqlite"))
+
+
+def cpu_seconds(match: Callable[[str, str], bool]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``match(comm, cmdline)``
+    picks, with their children that exited (PostgreSQL's backends end with their
+    connections, and the postmaster then holds their time)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            comm = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        if match(comm, cmdline):
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def broker_cpu() -> float:
+    return cpu_seconds(lambda comm, cmdline: "kafka.Kafka" in cmdline)
+
+
+def database_cpu() -> float:
+    return cpu_seconds(lambda comm, cmdline: comm == "postgres")
 
 
 def main() -> None:
@@ -105,20 +149,35 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     parser.add_argument(
+        "--database-url",
+        default=os.environ.get("CRM_LEDGER_BENCH_DATABASE_URL"),
+        help="ingest into PostgreSQL (a fresh schema per run) instead of SQLite",
+    )
+    parser.add_argument(
         "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=None,
+        help="ingest worker processes in one group, a comma list runs each in turn "
+        "(default: 1 on SQLite, which has a single writer; 1,2 on PostgreSQL)",
+    )
+    parser.add_argument(
+        "--pipeline-depth",
         type=int,
         default=1,
-        help="ingest worker processes in one group; on SQLite one is fastest (a second "
-        "contends for the single writer: 12.8k vs 14.8k ev/s measured at 200k events)",
+        help="decoded batches that may wait for a worker's store thread (0: none, the "
+        "unpipelined worker, which is also measured once as the baseline)",
     )
     parser.add_argument("--child-ingest", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--group", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_ingest:
         child_ingest(args)
         return
+    if args.workers is None:
+        args.workers = [1, 2] if args.database_url else [1]
 
     started_broker = False
     if not args.bootstrap:
@@ -135,13 +194,8 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from crm_ledger import bootstrap
     from crm_ledger.adapters.avro import Codec, SchemaRegistry
-    from crm_ledger.adapters.eventstore import sqlite_env
-    from crm_ledger.adapters.kafka import KafkaSettings, Publisher, ensure_topics
-    from crm_ledger.application import Ledger
     from crm_ledger.sources.synthetic import generate
-    from kafka import KafkaConsumer, KafkaProducer
 
     n = args.events
     print(f"bench_ingest: generating {n:,} synthetic events", flush=True)
@@ -149,15 +203,49 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     events = events[:n]
     n = len(events)
     codec = Codec(SchemaRegistry(ROOT / "schemas"))
-    keys = [e.customer_id.encode() for e in events]
-    values = [codec.encode(e) for e in events]
-    print(f"bench_ingest: {n:,} events, {sum(map(len, values)) / n:.0f} bytes each on average")
+    print(f"bench_ingest: {n:,} events, on {'PostgreSQL' if args.database_url else 'SQLite'}")
     # The harness's own million input events are not the ledger's work: keep the collector
     # from rescanning them (it cut record_many to a quarter of its speed at 1M events).
     gc.freeze()
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    figures: dict[str, Any] = {"events": n, **time_publishing(args, codec, events, topic)}
+    figures["raw_consume_eps"] = time_raw_consumer(args, topic, n)
+    schemas: list[str] = []
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            for workers in args.workers:
+                run = time_ingest(args, folder, topic, workers, args.pipeline_depth, schemas)
+                figures[f"ingest_eps_{workers}w"] = run["ingest_eps"]
+                figures.setdefault("ingest_eps", run["ingest_eps"])
+                figures.setdefault("max_rss_mb", run["max_rss_mb"])
+                figures.setdefault("worker_rss_mb_quartiles", run["rss_quartiles"])
+                for part in ("worker", "broker", "database"):
+                    figures[f"cpu_s_per_1k_{part}_{workers}w"] = run[f"cpu_s_per_1k_{part}"]
+            if args.pipeline_depth:
+                run = time_ingest(args, folder, topic, 1, 0, schemas)
+                figures["ingest_eps_unpipelined"] = run["ingest_eps"]
+            record_many = time_record_many(args, folder, events, schemas)
+        finally:
+            for schema in schemas:
+                from crm_ledger.adapters.eventstore import drop_postgres_schema
 
-    name = uuid.uuid4().hex[:8]
-    raw_topic, topic = f"bench-raw-{name}", f"bench-{name}"
+                drop_postgres_schema(args.database_url, schema)
+    figures["record_many_eps"] = round(record_many)
+    figures["ingest_ratio"] = round(figures["ingest_eps"] / record_many, 3)
+    return figures
+
+
+def time_publishing(
+    args: argparse.Namespace, codec: Any, events: list[Any], topic: str
+) -> dict[str, Any]:
+    """The Publisher against a plain kafka-python producer sending the same bytes."""
+    from crm_ledger.adapters.kafka import KafkaSettings, Publisher, ensure_topics
+    from kafka import KafkaProducer
+
+    n = len(events)
+    keys = [e.customer_id.encode() for e in events]
+    values = [codec.encode(e) for e in events]
+    raw_topic = f"{topic}-raw"
     producer_config = {
         "acks": "all",
         "enable_idempotence": True,
@@ -168,8 +256,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "metrics_enabled": False,
     }
     ensure_topics(KafkaSettings(args.bootstrap, topic=raw_topic, dlq_topic=f"{raw_topic}.dlq"))
-
-    # Raw producer over the same bytes.
     raw = KafkaProducer(bootstrap_servers=args.bootstrap, **producer_config)
     t = time.perf_counter()
     for key, value in zip(keys, values, strict=True):
@@ -177,22 +263,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     raw.flush()
     raw_produce = n / (time.perf_counter() - t)
     raw.close()
-    print(f"  raw producer     {raw_produce:>10,.0f} msg/s")
-
-    # The Publisher: validates, encodes, keys, sends; waits for every acknowledgement.
+    print(f"  raw producer     {raw_produce:>10,.0f} msg/s ({sum(map(len, values)) / n:.0f} B)")
     settings = KafkaSettings(args.bootstrap, topic=topic, dlq_topic=f"{topic}.dlq")
     with Publisher(settings, codec) as publisher:
         t = time.perf_counter()
         results = publisher.publish_many(events)
         publish = n / (time.perf_counter() - t)
     failures = sum(1 for r in results if r.error)
-    del results
     print(
         f"  Publisher        {publish:>10,.0f} ev/s  ({publish / raw_produce:.2f} of raw; "
         f"{failures} failed)"
     )
+    return {
+        "publish_eps": round(publish),
+        "raw_produce_eps": round(raw_produce),
+        "publish_ratio": round(publish / raw_produce, 3),
+    }
 
-    # Raw consumer over the published topic.
+
+def time_raw_consumer(args: argparse.Namespace, topic: str, n: int) -> int:
+    """A plain kafka-python consumer reading the published topic."""
+    from kafka import KafkaConsumer
+
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=args.bootstrap,
@@ -210,74 +302,81 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     raw_consume = n / (time.perf_counter() - t)
     consumer.close()
     print(f"  raw consumer     {raw_consume:>10,.0f} msg/s")
+    return round(raw_consume)
 
-    # The ingest workers: one process per core, one consumer group, one SQLite ledger.
-    with tempfile.TemporaryDirectory() as folder:
-        with Ledger(sqlite_env(str(Path(folder) / "ingest.sqlite"))):
-            pass  # create the tables before the workers race to
-        group = f"bench-{uuid.uuid4().hex[:8]}"
-        children = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child-ingest",
-                    "--bootstrap",
-                    args.bootstrap,
-                    "--topic",
-                    topic,
-                    "--group",
-                    group,
-                    "--data-dir",
-                    folder,
-                    "--batch-size",
-                    str(args.batch_size),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(args.workers)
-        ]
-        outputs = [child.communicate() for child in children]
-        if any(child.returncode for child in children):
-            raise SystemExit(f"bench_ingest: a worker failed:\n{outputs[0][1][-3000:]}")
-        reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
-        consumed = sum(r["consumed"] for r in reports)
-        seconds = max(r["last_batch"] for r in reports) - min(r["started"] for r in reports)
-        ingest_eps = consumed / seconds
-        with Ledger(sqlite_env(str(Path(folder) / "ingest.sqlite"))) as ledger:
-            stored = ledger.count_events()
-        flat = _rss_profile(reports)
-        print(
-            f"  ingest workers   {ingest_eps:>10,.0f} ev/s  ({args.workers} processes; "
-            f"stored {stored:,} of {n:,}; worker RSS {flat})"
-        )
-        if stored != n:
-            raise SystemExit(f"bench_ingest: {stored:,} stored, expected {n:,}")
 
-        # The ledger's batch path alone, on the same events and batch size.
-        bootstrap.tune_for_throughput()
-        with Ledger(sqlite_env(str(Path(folder) / "record_many.sqlite"))) as ledger:
-            t = time.perf_counter()
-            for start in range(0, n, args.batch_size):
-                ledger.record_many(events[start : start + args.batch_size])
-            record_many = n / (time.perf_counter() - t)
-    print(f"  record_many      {record_many:>10,.0f} ev/s  (same events, no Kafka)")
+def time_ingest(
+    args: argparse.Namespace,
+    folder: str,
+    topic: str,
+    workers: int,
+    depth: int,
+    schemas: list[str],
+) -> dict[str, Any]:
+    """``workers`` ingest processes in one group into a fresh ledger; their rate, RSS and the
+    CPU seconds per 1,000 events of the workers, the broker and the database server."""
+    from crm_ledger.application import Ledger
 
-    return {
-        "events": n,
-        "publish_eps": round(publish),
-        "raw_produce_eps": round(raw_produce),
-        "publish_ratio": round(publish / raw_produce, 3),
-        "ingest_eps": round(ingest_eps),
-        "raw_consume_eps": round(raw_consume),
-        "record_many_eps": round(record_many),
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    schemas += [name] if args.database_url else []
+    with Ledger(store_env(args.database_url, folder, name)):
+        pass  # create the tables before the workers race to
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, __file__, "--child-ingest", "--bootstrap", args.bootstrap]
+    command += ["--topic", topic, "--group", group, "--data-dir", folder, "--store", name]
+    command += ["--batch-size", str(args.batch_size), "--pipeline-depth", str(depth)]
+    command += ["--database-url", args.database_url] if args.database_url else []
+    broker, database = broker_cpu(), database_cpu()
+    children = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
+    outputs = [child.communicate() for child in children]
+    broker, database = broker_cpu() - broker, database_cpu() - database
+    if any(child.returncode for child in children):
+        raise SystemExit(f"bench_ingest: a worker failed:\n{outputs[0][1][-3000:]}")
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    consumed = sum(r["consumed"] for r in reports)
+    seconds = max(r["last_batch"] for r in reports) - min(r["started"] for r in reports)
+    with Ledger(store_env(args.database_url, folder, name)) as ledger:
+        stored = ledger.count_events()
+    if stored != args.events:
+        raise SystemExit(f"bench_ingest: {stored:,} stored, expected {args.events:,}")
+    per_1k = 1000 / consumed
+    run = {
+        "ingest_eps": round(consumed / seconds),
         "max_rss_mb": max(r["max_rss_mb"] for r in reports),
-        "ingest_workers": args.workers,
-        "ingest_seconds": round(seconds, 1),
-        "worker_rss_mb_quartiles": flat,
+        "rss_quartiles": _rss_profile(reports),
+        "cpu_s_per_1k_worker": round(sum(r["cpu_s"] for r in reports) * per_1k, 4),
+        "cpu_s_per_1k_broker": round(broker * per_1k, 4),
+        "cpu_s_per_1k_database": round(database * per_1k, 4),
     }
+    print(
+        f"  ingest {workers} worker{'s' if workers > 1 else ' '} {run['ingest_eps']:>10,} ev/s  "
+        f"(pipeline depth {depth}; stored {stored:,}; worker RSS {run['rss_quartiles']} MB; "
+        f"CPU s per 1k events: worker {run['cpu_s_per_1k_worker']}, broker "
+        f"{run['cpu_s_per_1k_broker']}, database {run['cpu_s_per_1k_database']})"
+    )
+    return run
+
+
+def time_record_many(
+    args: argparse.Namespace, folder: str, events: list[Any], schemas: list[str]
+) -> float:
+    """The ledger's batch path alone, on the same events and batch size."""
+    from crm_ledger import bootstrap
+    from crm_ledger.application import Ledger
+
+    bootstrap.tune_for_throughput()
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    schemas += [name] if args.database_url else []
+    with Ledger(store_env(args.database_url, folder, name)) as ledger:
+        t = time.perf_counter()
+        for start in range(0, len(events), args.batch_size):
+            ledger.record_many(events[start : start + args.batch_size])
+        record_many = len(events) / (time.perf_counter() - t)
+    print(f"  record_many      {record_many:>10,.0f} ev/s  (same events, no Kafka)")
+    return record_many
 
 
 def _rss_profile(reports: list[dict[str, Any]]) -> list[float]:

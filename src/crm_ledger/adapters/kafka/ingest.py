@@ -144,9 +144,7 @@ class IngestWorker:
         self.on_batch = on_batch
         self.on_assign = on_assign
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._stopping = False
-        self._outbox_due = 0.0
-        self._poll_failures = 0
+        self._stopping, self._outbox_due, self._poll_failures = False, 0.0, 0
         self.stats = IngestStats()
         self._taken = 0  # messages polled, stored or in flight
         self._stored: list[tuple[_Outcome, list[Position], list[Any]]] = []  # to finish
