@@ -6,6 +6,7 @@ import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventsourcing.persistence import StoredEvent
@@ -376,3 +377,42 @@ def test_personal_data_routed_to_a_survivor_stays_under_the_senders_key(
             folder = Path(store_env["SQLITE_DBNAME"]).parent
             for path in folder.iterdir():
                 assert duplicate_key not in path.read_bytes(), path
+
+
+def test_a_batch_loads_its_streams_keys_with_one_look_up(store_env: dict[str, str]) -> None:
+    with Ledger(store_env) as writer:
+        writer.record_many([tp("CustomerRegistered", c, name=f"N {c}") for c in ("K1", "K2")])
+    with Ledger(store_env) as ledger:  # no key in memory yet
+        recorder: Any = ledger.ledger_recorder
+        asked: list[list[bytes]] = []
+        one_by_one: list[bytes] = []
+        load_keys, load_key = recorder.load_keys, recorder.load_key
+        recorder.load_keys = lambda streams: asked.append(streams) or load_keys(streams)
+        recorder.data_keys.load = lambda stream: one_by_one.append(stream) or load_key(stream)
+        ledger.record_many(
+            [tp("InteractionRecorded", c, note=f"call {c}") for c in ("K1", "K2", "K3")]
+        )
+        # One look-up for the stored streams (their events open as they load), one for the
+        # new stream (sealed on save); none one at a time.
+        stored = {customer_uuid(c).bytes for c in ("K1", "K2")}
+        assert [set(a) for a in asked] == [stored, {customer_uuid("K3").bytes}]
+        assert one_by_one == []
+        # The keys found are the ones that sealed before: the new notes open with them.
+        assert "call K1" in [h.details.get("note") for h in ledger.history("K1")]
+    with Ledger(store_env) as fresh:
+        notes = [h.details.get("note") for h in fresh.history("K2")]
+        assert "call K2" in notes
+        assert fresh.customer("K2").profile["name"] == "N K2"
+
+
+def test_a_stream_without_a_key_is_asked_again_after_a_failed_batch(
+    store_env: dict[str, str],
+) -> None:
+    """'No key' is remembered only until a transaction fails: another writer may have made
+    one meanwhile."""
+    with Ledger(store_env) as ledger:
+        keys: Any = ledger.ledger_recorder.data_keys  # type: ignore[attr-defined]
+        keys.preload([b"x" * 16], lambda streams: {})
+        assert keys.keys[b"x" * 16] is None
+        keys.settle(committed=False)
+        assert b"x" * 16 not in keys.keys

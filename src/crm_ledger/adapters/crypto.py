@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from crm_ledger.errors import ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
 PRIVATE_KEY_FILE = "signing-key.pem"
@@ -279,27 +279,44 @@ class DataKeys:
             for stream in self.pending:
                 self.keys.pop(stream, None)
                 self.ciphers.pop(stream, None)
+            # "No key" may be stale too (another writer may have made one): ask again.
+            for stream in [s for s, key in self.keys.items() if key is None]:
+                del self.keys[stream]
         self.pending = {}
         if len(self.keys) > KEY_CACHE_SIZE:
             for stream in list(self.keys)[: KEY_CACHE_SIZE // 2]:
                 del self.keys[stream]
                 self.ciphers.pop(stream, None)
 
+    def preload(
+        self, streams: Iterable[bytes], load_many: Callable[[list[bytes]], dict[bytes, bytes]]
+    ) -> None:
+        """Load the keys of ``streams`` not in memory yet with one look-up (``load_many``
+        answers stream -> stored key for those that have one)."""
+        missing = [stream for stream in dict.fromkeys(streams) if stream not in self.keys]
+        if missing:
+            found = load_many(missing)
+            for stream in missing:
+                self.keys[stream] = self._usable(stream, found.get(stream))
+
+    def _usable(self, stream: bytes, stored: bytes | None) -> bytes | None:
+        """The key of a stored one (unwrapped by the keyring)."""
+        if stored is not None and self.keyring is not None:
+            return self.keyring.unwrap(stream, stored)
+        if stored is not None and stored.startswith(WRAPPED) and len(stored) != 32:
+            msg = (
+                "this ledger's data keys are wrapped by a key-encryption key: open it "
+                "with its key folder (--keys-dir)"
+            )
+            raise ConfigurationError(msg)
+        return stored
+
     def _cipher(self, stream: bytes) -> AESGCM | None:
         """The stream's cipher (its key expanded once), loading the key on first use."""
         cipher = self.ciphers.get(stream)
         if cipher is None:
             if stream not in self.keys:
-                stored = self.load(stream)
-                if stored is not None and self.keyring is not None:
-                    stored = self.keyring.unwrap(stream, stored)
-                elif stored is not None and stored.startswith(WRAPPED) and len(stored) != 32:
-                    msg = (
-                        "this ledger's data keys are wrapped by a key-encryption key: open it "
-                        "with its key folder (--keys-dir)"
-                    )
-                    raise ConfigurationError(msg)
-                self.keys[stream] = stored
+                self.keys[stream] = self._usable(stream, self.load(stream))
             key = self.keys[stream]
             if key is None:
                 return None

@@ -60,7 +60,11 @@ class UnitOfWork:
             except KeyError:
                 pass
             unknown.append(aggregate_id)
-        return set(unknown) - self.ledger.ledger_recorder.existing_ids(unknown)
+        recorder = self.ledger.ledger_recorder
+        stored = recorder.existing_ids(unknown)
+        # Their stored events open with their keys when loaded: fetch the keys in one go.
+        recorder.prepare_keys(list(stored))
+        return set(unknown) - stored
 
     def load(self, kind: type[Any], subject_id: str, aggregate_id: UUID) -> Any:
         """The aggregate from this batch, the cache or the store; a new one if unknown."""
@@ -153,6 +157,7 @@ class UnitOfWork:
         processing.saved_kwargs = {
             RECORDS_KWARG: BatchRecords(self.receipts, list(positions), list(letters))
         }
+        self.ledger.ledger_recorder.prepare_keys(list(self.changed))
         self.ledger._record(processing)
         self.ledger._take_snapshots(processing)
 

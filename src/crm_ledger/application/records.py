@@ -135,6 +135,9 @@ class LedgerRecorder(Protocol):
         """The stored events of those of ``event_ids`` already stored."""
         ...
 
+    def prepare_keys(self, stream_ids: Sequence[UUID]) -> None:
+        """Load the data keys of a batch's streams with one look-up (before sealing)."""
+
     def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
         """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
         ...

@@ -161,6 +161,17 @@ class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
         key = rows[0]["data_key"] if rows else None
         return bytes(key) if key is not None else None
 
+    def load_keys(self, streams: list[bytes]) -> dict[bytes, bytes]:
+        """Stream -> stored data key of those of ``streams`` that have a live one."""
+        rows = self._select(
+            SQL(
+                "SELECT originator_id, data_key FROM {}.ledger_keys "
+                "WHERE originator_id = ANY(%b::bytea[]) AND data_key IS NOT NULL"
+            ),
+            [streams],
+        )
+        return {bytes(r["originator_id"]): bytes(r["data_key"]) for r in rows}
+
     def destroy_key(self, stream: bytes) -> None:
         """Destroy the stream's data key, and rewrite the key table so that no dead row
         version keeps it."""

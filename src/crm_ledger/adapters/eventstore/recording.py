@@ -152,6 +152,16 @@ class LedgerRecording:
         """The stream's data key (each store reads its own table)."""
         raise NotImplementedError
 
+    def load_keys(self, streams: list[bytes]) -> dict[bytes, bytes]:
+        """Stream -> stored data key of those of ``streams`` that have a live one (each store
+        reads its own table; this default asks one at a time)."""
+        keys = {stream: self.load_key(stream) for stream in streams}
+        return {stream: key for stream, key in keys.items() if key is not None}
+
+    def prepare_keys(self, stream_ids: Sequence[UUID]) -> None:
+        """Load the data keys of a batch's streams not in memory yet, with one look-up."""
+        self.data_keys.preload((i.bytes for i in stream_ids), self.load_keys)
+
     def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
         """One stream's (0, id, version, topic, state) rows (each store queries its own)."""
         raise NotImplementedError

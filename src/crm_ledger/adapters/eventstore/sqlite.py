@@ -22,6 +22,7 @@ from crm_ledger.adapters.eventstore.recording import (
     SQLITE_ID,
     LedgerRecording,
     as_bytes,
+    byte_chunks,
     chunks,
     raw_cursor,
     stream_bytes,
@@ -159,6 +160,19 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
             c.execute("SELECT data_key FROM ledger_keys WHERE originator_id=?", [stream])
             row = c.fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
+
+    def load_keys(self, streams: list[bytes]) -> dict[bytes, bytes]:
+        """Stream -> stored data key of those of ``streams`` that have a live one."""
+        found: dict[bytes, bytes] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in byte_chunks(streams):
+                c.execute(
+                    "SELECT originator_id, data_key FROM ledger_keys WHERE data_key NOT NULL "
+                    f"AND originator_id IN ({','.join('?' * len(chunk))})",
+                    list(chunk),
+                )
+                found.update((bytes(r[0]), bytes(r[1])) for r in c.fetchall())
+        return found
 
     def destroy_key(self, stream: bytes) -> None:
         """Destroy the stream's data key, leaving no copy in the database files."""
