@@ -187,6 +187,14 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
     show_default=True,
     help="Most messages per ledger transaction.",
 )
+@click.option(
+    "--pipeline-depth",
+    type=click.IntRange(0, 8),
+    default=1,
+    show_default=True,
+    help="Decoded batches that may wait while a store thread writes the one before "
+    "(0: store each batch before polling the next).",
+)
 @pass_context
 def ingest(
     ctx: Context,
@@ -194,6 +202,7 @@ def ingest(
     until_idle: float | None,
     until_caught_up: bool,
     batch_size: int,
+    pipeline_depth: int,
 ) -> None:
     """Consume the touchpoint topic into the ledger, exactly once.
 
@@ -215,6 +224,7 @@ def ingest(
             ctx.settings,
             services.ledger,
             max_batch=batch_size,
+            pipeline_depth=pipeline_depth,
             on_batch=_batch_reporter(ctx, progress),
             on_assign=lambda partitions: _log_event("assigned", partitions=partitions),
         )
@@ -225,18 +235,18 @@ def ingest(
             stats = worker.run(
                 max_events=max_events, until_idle=until_idle, until_caught_up=until_caught_up
             )
-    emit_record(
-        ctx,
-        {
-            "consumed": stats.consumed,
-            "recorded": stats.recorded,
-            "duplicates": stats.duplicates,
-            "dead_lettered": stats.dead_lettered,
-            "batches": stats.batches,
-            "events_per_second": round(stats.rate),
-        },
-        title="ingest",
-    )
+    emit_record(ctx, _ingest_summary(stats), title="ingest")
+
+
+def _ingest_summary(stats: Any) -> dict[str, int]:
+    return {
+        "consumed": stats.consumed,
+        "recorded": stats.recorded,
+        "duplicates": stats.duplicates,
+        "dead_lettered": stats.dead_lettered,
+        "batches": stats.batches,
+        "events_per_second": round(stats.rate),
+    }
 
 
 @cli.group()

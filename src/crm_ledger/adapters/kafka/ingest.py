@@ -148,6 +148,7 @@ class IngestWorker:
         self.stats = IngestStats()
         self._taken = 0  # messages polled, stored or in flight
         self._stored: list[tuple[_Outcome, list[Position], list[Any]]] = []  # to finish
+        self._store_error: BaseException | None = None
         dlq_bytes = ensure_topics(settings)
         self._consumer = new_consumer(
             settings,
@@ -211,11 +212,17 @@ class IngestWorker:
         return self.stats
 
     def wait_stored(self) -> None:
-        """Wait until every batch handed to the store thread is stored (or raise its error)."""
-        self._stored += self._stage.collect(wait=True)
+        """Wait until every batch handed to the store thread is stored. (Called from the Kafka
+        client's thread, which swallows errors: a store error is raised by ``settle``.)"""
+        try:
+            self._stored += self._stage.collect(wait=True)
+        except BaseException as e:
+            self._store_error = e
 
     def settle(self, *, wait: bool = True) -> None:
         """Finish the batches stored so far (with ``wait``: every batch handed over)."""
+        if self._store_error is not None:
+            raise self._store_error
         self._stored += self._stage.collect(wait=wait)
         while self._stored:
             self._finish(*self._stored.pop(0))
@@ -521,6 +528,9 @@ class IngestWorker:
     def close(self) -> None:
         """Leave the group and close the clients, within a few seconds even with the broker
         away (whatever was not sent stays in the ledger's outbox)."""
+        # The batches in hand are stored first; one waiting out a store outage gives up
+        # (unstored, its messages are read again).
+        self._stopping = True
         self._stage.close()
         try:
             self._consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)

@@ -29,7 +29,7 @@ class StoreStage:
         self._done: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue()
         self._pending = 0  # submitted and not yet collected
         self._lock = threading.Lock()  # collect may also be called from another thread
-        self._failed = threading.Event()
+        self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
         if depth > 0:
             self._thread = threading.Thread(target=self._run, name="ledger-store", daemon=True)
@@ -41,11 +41,16 @@ class StoreStage:
         return self._pending
 
     def submit(self, job: Callable[[], Any]) -> None:
-        """Queue ``job`` (waiting while ``depth`` jobs already wait); inline, run it now."""
+        """Queue ``job`` (waiting while ``depth`` jobs already wait); inline, run it now.
+        After a job failed, nothing more is queued: its error is raised here."""
+        if self._failed is not None:
+            raise self._failed
         with self._lock:
             self._pending += 1
         if self._thread is None:
-            self._done.put(_call(job))
+            outcome = _call(job)
+            self._failed = outcome[1]
+            self._done.put(outcome)
         else:
             self._jobs.put(job)
 
@@ -61,7 +66,6 @@ class StoreStage:
                     break
                 self._pending -= 1
                 if error is not None:
-                    self._pending = 0  # the jobs after a failed one are never run
                     raise error
                 results.append(value)
         return results
@@ -75,11 +79,11 @@ class StoreStage:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not _STOP:
-            if self._failed.is_set():
-                continue  # skipped: an earlier batch failed
+            if self._failed is not None:  # skipped: an earlier batch failed; say so
+                self._done.put((None, self._failed))
+                continue
             outcome = _call(job)
-            if outcome[1] is not None:
-                self._failed.set()
+            self._failed = outcome[1]
             self._done.put(outcome)
 
 
