@@ -6,7 +6,7 @@ run the baselines over the same bytes and events:
 * raw_produce_eps: a plain kafka-python KafkaProducer (same acks, idempotence and batching)
   sending the already-encoded messages (publish_ratio = publish_eps / raw_produce_eps);
 * raw_consume_eps: a plain KafkaConsumer reading the published topic;
-* ingest_eps_unpipelined: the worker without its store thread (--pipeline-depth 0);
+* ingest_eps_unpipelined: with --pipeline-depth N > 0, the worker without its store thread;
 * record_many_eps: the ledger's batch path on the same events, without Kafka
   (ingest_ratio = ingest_eps / record_many_eps).
 
@@ -163,9 +163,10 @@ def main() -> None:
     parser.add_argument(
         "--pipeline-depth",
         type=int,
-        default=1,
-        help="decoded batches that may wait for a worker's store thread (0: none, the "
-        "unpipelined worker, which is also measured once as the baseline)",
+        default=0,
+        help="decoded batches that may wait for a worker's store thread (0, the default: no "
+        "store thread, as the product runs; N > 0 also measures the unpipelined worker once "
+        "as the baseline; with several workers a rebalance can stall it)",
     )
     parser.add_argument("--child-ingest", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--group", help=argparse.SUPPRESS)

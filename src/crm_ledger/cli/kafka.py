@@ -187,14 +187,6 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
     show_default=True,
     help="Most messages per ledger transaction.",
 )
-@click.option(
-    "--pipeline-depth",
-    type=click.IntRange(0, 8),
-    default=1,
-    show_default=True,
-    help="Decoded batches that may wait while a store thread writes the one before "
-    "(0: store each batch before polling the next).",
-)
 @pass_context
 def ingest(
     ctx: Context,
@@ -202,7 +194,6 @@ def ingest(
     until_idle: float | None,
     until_caught_up: bool,
     batch_size: int,
-    pipeline_depth: int,
 ) -> None:
     """Consume the touchpoint topic into the ledger, exactly once.
 
@@ -224,7 +215,6 @@ def ingest(
             ctx.settings,
             services.ledger,
             max_batch=batch_size,
-            pipeline_depth=pipeline_depth,
             on_batch=_batch_reporter(ctx, progress),
             on_assign=lambda partitions: _log_event("assigned", partitions=partitions),
         )
