@@ -212,7 +212,10 @@ def ensure_topics(settings: KafkaSettings, needed: Sequence[str] | None = None) 
     config = {"retention.ms": str(settings.retention_days * DAY_MS)}
     admin = connect(KafkaAdminClient, settings, request_timeout_ms=30_000)
     try:
-        _create(admin, settings.topic, settings.partitions, config)
+        if _create(admin, settings.topic, settings.partitions, config):
+            # Until the new topic is served its configs read as none, which would pass for
+            # a refusal to describe them (seen right after a topic was re-created).
+            _wait_until_led(admin, [settings.topic])
         source_max = max_message_bytes(admin, settings.topic)
         dlq_max = source_max + HEADER_ROOM
         dlq_config = {**config, "max.message.bytes": str(dlq_max)}
