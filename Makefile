@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[postgres,dev]'
 	touch $(STAMP)
 
+# The package's bytecode, as a regular (non-editable) install writes it: Python reads .pyc
+# files even where PYTHONDONTWRITEBYTECODE keeps it from writing them, and every command
+# would otherwise compile the package from source first (about 0.15 s of each run).
 venv: $(STAMP)
+	@$(BIN)/python -m compileall -q -j 0 src > /dev/null
 
 ## demo: generate an 18-month multi-channel history, import it into SQLite, show a customer
 demo: venv

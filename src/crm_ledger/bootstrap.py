@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import functools
 import gc
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
-from crm_ledger.adapters.crypto import (
-    Ed25519Signer,
-    Keyring,
-    SealedValues,
-    create_key_pair,
-    load_public_key,
-    load_signer,
-    secret_key,
-)
-from crm_ledger.adapters.receipts import ReceiptFile
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
-from crm_ledger.application import Ledger
-from crm_ledger.audit import Auditor
 from crm_ledger.errors import AccessDenied, ConfigurationError, StoreUnavailable
 from crm_ledger.projections.customer_search import CustomerSearch, SearchKey
 from crm_ledger.projections.runtime import BUILDING, DEFAULT_BATCH, Projector, all_projections
@@ -33,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from crm_ledger.adapters.avro import Codec, SchemaRegistry
+    from crm_ledger.adapters.crypto import Ed25519Signer
     from crm_ledger.adapters.eventstore.roles import RoleAccess, RoleGrant
     from crm_ledger.adapters.kafka import (
         AclBinding,
@@ -44,7 +31,8 @@ if TYPE_CHECKING:
     from crm_ledger.adapters.kafka import IngestStats as IngestStats  # noqa: PLC0414 (the CLI's)
     from crm_ledger.adapters.registry_client import Pushed
     from crm_ledger.adapters.users import UserFile
-    from crm_ledger.audit import AuditStore, SnapshotCheck
+    from crm_ledger.application import Ledger
+    from crm_ledger.audit import Auditor, AuditStore, SnapshotCheck
     from crm_ledger.config import Settings
     from crm_ledger.projections.contributions import Projection
     from crm_ledger.projections.runtime import TableSet
@@ -118,6 +106,12 @@ def store_env(settings: Settings, *, create: bool) -> dict[str, str]:
 
 def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
     """The Ledger on the configured store (created first when ``create``)."""
+    # The event store, the domain and the cryptography load here, on a command's first use of
+    # the ledger: a query over read models that are up to date never loads them.
+    from crm_ledger.adapters.crypto import Keyring
+    from crm_ledger.adapters.key_files import secret_key
+    from crm_ledger.application import Ledger
+
     env = store_env(settings, create=create)
     snapshot_key = secret_key(settings.key_folder / SNAPSHOT_KEY_FILE)
     return Ledger(
@@ -154,6 +148,7 @@ def build(
         open_decoder=lambda: open_codec(settings),
         open_charts=open_charts,
         projections=lambda ledger: projections_of(settings, ledger),
+        peek_log_head=lambda: peek_log_head(settings),
         open_export=open_export,
         search_key=lambda: search_key(settings),
         rebuild=functools.partial(rebuild_projections, settings),
@@ -226,6 +221,8 @@ def open_users(settings: Settings) -> UserFile:
 
 def console_secret(settings: Settings) -> bytes:
     """The key that signs console sessions (made on first use, in the key folder)."""
+    from crm_ledger.adapters.key_files import secret_key
+
     return secret_key(settings.key_folder / CONSOLE_KEY_FILE)
 
 
@@ -333,23 +330,42 @@ def open_ingest_worker(settings: Settings, ledger: Ledger, **options: Any) -> In
 
 def open_projection_store(settings: Settings) -> SqlProjectionStore:
     """The read models' store: the ledger's PostgreSQL schema, or a file beside the SQLite
-    event store."""
+    event store. The ledger is checked first (a place without one, or another program's
+    database, is refused before anything is made there), without opening it where its log's
+    head can be read directly."""
+    if peek_log_head(settings) is None:
+        store_env(settings, create=False)
     if settings.database_url:
         engine = postgres_engine(settings.database_url)
         return SqlProjectionStore(engine, schema=settings.database_schema)
     return SqlProjectionStore(sqlite_engine(str(settings.data_dir / PROJECTIONS_FILE)))
 
 
-def projections_of(settings: Settings, ledger: Ledger) -> tuple[Projection, ...]:
+def projections_of(settings: Settings, ledger: Callable[[], Ledger]) -> tuple[Projection, ...]:
     """Every read model, the blind search index included (keyed by the key folder's search
-    key, reading personal values through ``ledger``'s data keys)."""
+    key, reading personal values through the data keys of the ledger ``ledger()`` opens)."""
     key = SearchKey(search_key(settings))
-    opener = cast("Any", ledger.mapper).data_keys.open
+
+    def opener(stream: bytes, field: str, sealed: Any) -> Any:
+        return cast("Any", ledger().mapper).data_keys.open(stream, field, sealed)
+
     return (*all_projections(), CustomerSearch(key, opener))
+
+
+def peek_log_head(settings: Settings) -> int | None:
+    """The newest position of the ledger's log, read without opening the Ledger (SQLite);
+    None when that cannot be said cheaply (PostgreSQL, or no readable ledger file)."""
+    if settings.database_url:
+        return None
+    from crm_ledger.adapters.eventstore.sqlite_head import sqlite_log_head
+
+    return sqlite_log_head(settings.sqlite_path)
 
 
 def search_key(settings: Settings) -> bytes:
     """The key of the blind search index (made on first use, in the key folder)."""
+    from crm_ledger.adapters.key_files import secret_key
+
     return secret_key(settings.key_folder / SEARCH_KEY_FILE)
 
 
@@ -361,7 +377,7 @@ def open_projector(
     batch_size: int | None = None,
 ) -> Projector:
     """The projection runtime over ``ledger``'s log and ``store``."""
-    projections = projections_of(settings, ledger)
+    projections = projections_of(settings, lambda: ledger)
     return Projector(ledger, store, projections=projections, batch_size=batch_size or DEFAULT_BATCH)
 
 
@@ -401,6 +417,9 @@ def rebuild_projections(
             projector.rebuild(chosen, progress)
             return
         head = ledger.log_head()
+        import multiprocessing  # only a rebuild on several cores needs it
+        from concurrent.futures import ProcessPoolExecutor
+
         context = multiprocessing.get_context("spawn")  # no inherited database connections
         with ProcessPoolExecutor(len(groups), mp_context=context) as pool:
             running = [
@@ -455,21 +474,31 @@ def audit_keys_dir(settings: Settings) -> Path:
 
 def create_signing_key(settings: Settings) -> bool:
     """Create the checkpoint signing key pair unless it exists; True if created."""
+    from crm_ledger.adapters.crypto import create_key_pair
+
     return create_key_pair(audit_keys_dir(settings))
 
 
 def open_signer(settings: Settings) -> Ed25519Signer:
     """The checkpoint signer (or verifier, without the private key)."""
+    from crm_ledger.adapters.crypto import load_signer
+
     return load_signer(audit_keys_dir(settings))
 
 
 def verifier(public_pem: bytes) -> Ed25519Signer:
     """A checker of signatures made by the holder of ``public_pem``'s private key."""
+    from crm_ledger.adapters.crypto import Ed25519Signer, load_public_key
+
     return Ed25519Signer(load_public_key(public_pem))
 
 
 def open_auditor(settings: Settings, ledger: Ledger) -> Auditor:
     """Checkpoints and verification over ``ledger``'s event store."""
+    from crm_ledger.adapters.crypto import Keyring, SealedValues, load_signer
+    from crm_ledger.adapters.receipts import ReceiptFile
+    from crm_ledger.audit import Auditor
+
     store = cast("AuditStore", ledger.recorder)
     return Auditor(
         store,

@@ -416,3 +416,28 @@ def test_a_stream_without_a_key_is_asked_again_after_a_failed_batch(
         assert keys.keys[b"x" * 16] is None
         keys.settle(committed=False)
         assert b"x" * 16 not in keys.keys
+
+
+def test_the_sqlite_log_head_is_read_without_opening_the_ledger(tmp_path: Path) -> None:
+    """What a query peeks at before deciding whether the read models must catch up."""
+    import sqlite3
+
+    from crm_ledger.adapters.eventstore import claim_sqlite, sqlite_env
+    from crm_ledger.adapters.eventstore.sqlite_head import sqlite_log_head
+
+    path = tmp_path / "ledger.sqlite"
+    assert sqlite_log_head(path) is None  # no ledger yet: the Ledger says what is wrong
+    claim_sqlite(str(path), create=True)  # as `init` makes one
+    with Ledger(sqlite_env(str(path))) as ledger:
+        assert sqlite_log_head(path) == ledger.log_head() == 0
+        ledger.record_many([tp("CustomerRegistered", "H1"), tp("OrderPlaced", "H1")])
+        ledger.record_many([tp("OrderPlaced", "H1", order_id="O2")])
+        head = ledger.log_head()
+        assert head >= 3
+        assert sqlite_log_head(path) == head
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (x)")
+    assert sqlite_log_head(other) is None
+    (tmp_path / "text.sqlite").write_text("not a database")
+    assert sqlite_log_head(tmp_path / "text.sqlite") is None

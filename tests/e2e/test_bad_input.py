@@ -148,6 +148,11 @@ FOLDERS: dict[str, tuple[Any, list[str], str]] = {
         ["status"],
         "is not a crm-ledger database",
     ),
+    "another program's SQLite file, ltv": (
+        _foreign_sqlite,
+        ["ltv", "C1"],
+        "is not a crm-ledger database",
+    ),
     "another program's SQLite file, init": (
         _foreign_sqlite,
         ["init"],

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,55 @@ def test_erasure_blanks_the_search_index(tmp_path: Path) -> None:
     rebuilt = run(runner, data, "projections", "rebuild", "customer_search", "--workers", "1")
     assert rebuilt.exit_code == 0, rebuilt.output
     assert as_json(runner, data, "customer", "find", "ada") == []
+
+
+#: Run the CLI in a new process and report, on stderr's last line, which of the event store's
+#: and the domain's modules the command loaded.
+_LOADED = """
+import json, sys
+from crm_ledger.cli.base import main
+sys.argv = ["crm-ledger", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+heavy = ("eventsourcing", "crm_ledger.application", "crm_ledger.aggregates.customer",
+         "cryptography")
+print(json.dumps(sorted(m for m in sys.modules if m.startswith(heavy))), file=sys.stderr)
+"""
+
+
+def _ltv_in_new_process(data: Path, customer_id: str) -> tuple[list[dict[str, Any]], list[str]]:
+    command = ["--data-dir", str(data), "--format", "json", "ltv", customer_id]
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADED, *command],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout), json.loads(done.stderr.splitlines()[-1])
+
+
+def test_a_query_over_read_models_up_to_date_leaves_the_event_store_unloaded(
+    tmp_path: Path,
+) -> None:
+    from crm_ledger.adapters.avro import to_json
+
+    runner, data = CliRunner(), tmp_path / "quick"
+    assert run(runner, data, "init").exit_code == 0
+    first = [tp("CustomerRegistered", "Q1"), tp("OrderPlaced", "Q1", order_id="O1")]
+    path = write_jsonl(tmp_path / "q.jsonl", [to_json(e) for e in first])
+    assert run(runner, data, "import", str(path)).exit_code == 0
+    assert run(runner, data, "ltv", "Q1").exit_code == 0  # the read models catch up here
+
+    [value], loaded = _ltv_in_new_process(data, "Q1")
+    assert (value["orders"], loaded) == (1, [])  # answered from the read models alone
+
+    # Written by another process since: the log's head moved, so the next query opens the
+    # ledger, catches up, and answers with the new order.
+    later = [tp("OrderPlaced", "Q1", order_id="O2")]
+    path = write_jsonl(tmp_path / "q2.jsonl", [to_json(e) for e in later])
+    assert run(runner, data, "import", str(path)).exit_code == 0
+    [value], loaded = _ltv_in_new_process(data, "Q1")
+    assert value["orders"] == 2
+    assert "eventsourcing" in loaded

@@ -44,7 +44,7 @@ def models(
     ledger: Ledger, projector: Projector, projection_store: SqlProjectionStore
 ) -> ReadModels:
     """Queries over the read models."""
-    return ReadModels(ledger, projector, projection_store)
+    return ReadModels(lambda: ledger, projector, projection_store)
 
 
 def dump(

@@ -104,7 +104,7 @@ class World:
         self.engine = sqlite_engine(str(folder / "projections.sqlite"))
         self.store = SqlProjectionStore(self.engine)
         self.projector = Projector(self.ledger, self.store, batch_size=batch_size)
-        self.models = ReadModels(self.ledger, self.projector, self.store)
+        self.models = ReadModels(lambda: self.ledger, self.projector, self.store)
 
     def record(self, batches: list[list[Touchpoint]]) -> None:
         for batch in batches:

@@ -23,9 +23,10 @@ from tests.conftest import SCHEMAS
 from tests.factories import AT, tp
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from crm_ledger.aggregates import Touchpoint
+    from crm_ledger.projections.contributions import Projection
 
 
 @dataclass
@@ -60,6 +61,13 @@ def _no_rebuild(*_args: Any, **_kwargs: Any) -> None:
     raise AssertionError("not expected")
 
 
+def _projections(ledger: Callable[[], Ledger]) -> tuple[Projection, ...]:
+    def opener(stream: bytes, field: str, sealed: Any) -> Any:  # opens the ledger when used
+        return cast("Any", ledger().mapper).data_keys.open(stream, field, sealed)
+
+    return (*all_projections(), CustomerSearch(SearchKey(b"k" * 32), opener))
+
+
 def _services(opened: list[str], *, read_only: bool = False) -> Services:
     def open_ledger() -> Ledger:
         opened.append("ledger")
@@ -74,10 +82,7 @@ def _services(opened: list[str], *, read_only: bool = False) -> Services:
         open_kafka=NoKafka,
         open_decoder=lambda: Codec(SchemaRegistry(SCHEMAS)),
         open_charts=lambda: pytest.fail("no charts here"),
-        projections=lambda ledger: (
-            *all_projections(),
-            CustomerSearch(SearchKey(b"k" * 32), cast("Any", ledger.mapper).data_keys.open),
-        ),
+        projections=_projections,
         search_key=lambda: b"k" * 32,
         open_export=lambda path, columns: pytest.fail("no exports here"),
         rebuild=_no_rebuild,

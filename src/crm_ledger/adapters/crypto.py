@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from crm_ledger.adapters.key_files import secret_key
 from crm_ledger.errors import ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
@@ -67,26 +68,6 @@ def create_key_pair(folder: Path) -> bool:
         f.write(pem)
     (folder / PUBLIC_KEY_FILE).write_text(Ed25519Signer(private.public_key()).public_pem())
     return True
-
-
-def secret_key(path: Path) -> bytes:
-    """A 32-byte secret kept in ``path`` (readable by its owner only), made on first use."""
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = os.urandom(32)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            return secret_key(path)
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(key)
-    except OSError as e:
-        raise ConfigurationError(f"cannot read the key {path}: {e.strerror}") from None
-    if len(key) != 32:
-        raise ConfigurationError(f"{path} is not a 32-byte key")
-    return key
 
 
 def load_signer(folder: Path) -> Ed25519Signer:

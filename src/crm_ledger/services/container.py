@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
-    from crm_ledger.application import Ledger
+    from crm_ledger.application import Ledger, LogPage
     from crm_ledger.audit import Auditor
     from crm_ledger.projections.contributions import Projection
     from crm_ledger.projections.runtime import Projector
@@ -72,7 +72,7 @@ class Wiring:
     open_kafka: Callable[[], Kafka]
     open_decoder: Callable[[], JsonDecoder]
     open_charts: Callable[[], Charts]
-    projections: Callable[[Ledger], tuple[Projection, ...]]
+    projections: Callable[[Callable[[], Ledger]], tuple[Projection, ...]]
     open_export: Callable[[Path, Mapping[str, str]], ExportWriter]
     search_key: Callable[[], bytes]
     rebuild: Rebuild
@@ -81,6 +81,26 @@ class Wiring:
     topics: tuple[str, str]
     batch_size: int
     access_flush_seconds: float = 1.0
+    #: The log's head read without opening the Ledger; None where the store cannot say so
+    #: cheaply (then the Ledger is opened and asked).
+    peek_log_head: Callable[[], int | None] = lambda: None
+
+
+class _Log:
+    """The ledger's log for the projection runtime: its head peeked at without opening the
+    Ledger, so that a query over read models already up to date never loads the event store
+    and the domain; the records are read through the Ledger, opened on first use."""
+
+    def __init__(self, peek_head: Callable[[], int | None], ledger: Callable[[], Ledger]) -> None:
+        self._peek_head = peek_head
+        self._ledger = ledger
+
+    def log_head(self) -> int:
+        head = self._peek_head()
+        return self._ledger().log_head() if head is None else head
+
+    def read_log(self, after: int, limit: int) -> LogPage:
+        return self._ledger().read_log(after, limit)
 
 
 class Services:
@@ -112,8 +132,10 @@ class Services:
         """The projection runtime over the ledger's log and the read models' store."""
         from crm_ledger.projections.runtime import Projector
 
-        projections = self.wiring.projections(self.ledger)
-        return Projector(self.ledger, self.read_model_store, projections=projections)
+        store = self.read_model_store  # first: it refuses a place that holds no ledger
+        projections = self.wiring.projections(lambda: self.ledger)
+        log = _Log(self.wiring.peek_log_head, lambda: self.ledger)
+        return Projector(log, store, projections=projections)
 
     @cached_property
     def read_models(self) -> ReadModels:
@@ -121,7 +143,7 @@ class Services:
         from crm_ledger.services.read_models import ReadModels
 
         return ReadModels(
-            self.ledger,
+            lambda: self.ledger,
             self.projector,
             self.read_model_store,
             progress=self.progress,
@@ -187,7 +209,7 @@ class Services:
         from crm_ledger.services.directory import Directory
 
         key = SearchKey(self.wiring.search_key())
-        return Directory(self.ledger, self.read_models, self.read_model_store, key)
+        return Directory(lambda: self.ledger, self.read_models, self.read_model_store, key)
 
     @cached_property
     def exports(self) -> Exports:
@@ -195,7 +217,7 @@ class Services:
         from crm_ledger.services.exports import Exports
 
         return Exports(
-            self.ledger,
+            lambda: self.ledger,
             self.read_models,
             self.read_model_store,
             lambda: self.predictions,

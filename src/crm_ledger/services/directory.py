@@ -21,7 +21,7 @@ from crm_ledger.projections.customer_search import (
 from crm_ledger.services.ports import LIVE, DirectoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from datetime import datetime
 
     from crm_ledger.application import CustomerView, Ledger
@@ -87,12 +87,21 @@ class Directory:
     """Find and list over the directory read models and the blind search index."""
 
     def __init__(
-        self, ledger: Ledger, models: ReadModels, store: DirectoryStore, key: SearchKey
+        self,
+        ledger: Callable[[], Ledger],
+        models: ReadModels,
+        store: DirectoryStore,
+        key: SearchKey,
     ) -> None:
-        self.ledger = ledger
+        self._ledger = ledger
         self.models = models
         self.store = store
         self.key = key
+
+    @property
+    def ledger(self) -> Ledger:
+        """The Ledger, opened on first use."""
+        return self._ledger()
 
     def find(self, query: str, limit: int = 20) -> list[CustomerMatch]:
         """Customers whose id, e-mail (exact), phone (its digits) or name (a prefix of the

@@ -115,13 +115,13 @@ class Exports:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Callable[[], Ledger],
         models: ReadModels,
         store: RowStream,
         predictions: Callable[[], Predictions],
         open_file: Callable[[Path, Mapping[str, str]], ExportWriter],
     ) -> None:
-        self.ledger = ledger
+        self._ledger = ledger
         self.models = models
         self.store = store
         self._predictions = predictions
@@ -198,7 +198,7 @@ class Exports:
         out["erased"] = bool(row["erased"])
         out["merged_into"] = row["merged_into"] or None
         if personal:
-            profile = self.ledger.customer(row["customer_id"]).profile
+            profile = self._ledger().customer(row["customer_id"]).profile
             out |= {f: profile.get(f) for f in PERSONAL}
         return out
 

@@ -108,19 +108,24 @@ class ReadModels:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Callable[[], Ledger],
         projector: Projector,
         store: QueryStore,
         *,
         progress: Callable[[int, int], None] | None = None,
         read_only: bool = False,
     ) -> None:
-        self.ledger = ledger
+        self._ledger = ledger
         self.projector = projector
         self.store = store
         self.progress = progress
         self.read_only = read_only
         self._live: dict[str, TableSet] | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        """The Ledger, opened on first use (a query of the read models needs none)."""
+        return self._ledger()
 
     def catch_up(self) -> int:
         """Bring the live read models up to the head of the log (the explicit write step of

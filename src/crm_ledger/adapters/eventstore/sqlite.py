@@ -27,6 +27,7 @@ from crm_ledger.adapters.eventstore.recording import (
     raw_cursor,
     stream_bytes,
 )
+from crm_ledger.adapters.eventstore.sqlite_head import SQLITE_APPLICATION_ID
 from crm_ledger.application import OutboxLetter, StoredCopy, batch_records
 from crm_ledger.audit import (
     ChainLink,
@@ -411,9 +412,6 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT COUNT(*) FROM ledger_receipts")
             return int(c.fetchone()[0])
-
-
-SQLITE_APPLICATION_ID = 0x43524D4C
 
 
 def claim_sqlite(db_path: str, *, create: bool) -> None:
