@@ -365,3 +365,31 @@ def test_sigterm_stops_the_worker_within_seconds(
     assert code == 0, err[-2000:]
     assert not batches(worker.logs)
     print(f"SIGTERM while {state}: exited in {took:.2f} s")
+
+
+def test_a_worker_that_fails_to_start_leaves_no_connection_open(
+    kafka: KafkaSettings, codec: Codec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its consumer had joined the broker when the dead-letter producer could not be made:
+    the consumer is closed before the error is raised, not left to the garbage collector (an
+    unclosed socket found later fails whichever test is running then)."""
+    from crm_ledger.adapters.kafka import client
+    from crm_ledger.errors import KafkaUnavailable
+
+    consumers: list[Any] = []
+
+    def kept(settings: KafkaSettings, **config: Any) -> Any:
+        consumers.append(new_consumer(settings, **config))
+        return consumers[-1]
+
+    def no_producer(*args: Any, **config: Any) -> Any:
+        raise KafkaUnavailable("no dead-letter producer in this test")
+
+    new_consumer = client.new_consumer
+    monkeypatch.setattr(client, "new_consumer", kept)
+    monkeypatch.setattr(client, "new_producer", no_producer)
+    refused = pytest.raises(KafkaUnavailable, match="no dead-letter producer")
+    with Ledger(sqlite_env(str(tmp_path / "l.sqlite"))) as ledger, refused:
+        IngestWorker(ledger, codec, kafka)
+    [consumer] = consumers
+    assert consumer._closed

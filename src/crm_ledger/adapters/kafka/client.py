@@ -4,6 +4,7 @@ names that are not UTF-8."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ BROKER_MAX_MESSAGE_BYTES = 1_048_588
 HEADER_ROOM = 64 * 1024
 #: How long a new topic may take to be served before we call Kafka unavailable.
 READY_TIMEOUT_S = 30.0
+#: How long closing a client may take, even with the broker away.
+CLOSE_TIMEOUT_MS = 2_000
 
 
 class _RawHeaderName(str):
@@ -200,6 +203,41 @@ def new_producer(settings: KafkaSettings, **config: Any) -> KafkaProducer:
         metrics_enabled=False,
         **config,
     )
+
+
+def open_worker_clients(
+    settings: KafkaSettings, max_batch: int, send_timeout_s: float
+) -> tuple[KafkaConsumer, KafkaProducer]:
+    """An ingest worker's consumer (in its group, its topic's partitions known) and dead-letter
+    producer, after making sure of the topics; what was opened is closed again if starting
+    fails (a worker that never started leaves no connection behind)."""
+    dlq_bytes = ensure_topics(settings)
+    with contextlib.ExitStack() as opened:
+        consumer = new_consumer(
+            settings,
+            group_id=settings.group,
+            enable_auto_commit=False,
+            # Never reset silently: every position comes from the ledger (or the beginning),
+            # so one out of range means the topic lost messages or was re-created.
+            auto_offset_reset="none",
+            max_poll_records=max_batch,
+            # Bounded prefetch: fetched records wait in memory as Python objects, so large
+            # fetches made a worker's memory grow with the topic instead of staying flat.
+            fetch_max_bytes=8 * 1024 * 1024,
+            max_partition_fetch_bytes=1024 * 1024,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        )
+        opened.callback(consumer.close, autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
+        # A send never blocks for long (a stop must come within seconds): what is not sent
+        # stays in the outbox.
+        producer = new_producer(
+            settings, max_request_size=dlq_bytes, max_block_ms=int(send_timeout_s * 1000)
+        )
+        opened.callback(producer.close, timeout=CLOSE_TIMEOUT_MS / 1000)
+        wait_for_partitions(consumer, settings.topic)
+        opened.pop_all()  # started: the worker closes them
+    return consumer, producer
 
 
 def ensure_topics(settings: KafkaSettings, needed: Sequence[str] | None = None) -> int:

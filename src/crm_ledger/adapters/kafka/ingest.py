@@ -21,12 +21,10 @@ from kafka.errors import AuthorizationError, KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from crm_ledger.adapters.kafka.client import (
+    CLOSE_TIMEOUT_MS,
     KafkaSettings,
-    ensure_topics,
-    new_consumer,
-    new_producer,
+    open_worker_clients,
     refused,
-    wait_for_partitions,
 )
 from crm_ledger.adapters.kafka.pipeline import StoreStage
 from crm_ledger.application import OutboxLetter, Position
@@ -57,7 +55,6 @@ MAX_REASON_BYTES = 4000
 OUTBOX_PAGE = 500
 OUTBOX_RETRY_S = 30.0
 SEND_TIMEOUT_S = 5.0
-CLOSE_TIMEOUT_MS = 2_000
 
 log = logging.getLogger("crm_ledger.ingest")
 
@@ -152,28 +149,7 @@ class IngestWorker:
         self._taken = 0  # messages polled, stored or in flight
         self._stored: list[tuple[_Outcome, list[Position], list[Any]]] = []  # to finish
         self._store_error: BaseException | None = None
-        dlq_bytes = ensure_topics(settings)
-        self._consumer = new_consumer(
-            settings,
-            group_id=settings.group,
-            enable_auto_commit=False,
-            # Never reset silently: every position comes from the ledger (or the beginning),
-            # so one out of range means the topic lost messages or was re-created.
-            auto_offset_reset="none",
-            max_poll_records=max_batch,
-            # Bounded prefetch: fetched records wait in memory as Python objects, so large
-            # fetches made a worker's memory grow with the topic instead of staying flat.
-            fetch_max_bytes=8 * 1024 * 1024,
-            max_partition_fetch_bytes=1024 * 1024,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        )
-        # A send never blocks for long (a stop must come within seconds): what is not sent
-        # stays in the outbox.
-        self._dlq = new_producer(
-            settings, max_request_size=dlq_bytes, max_block_ms=int(SEND_TIMEOUT_S * 1000)
-        )
-        wait_for_partitions(self._consumer, settings.topic)
+        self._consumer, self._dlq = open_worker_clients(settings, max_batch, SEND_TIMEOUT_S)
         self._stage = StoreStage(pipeline_depth)
         self._consumer.subscribe([settings.topic], listener=_SeekToLedger(self))
 
