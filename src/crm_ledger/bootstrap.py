@@ -7,6 +7,7 @@ import gc
 import os
 import time
 from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
 
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.errors import AccessDenied, ConfigurationError, StoreUnavailable
@@ -349,7 +350,10 @@ def projections_of(settings: Settings, ledger: Callable[[], Ledger]) -> tuple[Pr
     def opener(stream: bytes, field: str, sealed: Any) -> Any:
         return cast("Any", ledger().mapper).data_keys.open(stream, field, sealed)
 
-    return (*all_projections(), CustomerSearch(key, opener))
+    def preload(streams: list[str]) -> None:
+        ledger().ledger_recorder.prepare_keys([UUID(hex=s) for s in streams])
+
+    return (*all_projections(), CustomerSearch(key, opener, preload))
 
 
 def peek_log_head(settings: Settings) -> int | None:

@@ -4,10 +4,13 @@ snapshots and time travel give a user. Same bodies on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from crm_ledger.application import Ledger
+from crm_ledger.bootstrap import projections_of
+from crm_ledger.config import Settings
 from crm_ledger.errors import CustomerNotFound, InvalidInput, NotFound, PositionConflict
 from crm_ledger.projections.contributions import Changes, micros
 from crm_ledger.projections.lifetime_value import LifetimeValue
@@ -23,9 +26,10 @@ from tests.factories import AT, tp
 from tests.projections.conftest import dump
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from crm_ledger.adapters.sql import SqlProjectionStore
     from crm_ledger.aggregates import Touchpoint
-    from crm_ledger.application import Ledger
     from crm_ledger.services.read_models import ReadModels
 
 DAY = timedelta(days=1)
@@ -374,3 +378,31 @@ def test_a_read_model_whose_code_changed_rebuilds_itself_on_the_next_catch_up(
     assert released.catch_up() == 0
     rows = dump(projection_store, released, released.live())
     assert len(rows["ltv"]) == 3
+
+
+def test_the_search_index_loads_a_pages_data_keys_with_one_look_up(
+    store_env: dict[str, str], projection_store: SqlProjectionStore, tmp_path: Path
+) -> None:
+    """Its contributions open each registration's sealed e-mail, phone and name: the keys of a
+    page's streams come with one look-up, not one per stream (a rebuild reads thousands)."""
+    customers = [f"S{n}" for n in range(12)]
+    with Ledger(store_env) as writer:
+        writer.record_many([tp("CustomerRegistered", c, name=f"Ada {c}") for c in customers])
+    with Ledger(store_env) as ledger:  # no key in memory yet
+        recorder: Any = ledger.ledger_recorder
+        asked: list[list[bytes]] = []
+        one_by_one: list[bytes] = []
+        load_keys, load_key = recorder.load_keys, recorder.load_key
+        recorder.load_keys = lambda streams: asked.append(streams) or load_keys(streams)
+        recorder.data_keys.load = lambda stream: one_by_one.append(stream) or load_key(stream)
+        settings = Settings(data_dir=tmp_path / "data")
+        projections = projections_of(settings, lambda: ledger)
+        projector = Projector(ledger, projection_store, projections=projections, batch_size=100)
+        projector.rebuild(["customer_search"])
+        assert one_by_one == []
+        assert [len(a) for a in asked] == [len(customers)]  # one page, one look-up
+        search = projector.live()["customer_search"]
+        [table] = projector.projections["customer_search"].tables
+        rows = projection_store.all_rows(table, search.label)
+        assert len(rows) == len(customers)
+        assert all(r["email"] for r in rows)  # the keys found opened every e-mail

@@ -104,6 +104,10 @@ class Changes:
         kinds = projection.kinds
         if kinds is not None:
             records = [r for r in records if r.kind in kinds]
+        prepare = getattr(projection, "prepare", None)  # optional: see CustomerSearch
+        if prepare is not None:
+            records = list(records)
+            prepare(records)
         for record in records:
             for table_name, row in contribute(record):
                 if type(row) is tuple:  # an append-only table's row

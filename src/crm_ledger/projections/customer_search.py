@@ -77,6 +77,10 @@ class SearchKey:
         return tokens
 
 
+#: The record kinds whose sealed personal values the index opens.
+PERSONAL_KINDS = frozenset({"CustomerRegistered", "ProfileUpdated"})
+
+
 class CustomerSearch:
     """The search index: one row of tokens per customer stream."""
 
@@ -86,9 +90,21 @@ class CustomerSearch:
         {"Opened", "CustomerRegistered", "ProfileUpdated", "CustomerErased"}
     )
 
-    def __init__(self, key: SearchKey, opener: Callable[[bytes, str, Any], Any]) -> None:
+    def __init__(
+        self,
+        key: SearchKey,
+        opener: Callable[[bytes, str, Any], Any],
+        preload: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.key = key
         self.opener = opener
+        self.preload = preload
+
+    def prepare(self, records: list[LogRecord]) -> None:
+        """Before a page's contributions: load the data keys of the streams whose personal
+        values it opens with one look-up (``preload``), instead of one per stream."""
+        if self.preload is not None:
+            self.preload(list({r.stream: None for r in records if r.kind in PERSONAL_KINDS}))
 
     def contribute(self, record: LogRecord) -> Iterator[tuple[str, dict[str, Any]]]:
         """The tokens ``record`` sets (or, for an erasure, blanks)."""
