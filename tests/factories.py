@@ -102,3 +102,15 @@ def tp(
         correlation_id=None,
         data={**DATA[event_type], **data},
     )
+
+
+def spy_on_key_look_ups(ledger: Any) -> tuple[list[list[bytes]], list[bytes]]:
+    """Record the ledger's data-key look-ups from now on: the streams of each batched one
+    (``load_keys``) and each stream asked for one at a time."""
+    recorder = ledger.ledger_recorder
+    batched: list[list[bytes]] = []
+    one_by_one: list[bytes] = []
+    load_keys, load_key = recorder.load_keys, recorder.load_key
+    recorder.load_keys = lambda streams: batched.append(streams) or load_keys(streams)
+    recorder.data_keys.load = lambda stream: one_by_one.append(stream) or load_key(stream)
+    return batched, one_by_one

@@ -21,7 +21,7 @@ from crm_ledger.errors import (
     InvalidEvent,
     MergeError,
 )
-from tests.factories import AT, tp
+from tests.factories import AT, spy_on_key_look_ups, tp
 
 
 @pytest.fixture
@@ -383,12 +383,7 @@ def test_a_batch_loads_its_streams_keys_with_one_look_up(store_env: dict[str, st
     with Ledger(store_env) as writer:
         writer.record_many([tp("CustomerRegistered", c, name=f"N {c}") for c in ("K1", "K2")])
     with Ledger(store_env) as ledger:  # no key in memory yet
-        recorder: Any = ledger.ledger_recorder
-        asked: list[list[bytes]] = []
-        one_by_one: list[bytes] = []
-        load_keys, load_key = recorder.load_keys, recorder.load_key
-        recorder.load_keys = lambda streams: asked.append(streams) or load_keys(streams)
-        recorder.data_keys.load = lambda stream: one_by_one.append(stream) or load_key(stream)
+        asked, one_by_one = spy_on_key_look_ups(ledger)
         ledger.record_many(
             [tp("InteractionRecorded", c, note=f"call {c}") for c in ("K1", "K2", "K3")]
         )

@@ -4,7 +4,7 @@ snapshots and time travel give a user. Same bodies on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,7 +22,7 @@ from crm_ledger.projections.runtime import (
     _Target,
 )
 from crm_ledger.services.read_models import Moment
-from tests.factories import AT, tp
+from tests.factories import AT, spy_on_key_look_ups, tp
 from tests.projections.conftest import dump
 
 if TYPE_CHECKING:
@@ -389,12 +389,7 @@ def test_the_search_index_loads_a_pages_data_keys_with_one_look_up(
     with Ledger(store_env) as writer:
         writer.record_many([tp("CustomerRegistered", c, name=f"Ada {c}") for c in customers])
     with Ledger(store_env) as ledger:  # no key in memory yet
-        recorder: Any = ledger.ledger_recorder
-        asked: list[list[bytes]] = []
-        one_by_one: list[bytes] = []
-        load_keys, load_key = recorder.load_keys, recorder.load_key
-        recorder.load_keys = lambda streams: asked.append(streams) or load_keys(streams)
-        recorder.data_keys.load = lambda stream: one_by_one.append(stream) or load_key(stream)
+        asked, one_by_one = spy_on_key_look_ups(ledger)
         settings = Settings(data_dir=tmp_path / "data")
         projections = projections_of(settings, lambda: ledger)
         projector = Projector(ledger, projection_store, projections=projections, batch_size=100)
