@@ -436,3 +436,43 @@ def test_the_sqlite_log_head_is_read_without_opening_the_ledger(tmp_path: Path) 
     assert sqlite_log_head(other) is None
     (tmp_path / "text.sqlite").write_text("not a database")
     assert sqlite_log_head(tmp_path / "text.sqlite") is None
+
+
+def _folded_into_the_file(path: Path) -> bool:
+    """Every page the ledger holds is in the database file itself, none only in the log."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return bool(path.stat().st_size >= pages * page_size)
+
+
+def test_committed_batches_are_folded_into_the_sqlite_file_by_a_thread_of_their_own(
+    tmp_path: Path,
+) -> None:
+    """The writer's commit only appends to the write-ahead log (its own checkpoint threshold
+    is far above these batches); the checkpoint thread copies the log into the file, and it
+    stops with the ledger. A process that only reads starts none."""
+    import threading
+
+    from crm_ledger.adapters.eventstore import sqlite_env
+    from crm_ledger.adapters.eventstore.sqlite_wal import THREAD_NAME
+    from tests.integration.conftest import wait_until
+
+    def checkpoint_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == THREAD_NAME]
+
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(sqlite_env(str(path))) as ledger:
+        ledger.record_many([tp("CustomerRegistered", "W1")])
+        for b in range(30):
+            ledger.record_many(
+                [tp("OrderPlaced", f"W{i}", order_id=f"O{b}-{i}") for i in range(200)]
+            )
+        wait_until(lambda: _folded_into_the_file(path), 30, "the log folded into the file")
+        assert len(checkpoint_threads()) == 1
+    assert checkpoint_threads() == []
+    with Ledger(sqlite_env(str(path))) as reader:
+        assert reader.customer("W1").customer_id == "W1"
+        assert checkpoint_threads() == []

@@ -149,6 +149,12 @@ class Ledger(Application[UUID]):
         values = {**type(self).env, "IS_SNAPSHOTTING_ENABLED": "y", **(env or {})}
         return Environment(name, values)
 
+    def close(self) -> None:
+        """Stop the recorder's background work, then close the store."""
+        if not self.closing.is_set():
+            self.ledger_recorder.close()
+        super().close()
+
     @property
     def ledger_recorder(self) -> LedgerRecorder:
         """The recorder, seen through the ledger's extra queries."""

@@ -138,6 +138,9 @@ class LedgerRecorder(Protocol):
     def prepare_keys(self, stream_ids: Sequence[UUID]) -> None:
         """Load the data keys of a batch's streams with one look-up (before sealing)."""
 
+    def close(self) -> None:
+        """Stop what the recorder runs in the background."""
+
     def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
         """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
         ...

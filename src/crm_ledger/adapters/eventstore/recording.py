@@ -162,6 +162,9 @@ class LedgerRecording:
         """Load the data keys of a batch's streams not in memory yet, with one look-up."""
         self.data_keys.preload((i.bytes for i in stream_ids), self.load_keys)
 
+    def close(self) -> None:
+        """Stop what the recorder runs in the background (nothing, unless a store has)."""
+
     def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
         """One stream's (0, id, version, topic, state) rows (each store queries its own)."""
         raise NotImplementedError

@@ -4,6 +4,7 @@ chain, data keys, checkpoints and outbox, written in the same transaction as the
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +29,7 @@ from crm_ledger.adapters.eventstore.recording import (
     stream_bytes,
 )
 from crm_ledger.adapters.eventstore.sqlite_head import SQLITE_APPLICATION_ID
+from crm_ledger.adapters.eventstore.sqlite_wal import BACKSTOP_PAGES, WalCheckpointer
 from crm_ledger.application import OutboxLetter, StoredCopy, batch_records
 from crm_ledger.audit import (
     ChainLink,
@@ -46,6 +48,27 @@ if TYPE_CHECKING:
 class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
     """SQLite recorder that also writes receipts, positions and the hash chain with the
     events."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        memory = self.datastore.pool.is_sqlite_memory_mode
+        # The log is folded into the file on a thread of its own (see sqlite_wal).
+        self.wal = None if memory else WalCheckpointer(self.datastore.pool.db_name)
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The insert (committed on return), then its log frames are handed to the
+        checkpoint thread."""
+        result = super().insert_events(stored_events, **kwargs)
+        if self.wal is not None:
+            self.wal.committed()
+        return result
+
+    def close(self) -> None:
+        """Stop the checkpoint thread."""
+        if self.wal is not None:
+            self.wal.close()
 
     def construct_create_table_statements(self) -> list[str]:
         """eventsourcing's events table with the hash chain as two more columns (so that the
@@ -102,6 +125,9 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         # Both primary keys are random UUIDs, so inserts land all over their B-trees: keep
         # more of them in memory than SQLite's 2 MB default.
         c.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+        # The commit only appends to the log; the checkpoint thread folds it into the file.
+        if self.wal is not None:
+            c.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
         # One executemany instead of eventsourcing's row-by-row inserts (which exist only to
         # return notification ids, and the ledger does not use them), each row with its
         # content and chain hash.
@@ -184,10 +210,9 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
                 "DO UPDATE SET data_key=NULL, destroyed_at=excluded.destroyed_at",
                 [stream, datetime.now(UTC).isoformat()],
             )
-        with self.datastore.transaction(commit=False) as c:
-            # Earlier page images in the write-ahead log still hold the key: fold the log
-            # into the database and empty it.
-            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Earlier page images in the write-ahead log still hold the key: fold the log into
+        # the database and empty it.
+        self._truncate_log()
         self.data_keys.forget(stream)
 
     def rewrap_keys(self) -> int:
@@ -201,9 +226,17 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
                 "UPDATE ledger_keys SET data_key=? WHERE originator_id=?",
                 [(self.data_keys.rewrapped(k, v) or v, k) for k, v in rows],
             )
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._truncate_log()
         return len(rows)
+
+    def _truncate_log(self) -> None:
+        """Fold the whole log into the file and empty it (no page image of the log is left
+        to hold what was just overwritten)."""
+        with contextlib.ExitStack() as stack:
+            if self.wal is not None:
+                stack.enter_context(self.wal.paused())
+            c = stack.enter_context(self.datastore.transaction(commit=False))
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def stored_records(self) -> Iterator[StoredRecord]:
         """Every stored event, by stream then version (for verification)."""
