@@ -421,6 +421,7 @@ def rebuild_projections(
             projector.rebuild(chosen, progress)
             return
         head = ledger.log_head()
+        projector.start_rebuild(chosen)
         import multiprocessing  # only a rebuild on several cores needs it
         from concurrent.futures import ProcessPoolExecutor
 

@@ -4,7 +4,7 @@ snapshots and time travel give a user. Same bodies on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -190,6 +190,32 @@ def test_rebuild_swaps_in_fresh_tables_and_an_interrupted_one_finishes(
     assert live["journey_timeline"].label != old_label
     assert {s.status for s in projection_store.table_sets()} == {LIVE}
     assert dump(projection_store, projector, live) == before
+
+
+def test_a_rebuilds_sets_are_made_before_its_workers_start_so_none_of_them_makes_one(
+    ledger: Ledger, projector: Projector, projection_store: SqlProjectionStore
+) -> None:
+    """A parent killed mid-rebuild can leave a worker running; if workers made their own sets,
+    such a worker and the rerun could both pick the next label at once. The parent makes them
+    first; a worker (or rerun) then carries on with those."""
+    ledger.record_many([order(f"C{i % 4}", 100 + i, days=i) for i in range(10)])
+    projector.catch_up()
+    names = ["journey_timeline", "lifetime_value"]
+    projector.start_rebuild(names)
+    made = [s for s in projection_store.table_sets() if s.status == BUILDING]
+    assert {s.projection for s in made} == set(names)
+    creations: list[str] = []
+    real_create = projection_store.create
+
+    def create(projection: Any, table_set: Any) -> None:
+        creations.append(table_set.label)
+        real_create(projection, table_set)
+
+    projection_store.create = create  # type: ignore[method-assign]
+    projector.rebuild(names)  # what each worker runs
+    assert creations == []
+    live = projector.live()
+    assert {live[n].label for n in names} == {s.label for s in made}
 
 
 def test_replay_into_a_snapshot_as_of_a_moment(

@@ -199,6 +199,22 @@ class Projector:
         """Build the named projections (all when none are named) into fresh tables in one
         pass over the log, and swap each in when caught up. A rebuild that was interrupted
         carries on where it stopped. Returns the records applied."""
+        targets = self._rebuild_targets(names)
+        applied = self._run(targets, self.log.log_head(), progress)
+        for target in targets:
+            self.store.promote(target.projection, target.table_set.label)
+        self._drop_retired()
+        return applied
+
+    def start_rebuild(self, names: Sequence[str] = ()) -> None:
+        """Make the sets the named projections will be rebuilt into (keeping those an
+        interrupted rebuild left). A rebuild on several processes does this before it starts
+        them, so that its workers, and any left running by a parent that was killed, only
+        ever carry on with existing sets and never create one at the same moment as a
+        rerun."""
+        self._rebuild_targets(names)
+
+    def _rebuild_targets(self, names: Sequence[str]) -> list[_Target]:
         chosen = [self.projection(n) for n in (names or list(self.projections))]
         self._drop_retired()
         sets = self._sets()
@@ -215,11 +231,7 @@ class Projector:
                 self.store.create(projection, building)
                 sets.append(building)
             targets.append(_Target(projection, building))
-        applied = self._run(targets, self.log.log_head(), progress)
-        for target in targets:
-            self.store.promote(target.projection, target.table_set.label)
-        self._drop_retired()
-        return applied
+        return targets
 
     # Snapshots.
 
