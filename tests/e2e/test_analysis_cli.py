@@ -230,7 +230,7 @@ def test_a_rebuild_killed_for_real_then_rerun_ends_identical(runner: CliRunner, 
             "--batch-size",
             "5",
         ]
-        process = subprocess.Popen(command, env={**os.environ}, stderr=subprocess.PIPE)
+        process = subprocess.Popen(command, env={**os.environ}, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             building = [s for s in store.table_sets() if s.status == "building" and s.position]
