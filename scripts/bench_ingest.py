@@ -6,15 +6,19 @@ run the baselines over the same bytes and events:
 * raw_produce_eps: a plain kafka-python KafkaProducer (same acks, idempotence and batching)
   sending the already-encoded messages (publish_ratio = publish_eps / raw_produce_eps);
 * raw_consume_eps: a plain KafkaConsumer reading the published topic;
-* ingest_eps_unpipelined: with --pipeline-depth N > 0, the worker without its store thread;
-* record_many_eps: the ledger's batch path on the same events, without Kafka
-  (ingest_ratio = ingest_eps / record_many_eps).
+* ingest_eps_waiting (SQLite): one worker that commits each batch before it polls the next
+  (``background=False``), where the product's worker commits in the background;
+* record_many_eps: the ledger's batch path on the same events, without Kafka, each batch
+  committed before the next (ingest_ratio = ingest_eps / record_many_eps), and on SQLite
+  record_many_background_eps, committed in the background as the worker does
+  (ingest_ratio_background = ingest_eps / record_many_background_eps).
 
 The ingest workers run as separate processes in one consumer group, one fresh ledger per
 --workers count (default 1 on SQLite, which has a single writer; 1,2 on PostgreSQL):
 ingest_eps_1w, ingest_eps_2w, and the CPU seconds per 1,000 events of the workers, the Kafka
 broker and the PostgreSQL server (cpu_s_per_1k_worker_1w, _broker_1w, _database_1w, ...), so
-the scaling to N machines can be projected. Each worker samples its RSS; the first one's RSS
+the scaling to N machines can be projected (a worker's CPU and RSS include its SQLite commit
+process). Each worker samples its RSS; the first one's RSS
 at a quarter, half, three quarters and all of its messages shows whether memory stays flat
 (max_rss_mb is the peak). Uses the broker at --bootstrap (or KAFKA_BOOTSTRAP_SERVERS), else
 starts one with scripts/kafka_server.sh. The last line is a JSON object of every figure.
@@ -23,6 +27,7 @@ starts one with scripts/kafka_server.sh. The last line is a JSON object of every
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -44,9 +49,16 @@ KAFKA_SCRIPT = ROOT / "scripts" / "kafka_server.sh"
 
 
 def rss_mb() -> float:
-    """This process's current resident memory, in MiB."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
+    """This process's current resident memory and its child processes' (the SQLite commit
+    process), in MiB."""
+    pids = ["self"]
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += (task / "children").read_text().split()
+    pages = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/statm") as f:
+            pages += int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -87,11 +99,12 @@ def child_ingest(args: argparse.Namespace) -> None:
             max_batch=args.batch_size,
             on_batch=on_batch,
             poll_timeout_ms=200,
-            pipeline_depth=args.pipeline_depth,
+            background=not args.wait,
         )
         started = time.time()
         stats = worker.run(until_caught_up=True)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the commit process, once closed
     print(
         json.dumps(
             {
@@ -102,7 +115,7 @@ def child_ingest(args: argparse.Namespace) -> None:
                 "last_batch": last_batch[0],
                 "max_rss_mb": round(max(peak[0], rss_mb()), 1),
                 "rss": rss,
-                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "cpu_s": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
             }
         )
     )
@@ -161,13 +174,11 @@ def main() -> None:
         "(default: 1 on SQLite, which has a single writer; 1,2 on PostgreSQL)",
     )
     parser.add_argument(
-        "--pipeline-depth",
-        type=int,
-        default=0,
-        help="decoded batches that may wait for a worker's store thread (0, the default: no "
-        "store thread, as the product runs; N > 0 also measures the unpipelined worker once "
-        "as the baseline; with several workers a rebalance can stall it)",
+        "--no-waiting-baseline",
+        action="store_true",
+        help="on SQLite, skip the run of a worker that commits each batch before the next",
     )
+    parser.add_argument("--wait", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-ingest", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--group", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
@@ -215,17 +226,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         try:
             for workers in args.workers:
-                run = time_ingest(args, folder, topic, workers, args.pipeline_depth, schemas)
+                run = time_ingest(args, folder, topic, workers, schemas)
                 figures[f"ingest_eps_{workers}w"] = run["ingest_eps"]
                 figures.setdefault("ingest_eps", run["ingest_eps"])
                 figures.setdefault("max_rss_mb", run["max_rss_mb"])
                 figures.setdefault("worker_rss_mb_quartiles", run["rss_quartiles"])
                 for part in ("worker", "broker", "database"):
                     figures[f"cpu_s_per_1k_{part}_{workers}w"] = run[f"cpu_s_per_1k_{part}"]
-            if args.pipeline_depth:
-                run = time_ingest(args, folder, topic, 1, 0, schemas)
-                figures["ingest_eps_unpipelined"] = run["ingest_eps"]
-            record_many = time_record_many(args, folder, events, schemas)
+            if not args.database_url and not args.no_waiting_baseline:
+                run = time_ingest(args, folder, topic, 1, schemas, wait=True)
+                figures["ingest_eps_waiting"] = run["ingest_eps"]
+            record_many = time_record_many(args, folder, events, schemas, wait=True)
+            if not args.database_url:
+                background = time_record_many(args, folder, events, schemas, wait=False)
         finally:
             for schema in schemas:
                 from crm_ledger.adapters.eventstore import drop_postgres_schema
@@ -233,6 +246,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 drop_postgres_schema(args.database_url, schema)
     figures["record_many_eps"] = round(record_many)
     figures["ingest_ratio"] = round(figures["ingest_eps"] / record_many, 3)
+    if not args.database_url:
+        figures["record_many_background_eps"] = round(background)
+        figures["ingest_ratio_background"] = round(figures["ingest_eps"] / background, 3)
     return figures
 
 
@@ -311,8 +327,9 @@ def time_ingest(
     folder: str,
     topic: str,
     workers: int,
-    depth: int,
     schemas: list[str],
+    *,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """``workers`` ingest processes in one group into a fresh ledger; their rate, RSS and the
     CPU seconds per 1,000 events of the workers, the broker and the database server."""
@@ -325,7 +342,7 @@ def time_ingest(
     group = f"bench-{uuid.uuid4().hex[:8]}"
     command = [sys.executable, __file__, "--child-ingest", "--bootstrap", args.bootstrap]
     command += ["--topic", topic, "--group", group, "--data-dir", folder, "--store", name]
-    command += ["--batch-size", str(args.batch_size), "--pipeline-depth", str(depth)]
+    command += ["--batch-size", str(args.batch_size)] + (["--wait"] if wait else [])
     command += ["--database-url", args.database_url] if args.database_url else []
     broker, database = broker_cpu(), database_cpu()
     children = [
@@ -352,9 +369,10 @@ def time_ingest(
         "cpu_s_per_1k_broker": round(broker * per_1k, 4),
         "cpu_s_per_1k_database": round(database * per_1k, 4),
     }
+    how = "each batch committed first" if wait else "committed in the background"
     print(
         f"  ingest {workers} worker{'s' if workers > 1 else ' '} {run['ingest_eps']:>10,} ev/s  "
-        f"(pipeline depth {depth}; stored {stored:,}; worker RSS {run['rss_quartiles']} MB; "
+        f"({how}; stored {stored:,}; worker RSS {run['rss_quartiles']} MB; "
         f"CPU s per 1k events: worker {run['cpu_s_per_1k_worker']}, broker "
         f"{run['cpu_s_per_1k_broker']}, database {run['cpu_s_per_1k_database']})"
     )
@@ -362,9 +380,10 @@ def time_ingest(
 
 
 def time_record_many(
-    args: argparse.Namespace, folder: str, events: list[Any], schemas: list[str]
+    args: argparse.Namespace, folder: str, events: list[Any], schemas: list[str], *, wait: bool
 ) -> float:
-    """The ledger's batch path alone, on the same events and batch size."""
+    """The ledger's batch path alone, on the same events and batch size (without ``wait``:
+    committed in the background, until the last is stored)."""
     from crm_ledger import bootstrap
     from crm_ledger.application import Ledger
 
@@ -374,9 +393,11 @@ def time_record_many(
     with Ledger(store_env(args.database_url, folder, name)) as ledger:
         t = time.perf_counter()
         for start in range(0, len(events), args.batch_size):
-            ledger.record_many(events[start : start + args.batch_size])
+            ledger.record_many(events[start : start + args.batch_size], wait=wait)
+        ledger.flush()
         record_many = len(events) / (time.perf_counter() - t)
-    print(f"  record_many      {record_many:>10,.0f} ev/s  (same events, no Kafka)")
+    how = "each batch committed before the next" if wait else "committed in the background"
+    print(f"  record_many      {record_many:>10,.0f} ev/s  (same events, no Kafka, {how})")
     return record_many
 
 

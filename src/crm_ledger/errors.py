@@ -21,6 +21,7 @@
     │   └── IncompatibleSchema          a new schema version cannot read older data
     ├── ConfigurationError              settings that cannot work
     ├── StoreUnavailable                the event store cannot be reached or opened
+    │   ├── BatchesNotStored            batches committed in the background failed: send them again
     │   └── KafkaUnavailable            the Kafka cluster cannot be reached, or refused a request
     ├── AccessDenied                    the store or the cluster refused the connected role
     ├── PositionConflict                another process moved a read model's position first
@@ -155,6 +156,18 @@ class ConfigurationError(CrmLedgerError):
 
 class StoreUnavailable(CrmLedgerError):
     """The event store cannot be reached or opened."""
+
+
+class BatchesNotStored(StoreUnavailable):
+    """Batches handed to the store to commit in the background were not stored (the first
+    failed, the others were refused after it): ``batches`` of them were in flight (the call
+    that raises stores nothing either). The caller sends them again, from its own record of
+    what is stored (a Kafka worker re-reads from the ledger's positions)."""
+
+    def __init__(self, reason: str, batches: int) -> None:
+        super().__init__(f"{batches} batch(es) in flight were not stored: {reason}")
+        self.reason = reason
+        self.batches = batches
 
 
 class KafkaUnavailable(StoreUnavailable):

@@ -83,6 +83,46 @@ def stored(ledger: Ledger) -> dict[str, tuple[str, Any, str, dict[str, Any]]]:
     return as_dict
 
 
+def _my_commit_processes() -> list[int]:
+    """This process's children that run the SQLite commit process."""
+    found = subprocess.run(
+        ["pgrep", "-P", str(os.getpid()), "-f", "sqlite_writer"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_batches_lost_in_flight_are_read_again_from_the_ledgers_positions(
+    kafka: KafkaSettings, codec: Codec, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The commit process stops answering with batches in flight, twice: the worker reads
+    them again from the ledger's positions, and every event is stored exactly once."""
+    batch = events(3_000)
+    publish(kafka, codec, batch)
+    kills: list[int] = []
+
+    def stop_the_commit_process(stats: Any) -> None:
+        # Stopped, the process answers nothing more: the worker's wait for an answer times
+        # out, the process is killed, and the batches it did not answer are lost.
+        if stats.batches in (2, 6) and len(kills) < 2:
+            (pid,) = _my_commit_processes()
+            ledger.recorder.committer.answer_timeout = 1.0  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGSTOP)
+            kills.append(pid)
+
+    with Ledger(sqlite_env(str(tmp_path / "l.sqlite"))) as ledger:
+        stats = ingest(ledger, codec, kafka, max_batch=200, on_batch=stop_the_commit_process)
+        assert len(kills) == 2
+        read_again = [r for r in caplog.records if r.getMessage().startswith("batches not stored")]
+        assert len(read_again) == 2
+        assert all(r.messages > 0 for r in read_again)  # type: ignore[attr-defined]
+        assert stored(ledger) == expected(batch)
+        assert sum(r.lag for r in lag(kafka, ledger)) == 0
+        assert (stats.consumed, stats.recorded, stats.duplicates) == (3_000, 3_000, 0)
+
+
 def test_keys_partition_as_the_java_client_does() -> None:
     # Vectors from Kafka's Java partitioner (1,000 partitions), as kafka-python's tests use.
     vectors = {b"": 681, b"a": 524, b"ab": 434, b"abc": 107, b"123456789": 566, b"\x00 ": 742}

@@ -239,6 +239,10 @@ class DataKeys:
         self.ciphers.pop(stream, None)
         self.pending.pop(stream, None)
 
+    def forget_all(self) -> None:
+        """Drop every key in memory (some may belong to batches that were not stored)."""
+        self.keys, self.ciphers, self.pending = {}, {}, {}
+
     def take_pending(self) -> list[tuple[bytes, bytes]]:
         """Keys created since the last commit, to store with the batch (wrapped)."""
         return [(stream, self.stored_form(stream, key)) for stream, key in self.pending.items()]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
+from eventsourcing.domain import Snapshot
 
 from crm_ledger.aggregates import (
     CATALOGUE,
@@ -147,19 +148,48 @@ class UnitOfWork:
         if receipt:
             self.receipts.append(Receipt(tp.event_id, aggregate.id, new[-1].originator_version))
 
-    def save(self, positions: Sequence[Position], letters: Sequence[OutboxLetter] = ()) -> None:
-        """Write every new event, receipt, position and outbox letter in one transaction."""
+    def save(
+        self,
+        positions: Sequence[Position],
+        letters: Sequence[OutboxLetter] = (),
+        *,
+        wait: bool = True,
+    ) -> None:
+        """Write every new event, receipt, position and outbox letter in one transaction
+        (without ``wait``, the recorder may commit it in the background)."""
         processing = ProcessingEvent[UUID]()
         processing.events = self.events
         # Only aggregates with new events: one opened for an event that was then rejected
         # must not reach the cache, as it is not in the store.
         processing.aggregates = self.changed
-        processing.saved_kwargs = {
-            RECORDS_KWARG: BatchRecords(self.receipts, list(positions), list(letters))
-        }
         self.ledger.ledger_recorder.prepare_keys(list(self.changed))
+        # In the background, snapshots go with the batch, taken of the aggregates in memory
+        # (eventsourcing's take the stored events back, which are not stored yet).
+        snapshots = [] if wait else self._snapshots()
+        processing.saved_kwargs = {
+            RECORDS_KWARG: BatchRecords(
+                self.receipts, list(positions), list(letters), snapshots, wait=wait
+            )
+        }
         self.ledger._record(processing)
-        self.ledger._take_snapshots(processing)
+        if wait:
+            self.ledger._take_snapshots(processing)
+
+    def _snapshots(self) -> list[Any]:
+        """Stored snapshots of the aggregates whose new events reach a snapshot interval, as
+        they stand after the batch."""
+        ledger = self.ledger
+        if ledger.snapshots is None:
+            return []
+        due = set()
+        for event in self.events:
+            interval = ledger.snapshotting_intervals.get(type(self.changed[event.originator_id]))
+            if interval is not None and event.originator_version % interval == 0:
+                due.add(event.originator_id)
+        return [
+            ledger.snapshots.mapper.to_stored_event(Snapshot.take(self.changed[aggregate_id]))
+            for aggregate_id in due
+        ]
 
 
 def check_same_content(received: Touchpoint, stored: Any, stream: UUID | None) -> None:

@@ -7,6 +7,7 @@ transaction per event runs at only a few hundred events a second.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import os
@@ -50,6 +51,7 @@ from crm_ledger.application.records import (
     Rejection,
 )
 from crm_ledger.errors import (
+    BatchesNotStored,
     CrmLedgerError,
     CustomerNotFound,
     InvalidInput,
@@ -114,6 +116,8 @@ class Ledger(Application[UUID]):
         }
         self._clock = clock or (lambda: datetime.now(UTC))
         self._max_future = max_future
+        # Batches committed in the background: (touchpoints by event id, aggregates changed).
+        self._in_flight = collections.deque[tuple[dict[UUID, Any], list[UUID]]]()
         for attempt in range(OPEN_ATTEMPTS):
             try:
                 super().__init__(settings)
@@ -150,10 +154,14 @@ class Ledger(Application[UUID]):
         return Environment(name, values)
 
     def close(self) -> None:
-        """Stop the recorder's background work, then close the store."""
-        if not self.closing.is_set():
-            self.ledger_recorder.close()
-        super().close()
+        """Wait for the batches in flight, stop the recorder's background work, then close
+        the store."""
+        try:
+            if not self.closing.is_set():
+                self.ledger_recorder.close()
+        finally:
+            self._in_flight.clear()
+            super().close()
 
     @property
     def ledger_recorder(self) -> LedgerRecorder:
@@ -180,12 +188,19 @@ class Ledger(Application[UUID]):
         *,
         dead_letters: Sequence[OutboxLetter] = (),
         dead_letter_for: Callable[[int, CrmLedgerError], OutboxLetter] | None = None,
+        wait: bool = True,
     ) -> BatchResult:
         """Apply a batch in one transaction: duplicates are skipped, bad events rejected.
 
         ``dead_letters`` are kept in the ledger's outbox in the same transaction, and so is
         ``dead_letter_for(index, error)`` of every event the batch rejects.
+
+        Without ``wait``, a SQLite file ledger commits the batch in a process of its own
+        while the caller prepares the next one: it is stored once ``flush`` returns. If it
+        fails, a later call raises BatchesNotStored for it and the batches after it, which
+        the caller sends again from its own record of what is stored (``positions``).
         """
+        self._settle_in_flight()
         for _attempt in range(MAX_ATTEMPTS):
             batch = UnitOfWork(self, touchpoints)
             try:
@@ -193,9 +208,14 @@ class Ledger(Application[UUID]):
                 letters = list(dead_letters)
                 if dead_letter_for is not None:
                     letters += [dead_letter_for(r.index, r.error) for r in result.rejected]
-                batch.save(positions, letters)
+                batch.save(positions, letters, wait=wait)
                 result.recorded = len(batch.receipts)
+                self._track_in_flight(batch, touchpoints)
                 return result
+            except BatchesNotStored:
+                self._forget(batch)
+                self._forget_in_flight()
+                raise
             except IntegrityError:
                 # Another writer got there first; reload those aggregates and try again, after
                 # a short random pause so that two writers do not collide in step.
@@ -212,6 +232,45 @@ class Ledger(Application[UUID]):
         msg = f"gave up after {MAX_ATTEMPTS} conflicting writes to the same customers"
         raise StoreUnavailable(msg)
 
+    def flush(self) -> None:
+        """Wait until every batch recorded without ``wait`` is stored; raises
+        BatchesNotStored (and forgets what they changed in memory) if one is not."""
+        try:
+            self.ledger_recorder.flush()
+        except BatchesNotStored:
+            self._forget_in_flight()
+            raise
+        self._settle_in_flight()
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches recorded without ``wait`` whose outcome is not known yet."""
+        return self.ledger_recorder.batches_in_flight
+
+    def _track_in_flight(self, batch: UnitOfWork, touchpoints: Sequence[Touchpoint]) -> None:
+        """Remember a batch the recorder commits in the background: its touchpoints count as
+        stored for the next batches' duplicate check, and its aggregates are dropped from
+        the cache if it fails."""
+        self._settle_in_flight()
+        if self.ledger_recorder.batches_in_flight > len(self._in_flight):
+            receipted = {r.event_id for r in batch.receipts}
+            sent = {tp.event_id: tp for tp in touchpoints if tp.event_id in receipted}
+            self._in_flight.append((sent, list(batch.aggregates)))
+
+    def _settle_in_flight(self) -> None:
+        """Drop the batches the recorder has since reported stored (the oldest ones)."""
+        while len(self._in_flight) > self.ledger_recorder.batches_in_flight:
+            self._in_flight.popleft()
+
+    def _forget_in_flight(self) -> None:
+        cache = self.repository.cache
+        for _sent, aggregates in self._in_flight:
+            for aggregate_id in aggregates:
+                with contextlib.suppress(KeyError):
+                    if cache is not None:
+                        cache.get(aggregate_id, evict=True)
+        self._in_flight.clear()
+
     def _forget(self, batch: UnitOfWork) -> None:
         # Commands mutate cached aggregates in place, so after a failed batch the cache may
         # hold state the store never saw: drop every aggregate the batch touched.
@@ -226,6 +285,10 @@ class Ledger(Application[UUID]):
         # Known: stored before this batch, or recorded earlier in it. A copy that was rejected
         # leaves no receipt, so a later copy is judged afresh, as it would be one at a time.
         known = self._stored_copies([tp.event_id for tp in touchpoints])
+        for sent, _aggregates in self._in_flight:  # sent to be stored, not stored yet
+            for tp in touchpoints:
+                if tp.event_id in sent and tp.event_id not in known:
+                    known[tp.event_id] = (sent[tp.event_id], None)
         now = self._clock()
         for index, tp in enumerate(touchpoints):
             try:

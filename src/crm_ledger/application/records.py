@@ -61,6 +61,10 @@ class BatchRecords:
     receipts: Sequence[Receipt] = ()
     positions: Sequence[Position] = ()
     dead_letters: Sequence[OutboxLetter] = ()
+    #: Snapshots of the batch's aggregates as they stand after it (stored with it).
+    snapshots: Sequence[Any] = ()
+    #: False: the recorder may commit the batch in the background (see Ledger.record_many).
+    wait: bool = True
 
 
 #: The one keyword argument the ledger gives the recorder's insert_events.
@@ -140,6 +144,14 @@ class LedgerRecorder(Protocol):
 
     def close(self) -> None:
         """Stop what the recorder runs in the background."""
+
+    def flush(self) -> None:
+        """Wait until every batch sent to be committed in the background is stored."""
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches sent to be committed in the background whose outcome is not known yet."""
+        ...
 
     def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
         """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""

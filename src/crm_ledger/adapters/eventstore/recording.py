@@ -165,6 +165,14 @@ class LedgerRecording:
     def close(self) -> None:
         """Stop what the recorder runs in the background (nothing, unless a store has)."""
 
+    def flush(self) -> None:
+        """Wait for the batches committed in the background (none, unless a store has)."""
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed over to be committed in the background and not answered yet."""
+        return 0
+
     def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
         """One stream's (0, id, version, topic, state) rows (each store queries its own)."""
         raise NotImplementedError

@@ -21,6 +21,7 @@ from crm_ledger.adapters.eventstore.recording import (
     OUTBOX_FIELDS,
     SQLITE_CACHE_KIB,
     SQLITE_ID,
+    ChainHeads,
     LedgerRecording,
     as_bytes,
     byte_chunks,
@@ -30,13 +31,14 @@ from crm_ledger.adapters.eventstore.recording import (
 )
 from crm_ledger.adapters.eventstore.sqlite_head import SQLITE_APPLICATION_ID
 from crm_ledger.adapters.eventstore.sqlite_wal import BACKSTOP_PAGES, WalCheckpointer
-from crm_ledger.application import OutboxLetter, StoredCopy, batch_records
+from crm_ledger.adapters.eventstore.sqlite_writer import CommitProcess, Statement
+from crm_ledger.application import BatchRecords, OutboxLetter, StoredCopy, batch_records
 from crm_ledger.audit import (
     ChainLink,
     Checkpoint,
     StoredRecord,
 )
-from crm_ledger.errors import StoreUnavailable
+from crm_ledger.errors import BatchesNotStored, StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -54,21 +56,82 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         memory = self.datastore.pool.is_sqlite_memory_mode
         # The log is folded into the file on a thread of its own (see sqlite_wal).
         self.wal = None if memory else WalCheckpointer(self.datastore.pool.db_name)
+        self.committer: CommitProcess | None = None  # started by the first batch sent
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """The insert (committed on return), then its log frames are handed to the
-        checkpoint thread."""
+        checkpoint thread. A batch that need not wait (``records.wait`` False, on a file)
+        is prepared here and committed by the commit process instead."""
+        records = batch_records(kwargs)
+        if not records.wait and self.wal is not None:
+            self._send(stored_events, records)
+            return None
+        self.flush()  # batches in flight first: a batch is stored after those before it
         result = super().insert_events(stored_events, **kwargs)
         if self.wal is not None:
             self.wal.committed()
         return result
 
+    def _send(self, stored_events: Sequence[StoredEvent], records: BatchRecords) -> None:
+        """Hand the batch's statements to the commit process. The next batch is prepared
+        on this batch's chain heads and keys before it commits; if it fails, they are all
+        forgotten (``flush`` raises, ``forget_in_flight`` runs)."""
+        if self.committer is not None and not self.committer.alive:
+            # Killed: the answers it sent count, the batches it did not answer are reported
+            # lost (flush raises); then another one starts.
+            self.flush()
+            self.committer.close()
+            self.committer = None
+        if self.committer is None:
+            self.committer = CommitProcess(self.datastore.pool.db_name)
+        try:
+            with self.datastore.transaction(commit=False) as c:
+                statements = self._statements(c, stored_events, records)
+        except BaseException:
+            self.heads.discard()
+            self.data_keys.settle(committed=False)
+            raise
+        self.heads.settle()
+        self.data_keys.settle(committed=True)
+        try:
+            self.committer.submit(statements)
+        except BatchesNotStored:
+            self.forget_in_flight()
+            raise
+
+    def flush(self) -> None:
+        """Wait until every batch handed to the commit process is stored (raises
+        BatchesNotStored, after forgetting what they assumed, if one is not)."""
+        if self.committer is not None and self.committer.in_flight:
+            try:
+                self.committer.flush()
+            except BatchesNotStored:
+                self.forget_in_flight()
+                raise
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed to the commit process whose answer was not read yet."""
+        return 0 if self.committer is None else self.committer.in_flight
+
+    def forget_in_flight(self) -> None:
+        """Forget every chain head and data key in memory: some came from batches that were
+        not stored (a stale one would otherwise chain or seal the next batch)."""
+        self.heads = ChainHeads()
+        self.data_keys.forget_all()
+
     def close(self) -> None:
-        """Stop the checkpoint thread."""
-        if self.wal is not None:
-            self.wal.close()
+        """Wait for the batches in flight, then stop the commit process and the
+        checkpoint thread."""
+        try:
+            if self.committer is not None:
+                self.committer.close()
+        finally:
+            self.committer = None
+            if self.wal is not None:
+                self.wal.close()
 
     def construct_create_table_statements(self) -> list[str]:
         """eventsourcing's events table with the hash chain as two more columns (so that the
@@ -128,39 +191,65 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         # The commit only appends to the log; the checkpoint thread folds it into the file.
         if self.wal is not None:
             c.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
-        # One executemany instead of eventsourcing's row-by-row inserts (which exist only to
-        # return notification ids, and the ledger does not use them), each row with its
-        # content and chain hash.
-        c.executemany(
-            f"INSERT INTO {self.events_table_name} (originator_id, originator_version, topic, "
-            "state, content_hash, chain_hash) VALUES (?,?,?,?,?,?)",
-            [
-                (stream.hex(), s.originator_version, s.topic, s.state, content, chained)
-                for s, (stream, _, content, chained) in zip(
-                    stored_events, self._chain(c, stored_events), strict=True
-                )
-            ],
-        )
-        c.executemany("INSERT INTO ledger_keys VALUES (?,?,NULL)", self.data_keys.take_pending())
-        records = batch_records(kwargs)
-        receipts = records.receipts
-        c.executemany(
-            "INSERT INTO ledger_receipts VALUES (?,?,?)",
-            [(r.event_id.bytes, r.originator_id.bytes, r.originator_version) for r in receipts],
-        )
-        positions = records.positions
-        c.executemany(
-            # Positions only move forward: a stale writer (say, a worker that lost its
-            # partition in a rebalance) cannot send the ledger back to re-read.
-            "INSERT INTO ledger_positions VALUES (?,?,?) ON CONFLICT (source, partition) "
-            "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
-            [(p.source, p.partition, p.next_offset) for p in positions],
-        )
-        letters = records.dead_letters
-        c.executemany(
-            f"INSERT INTO ledger_outbox ({OUTBOX_FIELDS}) VALUES (?,?,?,?,?,?,?,?)", letters
-        )
+        for sql, rows in self._statements(c, stored_events, batch_records(kwargs)):
+            if rows:
+                c.executemany(sql, rows)
         return None
+
+    def _statements(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], records: BatchRecords
+    ) -> list[Statement]:
+        """The batch's inserts and their rows: its events with their content and chain hash
+        (one executemany each instead of eventsourcing's row-by-row inserts, which exist only
+        to return notification ids the ledger does not use), new data keys, receipts,
+        positions, outbox letters and snapshots."""
+        events = [
+            (stream.hex(), s.originator_version, s.topic, s.state, content, chained)
+            for s, (stream, _, content, chained) in zip(
+                stored_events, self._chain(c, stored_events), strict=True
+            )
+        ]
+        statements: list[Statement] = [
+            (
+                f"INSERT INTO {self.events_table_name} (originator_id, originator_version, "
+                "topic, state, content_hash, chain_hash) VALUES (?,?,?,?,?,?)",
+                events,
+            ),
+            ("INSERT INTO ledger_keys VALUES (?,?,NULL)", self.data_keys.take_pending()),
+            (
+                "INSERT INTO ledger_receipts VALUES (?,?,?)",
+                [
+                    (r.event_id.bytes, r.originator_id.bytes, r.originator_version)
+                    for r in records.receipts
+                ],
+            ),
+            (
+                # Positions only move forward: a stale writer (say, a worker that lost its
+                # partition in a rebalance) cannot send the ledger back to re-read.
+                "INSERT INTO ledger_positions VALUES (?,?,?) ON CONFLICT (source, partition) "
+                "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
+                [(p.source, p.partition, p.next_offset) for p in records.positions],
+            ),
+            (
+                f"INSERT INTO ledger_outbox ({OUTBOX_FIELDS}) VALUES (?,?,?,?,?,?,?,?)",
+                list(records.dead_letters),
+            ),
+        ]
+        return statements + self._snapshot_statements(records)
+
+    def _snapshot_statements(self, records: BatchRecords) -> list[Statement]:
+        if not records.snapshots:
+            return []
+        return [
+            (
+                f"INSERT OR REPLACE INTO {cast('Any', self).snapshots_table} (originator_id, "
+                "originator_version, topic, state) VALUES (?,?,?,?)",
+                [
+                    (stream_bytes(s.originator_id).hex(), s.originator_version, s.topic, s.state)
+                    for s in records.snapshots
+                ],
+            )
+        ]
 
     def _chain(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]

@@ -169,3 +169,23 @@ class KafkaTopics:
     def lag(self, ledger: Ledger) -> list[Lag]:
         """Per partition: stored position against the topic's end."""
         return lag(self.settings, ledger)
+
+
+def topic_offsets(consumer: Any, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Partition -> end offset, and partition -> first offset, of ``topic`` now."""
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    ends = consumer.end_offsets(partitions)
+    begins = consumer.beginning_offsets(partitions)
+    return (
+        {p.partition: ends[p] for p in partitions},
+        {p.partition: begins[p] for p in partitions},
+    )
+
+
+def recreated_topic(topic: str, partition: int, stored: dict[int, int], end: int) -> str:
+    return (
+        f"the ledger has read {topic} partition {partition} up to offset {stored[partition]}, "
+        f"but the topic ends at {end}: it was deleted and re-created. Run "
+        f"`crm-ledger positions reset --topic {topic}` to read it from the start "
+        "(events already stored are recognised by event_id)"
+    )

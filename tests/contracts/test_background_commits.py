@@ -1,0 +1,263 @@
+"""Batches committed in the background (``record_many(wait=False)`` on a SQLite file): the
+same stored history as committing each batch before the next, and nothing half-stored or
+assumed when a batch in flight fails or either process is killed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crm_ledger.adapters.crypto import SealedValues, create_key_pair, load_signer
+from crm_ledger.adapters.eventstore import sqlite_env
+from crm_ledger.aggregates import Touchpoint, customer_uuid
+from crm_ledger.application import Ledger, Position
+from crm_ledger.audit import Auditor
+from crm_ledger.errors import BatchesNotStored
+from tests.factories import AT, tp
+from tests.integration.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _batches() -> list[list[Touchpoint]]:
+    """Five batches over a few customers: personal data to seal, a merge, a customer past a
+    snapshot interval, an event sent again while its first copy is in flight, and one sent
+    again with other content."""
+    first = tp("OrderPlaced", "B1", order_id="first")
+    batches = [
+        [tp("CustomerRegistered", c) for c in ("A1", "B1", "M1")] + [first],
+        [tp("InteractionRecorded", "A1", at=AT + timedelta(minutes=i)) for i in range(150)],
+        [first, tp("CustomersMerged", "M1", survivor_id="B1")]
+        + [tp("InteractionRecorded", "A1", at=AT + timedelta(hours=i)) for i in range(150)],
+        [tp("OrderPlaced", "M1", order_id="routed"), tp("InteractionRecorded", "B1")],
+        [tp("OrderPlaced", "B1", order_id="other", event_id=first.event_id)],
+    ]
+    return batches
+
+
+def _record(ledger: Ledger, *, wait: bool) -> list[tuple[int, int, int]]:
+    results = []
+    for n, batch in enumerate(_batches_once):
+        r = ledger.record_many(batch, [Position("t", 0, n + 1)], wait=wait)
+        results.append((r.recorded, r.duplicates, len(r.rejected)))
+    ledger.flush()
+    return results
+
+
+_batches_once = _batches()
+
+
+def _stored(ledger: Ledger) -> dict[str, Any]:
+    """What the ledger holds, independent of when it was recorded."""
+    streams = {
+        c: [(r.version, r.kind, r.event_id, r.occurred, _unsealed(r.data)) for r in records]
+        for c in ("A1", "B1", "M1")
+        if (records := ledger.read_stream(c))
+    }
+    customers = {
+        c: {k: v for k, v in dataclasses.asdict(ledger.customer(c)).items() if "record" not in k}
+        for c in ("A1", "B1", "M1")
+    }
+    return {
+        "streams": streams,
+        "customers": customers,
+        "positions": ledger.positions("t"),
+        "receipts": ledger.ledger_recorder.count_receipts(),
+    }
+
+
+def _unsealed(data: dict[str, Any]) -> dict[str, Any]:
+    """Sealed values differ by key and nonce: compare that they are sealed (the customer
+    views compare what they open to)."""
+    return {k: "sealed" if str(v).startswith("enc1:") else v for k, v in data.items()}
+
+
+def _verify(ledger: Ledger, keys: Path) -> None:
+    create_key_pair(keys)
+    auditor = Auditor(ledger.recorder, load_signer(keys), ledger.log_head, SealedValues())  # type: ignore[arg-type]
+    result = auditor.verify()
+    assert result.ok, result.findings
+    assert result.events == sum(1 for _ in ledger.ledger_recorder.stored_records()) > 0  # type: ignore[attr-defined]
+
+
+def test_background_batches_store_the_same_history_as_waited_ones(tmp_path: Path) -> None:
+    with Ledger(sqlite_env(str(tmp_path / "waited.sqlite"))) as waited:
+        expected_results = _record(waited, wait=True)
+        expected = _stored(waited)
+    with Ledger(sqlite_env(str(tmp_path / "background.sqlite"))) as ledger:
+        results = _record(ledger, wait=False)
+        assert (
+            results
+            == expected_results
+            == [(4, 0, 0), (150, 0, 0), (151, 1, 0), (2, 0, 0), (0, 0, 1)]
+        )
+        assert _stored(ledger) == expected
+        assert ledger.customer("B1").orders == 2  # its own, and the one routed from M1
+        # Snapshots went with their batch, taken of the aggregate in memory, and open.
+        snapshots = list(ledger.snapshots.get(customer_uuid("A1"))) if ledger.snapshots else []
+        assert [s.originator_version for s in snapshots] == [302]  # the batch passed 200
+        _verify(ledger, tmp_path / "keys")
+    with Ledger(sqlite_env(str(tmp_path / "background.sqlite"))) as reopened:
+        assert _stored(reopened) == expected
+        rebuilt = reopened.repository.get(customer_uuid("A1"))
+        assert rebuilt.interactions == 300
+
+
+def test_an_event_sent_again_while_its_first_copy_is_in_flight_is_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
+        ledger.record_many([tp("CustomerRegistered", "D1")], wait=False)
+        ledger.flush()
+        committer = ledger.recorder.committer  # type: ignore[attr-defined]
+        committer.depth = 3  # none of the three batches below waits for an answer
+        os.kill(committer.pid, signal.SIGSTOP)  # nothing commits: they all stay in flight
+        try:
+            order = tp("OrderPlaced", "D1", order_id="O1")
+            first = ledger.record_many([order], wait=False)
+            again = ledger.record_many([order, tp("InteractionRecorded", "D1")], wait=False)
+            changed = dataclasses.replace(order, data={**order.data, "amount_minor": 1})
+            conflicting = ledger.record_many([changed], wait=False)
+            assert ledger.batches_in_flight == 3
+        finally:
+            os.kill(committer.pid, signal.SIGCONT)
+        ledger.flush()
+        assert (first.recorded, again.recorded, again.duplicates) == (1, 1, 1)
+        assert [type(r.error).__name__ for r in conflicting.rejected] == ["ConflictingDuplicate"]
+        assert ledger.customer("D1").orders == 1
+        assert ledger.ledger_recorder.count_receipts() == 3
+
+
+def test_a_failed_batch_in_flight_is_reported_with_those_after_it_and_nothing_is_assumed(
+    tmp_path: Path,
+) -> None:
+    env = sqlite_env(str(tmp_path / "ledger.sqlite"))
+    with Ledger(env) as ledger, Ledger(env) as other:
+        ledger.record_many([tp("CustomerRegistered", "C1"), tp("CustomerRegistered", "C2")])
+        # Another writer moves C1 on behind this ledger's cached aggregate and chain head.
+        other.record(tp("InteractionRecorded", "C1"))
+        failing = [tp("OrderPlaced", "C1", order_id="mine")]
+        after = [tp("OrderPlaced", "C2", order_id="after")]
+        ledger.record_many(failing, [Position("t", 0, 1)], wait=False)
+        ledger.record_many(after, [Position("t", 0, 2)], wait=False)
+        with pytest.raises(BatchesNotStored) as raised:
+            ledger.flush()
+        assert raised.value.batches == 2
+        assert "conflict" in str(raised.value)
+        assert ledger.positions("t") == {}  # neither batch is stored, not even the good one
+        assert [h.details.get("order_id") for h in ledger.history("C2")] == [None]
+        assert ledger.batches_in_flight == 0
+
+        # Sent again, both are stored on the stored state (not on what the failed one
+        # assumed), and the chain verifies.
+        ledger.record_many(failing, [Position("t", 0, 1)], wait=False)
+        ledger.record_many(after, [Position("t", 0, 2)], wait=False)
+        ledger.flush()
+        kinds = [h.event_type for h in ledger.history("C1")]
+        assert kinds == ["CustomerRegistered", "InteractionRecorded", "OrderPlaced"]
+        assert ledger.positions("t") == {0: 2}
+        # The aggregate in memory is the stored one, not the one the failed batch changed.
+        mine = ledger.customer("C1")
+        assert (mine.orders, mine.interactions, mine.version) == (1, 1, 4)
+        with Ledger(env) as fresh:
+            assert fresh.customer("C1") == mine
+        _verify(ledger, tmp_path / "keys")
+
+
+def _commit_processes() -> list[int]:
+    found = subprocess.run(
+        ["pgrep", "-f", "crm_ledger.adapters.eventstore.sqlite_writer"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_killed_commit_process_fails_its_batches_and_a_new_one_takes_over(
+    tmp_path: Path,
+) -> None:
+    with Ledger(sqlite_env(str(tmp_path / "ledger.sqlite"))) as ledger:
+        before = set(_commit_processes())
+        ledger.record_many([tp("CustomerRegistered", "K1")], [Position("t", 0, 1)], wait=False)
+        ledger.flush()
+        (mine,) = set(_commit_processes()) - before
+        # Stopped, it cannot read the next batch before it is killed: that batch is lost.
+        os.kill(mine, signal.SIGSTOP)
+        batch = [tp("OrderPlaced", "K1", order_id="O1")]
+        ledger.record_many(batch, [Position("t", 0, 2)], wait=False)
+        os.kill(mine, signal.SIGKILL)
+        with pytest.raises(BatchesNotStored, match="the commit process ended") as raised:
+            ledger.flush()
+        assert raised.value.batches == 1
+        assert ledger.positions("t") == {0: 1}
+        ledger.record_many(batch, [Position("t", 0, 2)], wait=False)
+        ledger.flush()
+        (successor,) = set(_commit_processes()) - before
+        assert successor != mine
+        assert ledger.customer("K1").orders == 1
+        assert ledger.positions("t") == {0: 2}
+    assert not set(_commit_processes()) - before  # closing the ledger ends it
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from crm_ledger.adapters.eventstore import sqlite_env
+    from crm_ledger.application import Ledger, Position
+    from tests.factories import tp
+
+    with Ledger(sqlite_env(sys.argv[1])) as ledger:
+        for n in range(1, 10_000):
+            batch = [tp("OrderPlaced", f"C{i}", order_id=f"{n}-{i}") for i in range(50)]
+            ledger.record_many(batch, [Position("t", 0, n)], wait=False)
+            if n == 3:
+                print("writing", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("moment", [0.0, 0.3, 0.9])
+def test_a_ledger_killed_with_batches_in_flight_keeps_whole_batches_only(
+    tmp_path: Path, moment: float
+) -> None:
+    """SIGKILL while batches are in flight: every stored batch is whole (its position, its
+    receipts, its events), the commit process ends by itself, and the chain verifies."""
+    path = tmp_path / "ledger.sqlite"
+    before = set(_commit_processes())
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "writing\n"
+    wait_until(lambda: _stored_positions(path) >= 3 + moment * 20, 60, "batches stored")
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    wait_until(lambda: not set(_commit_processes()) - before, 30, "the commit process ended")
+    with Ledger(sqlite_env(str(path))) as ledger:
+        position = ledger.positions("t")[0]
+        # Batch n holds 50 orders and stores position n: whole batches, and nothing else.
+        assert ledger.ledger_recorder.count_receipts() == 50 * position
+        assert sum(ledger.customer(f"C{c}").orders for c in range(50)) == 50 * position
+        _verify(ledger, tmp_path / "keys")
+
+
+def _stored_positions(path: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path, timeout=30) as conn:
+        try:
+            row = conn.execute("SELECT max(next_offset) FROM ledger_positions").fetchone()
+        except sqlite3.OperationalError:  # the tables are not made yet
+            return 0
+    return int(row[0] or 0)
