@@ -4,7 +4,7 @@ keys, the outbox layout, and small helpers shared by the SQLite and PostgreSQL m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
@@ -20,7 +20,9 @@ from crm_ledger.audit import (
 from crm_ledger.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
+
+T = TypeVar("T")
 
 
 #: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
@@ -182,10 +184,15 @@ class LedgerRecording:
     ) -> Sequence[int] | None:
         """eventsourcing's insert, then the chain heads it wrote become known (only once
         the transaction committed)."""
+        insert = super().insert_events  # type: ignore[misc]
+        result: Sequence[int] | None = self.settling(lambda: insert(stored_events, **kwargs))
+        return result
+
+    def settling(self, write: Callable[[], T]) -> T:
+        """``write()``; then the chain heads and data keys it made are kept, or forgotten
+        if it raised."""
         try:
-            result: Sequence[int] | None = super().insert_events(  # type: ignore[misc]
-                stored_events, **kwargs
-            )
+            result = write()
         except BaseException:
             self.heads.discard()
             self.data_keys.settle(committed=False)

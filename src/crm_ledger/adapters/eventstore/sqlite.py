@@ -86,20 +86,18 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
             self.committer = None
         if self.committer is None:
             self.committer = CommitProcess(self.datastore.pool.db_name)
-        try:
-            with self.datastore.transaction(commit=False) as c:
-                statements = self._statements(c, stored_events, records)
-        except BaseException:
-            self.heads.discard()
-            self.data_keys.settle(committed=False)
-            raise
-        self.heads.settle()
-        self.data_keys.settle(committed=True)
+        statements = self.settling(lambda: self._prepare(stored_events, records))
         try:
             self.committer.submit(statements)
         except BatchesNotStored:
             self.forget_in_flight()
             raise
+
+    def _prepare(
+        self, stored_events: Sequence[StoredEvent], records: BatchRecords
+    ) -> list[Statement]:
+        with self.datastore.transaction(commit=False) as c:
+            return self._statements(c, stored_events, records)
 
     def flush(self) -> None:
         """Wait until every batch handed to the commit process is stored (raises
