@@ -133,18 +133,13 @@ def lag(settings: KafkaSettings, ledger: Ledger) -> list[Lag]:
     """Per partition: the ledger's stored position against the topic's end offset."""
     consumer = new_consumer(settings, group_id=None)
     try:
-        partitions = [
-            TopicPartition(settings.topic, p)
-            for p in sorted(consumer.partitions_for_topic(settings.topic) or ())
-        ]
-        if not partitions:
-            raise CrmLedgerError(f"topic {settings.topic} does not exist")
-        ends = consumer.end_offsets(partitions)
-        begins = consumer.beginning_offsets(partitions)
+        ends, begins = topic_offsets(consumer, settings.topic)
     finally:
         consumer.close()
+    if not ends:
+        raise CrmLedgerError(f"topic {settings.topic} does not exist")
     stored = ledger.positions(settings.topic)
-    return [Lag(p.partition, stored.get(p.partition, begins[p]), ends[p]) for p in partitions]
+    return [Lag(p, stored.get(p, begins[p]), ends[p]) for p in sorted(ends)]
 
 
 class KafkaTopics:
