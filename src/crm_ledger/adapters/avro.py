@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 import fastavro
 from fastavro.validation import ValidationError, validate
 
+from crm_ledger.adapters.avro_binary import compile_writer
 from crm_ledger.aggregates import CATALOGUE, Touchpoint
 from crm_ledger.aggregates.touchpoint import ENVELOPE_FIELDS
 from crm_ledger.errors import (
@@ -29,6 +30,8 @@ from crm_ledger.errors import (
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from pathlib import Path
+
+    from crm_ledger.adapters.avro_binary import RecordWriter
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -87,6 +90,7 @@ class SchemaRegistry:
         }
         self._by_id = {v.schema_id: v for vs in self._versions.values() for v in vs}
         self._parsed: dict[int, Any] = {}
+        self._writers: dict[int, RecordWriter | None] = {}
 
     def subjects(self) -> list[str]:
         """Every registered event type."""
@@ -140,6 +144,14 @@ class SchemaRegistry:
             parsed = fastavro.parse_schema(version.schema)
             self._parsed[version.schema_id] = parsed
         return parsed
+
+    def writer(self, version: SchemaVersion) -> RecordWriter | None:
+        """The compiled Avro writer of a version (``avro_binary``), or None, cached."""
+        try:
+            return self._writers[version.schema_id]
+        except KeyError:
+            writer = self._writers[version.schema_id] = compile_writer(version.schema)
+            return writer
 
     def schema_files(self) -> dict[str, dict[str, Any]]:
         """Subject -> schema, from the .avsc files (the latest intended schemas)."""
@@ -217,8 +229,13 @@ class Codec:
     def encode(self, tp: Touchpoint) -> bytes:
         """The wire bytes of ``tp`` under its type's latest schema."""
         version = self.registry.latest(tp.event_type)
-        parsed = self.registry.parsed(version)
         record = to_record(tp)
+        writer = self.registry.writer(version)
+        body = writer(record) if writer is not None else None
+        if body is not None:
+            return HEADER.pack(MAGIC, version.schema_id) + body
+        # A shape or value the compiled writer leaves to fastavro, which also says what is wrong.
+        parsed = self.registry.parsed(version)
         buffer = io.BytesIO()
         buffer.write(HEADER.pack(MAGIC, version.schema_id))
         try:
