@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crm_ledger.adapters.avro import Codec, to_record
-from crm_ledger.adapters.avro_binary import compile_writer
+from crm_ledger.adapters.avro_binary import compile_reader, compile_writer
 from crm_ledger.aggregates import CATALOGUE
-from crm_ledger.errors import InvalidEvent
+from crm_ledger.errors import InvalidEvent, UndecodableMessage
 from tests.factories import tp
 from tests.unit.test_avro_codec import touchpoints
 
@@ -193,3 +193,137 @@ def test_the_codec_asks_fastavro_about_what_the_writer_refuses(codec: Codec) -> 
     with pytest.raises(InvalidEvent) as caught:
         codec.encode(tp("OrderPlaced", amount_minor=True, order_id=uuid.uuid4()))
     assert caught.value.field in {"amount_minor", "order_id"}
+
+
+# Reading.
+
+
+def fastavro_read(schema: Any, message: bytes, offset: int = 0) -> tuple[Any, int]:
+    body = io.BytesIO(message)
+    body.seek(offset)
+    parsed = fastavro.parse_schema(schema)
+    return fastavro.schemaless_reader(body, parsed, parsed), body.tell()
+
+
+@pytest.mark.parametrize("event_type", sorted(CATALOGUE))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_every_schema_reads_what_fastavro_reads(codec: Codec, event_type: str, data: Any) -> None:
+    event = data.draw(touchpoints(codec, event_type))
+    version = codec.registry.latest(event_type)
+    message = codec.encode(event)
+    reader = compile_reader(version.schema)
+
+    assert reader is not None
+    assert reader(message, 5) == fastavro_read(version.schema, message, 5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_each_field_type_reads_what_fastavro_reads(data: Any) -> None:
+    chosen = data.draw(st.lists(st.sampled_from(FIELD_TYPES), min_size=1, max_size=6, unique_by=id))
+    schema = record_schema(*[avro_type for avro_type, _ in chosen])
+    record = {f"f{i}": data.draw(values) for i, (_, values) in enumerate(chosen)}
+    message = fastavro_bytes(schema, record)
+    reader = compile_reader(schema)
+
+    assert reader is not None
+    try:
+        expected = fastavro_read(schema, message)
+    except OverflowError:  # epoch milliseconds outside the years 1 to 9999
+        assert reader(message, 0) is None
+    else:
+        assert reader(message, 0) == expected
+
+
+def _mutated(message: bytes) -> st.SearchStrategy[bytes]:
+    """``message`` cut short, grown, or with bytes replaced, inserted or removed."""
+    at = st.integers(0, max(len(message) - 1, 0))
+    return st.one_of(
+        at.map(lambda i: message[:i]),
+        st.binary(min_size=1, max_size=12).map(lambda extra: message + extra),
+        st.tuples(at, st.integers(0, 255)).map(
+            lambda p: message[: p[0]] + bytes([p[1]]) + message[p[0] + 1 :]
+        ),
+        st.tuples(at, st.binary(min_size=1, max_size=11)).map(
+            lambda p: message[: p[0]] + p[1] + message[p[0] :]
+        ),
+        st.tuples(at, st.integers(1, 4)).map(lambda p: message[: p[0]] + message[p[0] + p[1] :]),
+    )
+
+
+@pytest.mark.parametrize("event_type", ["InteractionRecorded", "OrderPlaced", "ConsentChanged"])
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_any_bytes_read_as_fastavro_reads_them_or_are_left_to_it(
+    codec: Codec, event_type: str, data: Any
+) -> None:
+    # The safety property: whatever the bytes, the compiled reader returns exactly fastavro's
+    # record and end, or nothing (and fastavro decides). It never accepts what fastavro refuses.
+    schema = codec.registry.latest(event_type).schema
+    valid = codec.encode(data.draw(touchpoints(codec, event_type)))[5:]
+    message = data.draw(_mutated(valid) | st.binary(max_size=200))
+    reader = compile_reader(schema)
+    assert reader is not None
+
+    ours = reader(message, 0)
+    if ours is not None:
+        assert ours == fastavro_read(schema, message)
+
+
+@pytest.mark.parametrize(
+    ("avro_type", "body"),
+    [
+        ("long", b"\x80" * 10 + b"\x01"),  # a varint over 64 bits
+        ("long", b"\xff" * 9 + b"\x7f"),  # 70 bits in ten bytes
+        ("long", b"\x80"),  # cut short
+        ("string", b"\x01"),  # length -1
+        ("string", b"\x04\xff\xfe"),  # not UTF-8, and short
+        ("string", b"\x06\xed\xa0\x80"),  # a UTF-8 encoded surrogate
+        ("int", b"\x80\x80\x80\x80\x10"),  # 2**31 in an int
+        ("boolean", b"\x02"),
+        (["null", "string"], b"\x04"),  # branch 2 of 2
+        (["null", "string"], b"\x01"),  # branch -1
+        ({"type": "enum", "name": "E", "symbols": ["a", "b"]}, b"\x04"),
+        ({"type": "enum", "name": "E", "symbols": ["a", "b"]}, b"\x01"),
+        ({"type": "map", "values": "string"}, b"\x01\x02\x00"),  # a block with its size
+        ({"type": "string", "logicalType": "uuid"}, b"\x06abc"),
+        ({"type": "long", "logicalType": "timestamp-millis"}, b"\xfe\xff\xff\xff\xff\xff\xff\x7f"),
+    ],
+)
+def test_bytes_it_is_not_sure_of_are_left_to_fastavro(avro_type: Any, body: bytes) -> None:
+    reader = compile_reader(record_schema(avro_type))
+
+    assert reader is not None
+    assert reader(body, 0) is None
+
+
+@pytest.mark.parametrize(
+    "avro_type",
+    [
+        {"type": "array", "items": "string"},
+        ["null", "string", "long"],
+        "double",
+        {"type": "int", "logicalType": "date"},
+        "test.Unknown",
+    ],
+)
+def test_shapes_it_cannot_read_compile_to_nothing(avro_type: Any) -> None:
+    assert compile_reader(record_schema("string", avro_type)) is None
+
+
+def test_the_codec_reads_through_the_compiled_reader_and_fastavro_resolves_older_versions(
+    codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = tp("OrderPlaced")
+    message = codec.encode(event)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("fastavro was asked to read a message the compiled reader reads")
+
+    monkeypatch.setattr(fastavro, "schemaless_reader", refuse)
+    assert codec.decode(message) == event
+    with pytest.raises(UndecodableMessage, match="2 bytes after the record"):
+        codec.decode(message + b"\x00\x00")
+    with pytest.raises(UndecodableMessage, match="compiled reader reads"):  # bad: fastavro's
+        codec.decode(message[:-3])

@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 import fastavro
 from fastavro.validation import ValidationError, validate
 
-from crm_ledger.adapters.avro_binary import compile_writer
+from crm_ledger.adapters.avro_binary import compile_reader, compile_writer
 from crm_ledger.aggregates import CATALOGUE, Touchpoint
 from crm_ledger.aggregates.touchpoint import ENVELOPE_FIELDS
 from crm_ledger.errors import (
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from pathlib import Path
 
-    from crm_ledger.adapters.avro_binary import RecordWriter
+    from crm_ledger.adapters.avro_binary import RecordReader, RecordWriter
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -91,6 +91,7 @@ class SchemaRegistry:
         self._by_id = {v.schema_id: v for vs in self._versions.values() for v in vs}
         self._parsed: dict[int, Any] = {}
         self._writers: dict[int, RecordWriter | None] = {}
+        self._readers: dict[int, RecordReader | None] = {}
 
     def subjects(self) -> list[str]:
         """Every registered event type."""
@@ -152,6 +153,14 @@ class SchemaRegistry:
         except KeyError:
             writer = self._writers[version.schema_id] = compile_writer(version.schema)
             return writer
+
+    def reader(self, version: SchemaVersion) -> RecordReader | None:
+        """The compiled Avro reader of a version (``avro_binary``), or None, cached."""
+        try:
+            return self._readers[version.schema_id]
+        except KeyError:
+            reader = self._readers[version.schema_id] = compile_reader(version.schema)
+            return reader
 
     def schema_files(self) -> dict[str, dict[str, Any]]:
         """Subject -> schema, from the .avsc files (the latest intended schemas)."""
@@ -260,20 +269,30 @@ class Codec:
             raise UndecodableMessage(msg)
         writer = self.registry.by_id(schema_id)
         reader = self.registry.latest(writer.subject)
-        body = io.BytesIO(message)
-        body.seek(HEADER.size)
-        try:
-            record: Any = fastavro.schemaless_reader(
-                body, self.registry.parsed(writer), self.registry.parsed(reader)
-            )
-        except Exception as e:  # fastavro raises EOFError, ValueError, UnicodeError, ...
-            msg = f"{writer.subject} (schema id {schema_id}) cannot be decoded: {e!r}"
-            raise UndecodableMessage(msg) from None
-        rest = len(message) - body.tell()
+        read = self.registry.reader(writer) if writer is reader else None
+        done = read(message, HEADER.size) if read is not None else None
+        if done is None:  # another schema to resolve, or bytes only fastavro may judge
+            done = self._fastavro_read(message, writer, reader)
+        record, end = done
+        rest = len(message) - end
         if rest:
             msg = f"{writer.subject} (schema id {schema_id}) has {rest} bytes after the record"
             raise UndecodableMessage(msg)
         return from_record(writer.subject, record)
+
+    def _fastavro_read(
+        self, message: bytes, writer: SchemaVersion, reader: SchemaVersion
+    ) -> tuple[Any, int]:
+        body = io.BytesIO(message)
+        body.seek(HEADER.size)
+        try:
+            record = fastavro.schemaless_reader(
+                body, self.registry.parsed(writer), self.registry.parsed(reader)
+            )
+        except Exception as e:  # fastavro raises EOFError, ValueError, UnicodeError, ...
+            msg = f"{writer.subject} (schema id {writer.schema_id}) cannot be decoded: {e!r}"
+            raise UndecodableMessage(msg) from None
+        return record, body.tell()
 
     def from_json(self, obj: object) -> Touchpoint:
         """A touchpoint from a JSON object ``{"type": ..., envelope..., fields...}``."""
