@@ -60,7 +60,8 @@ class UnitOfWork:
                     continue
             except KeyError:
                 pass
-            unknown.append(aggregate_id)
+            if self.ledger.in_flight_aggregate(aggregate_id) is None:
+                unknown.append(aggregate_id)
         recorder = self.ledger.ledger_recorder
         stored = recorder.existing_ids(unknown)
         # Their stored events open with their keys when loaded: fetch the keys in one go.
@@ -74,10 +75,13 @@ class UnitOfWork:
             if aggregate_id in self.absent:
                 aggregate = self._open(kind, subject_id)
             else:
-                try:
-                    aggregate = self.ledger.repository.get(aggregate_id)
-                except AggregateNotFoundError:
-                    aggregate = self._open(kind, subject_id)
+                # A batch in flight holds the latest state; the store may not have it yet.
+                aggregate = self.ledger.in_flight_aggregate(aggregate_id)
+                if aggregate is None:
+                    try:
+                        aggregate = self.ledger.repository.get(aggregate_id)
+                    except AggregateNotFoundError:
+                        aggregate = self._open(kind, subject_id)
             self.aggregates[aggregate_id] = aggregate
         return aggregate
 

@@ -14,7 +14,7 @@ import os
 import random
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -82,6 +82,14 @@ OPEN_ATTEMPTS = 5
 MAX_ATTEMPTS = 12
 
 
+class InFlight(NamedTuple):
+    """A batch sent to be committed in the background and not answered yet."""
+
+    sent: dict[UUID, Touchpoint]  # its recorded touchpoints, by event id
+    touched: list[UUID]  # every aggregate it loaded or changed
+    changed: dict[UUID, Any]  # the aggregates it changed, as it left them
+
+
 class Ledger(Application[UUID]):
     """The crm-ledger application: records touchpoints, answers questions about customers."""
 
@@ -117,7 +125,7 @@ class Ledger(Application[UUID]):
         self._clock = clock or (lambda: datetime.now(UTC))
         self._max_future = max_future
         # Batches committed in the background: (touchpoints by event id, aggregates changed).
-        self._in_flight = collections.deque[tuple[dict[UUID, Any], list[UUID]]]()
+        self._in_flight = collections.deque[InFlight]()
         for attempt in range(OPEN_ATTEMPTS):
             try:
                 super().__init__(settings)
@@ -208,9 +216,8 @@ class Ledger(Application[UUID]):
                 letters = list(dead_letters)
                 if dead_letter_for is not None:
                     letters += [dead_letter_for(r.index, r.error) for r in result.rejected]
-                batch.save(positions, letters, wait=wait)
+                self._save(batch, touchpoints, positions, letters, wait=wait)
                 result.recorded = len(batch.receipts)
-                self._track_in_flight(batch, touchpoints)
                 return result
             except BatchesNotStored:
                 self._forget(batch)
@@ -247,25 +254,50 @@ class Ledger(Application[UUID]):
         """Batches recorded without ``wait`` whose outcome is not known yet."""
         return self.ledger_recorder.batches_in_flight
 
+    def _save(
+        self,
+        batch: UnitOfWork,
+        touchpoints: Sequence[Touchpoint],
+        positions: Sequence[Position],
+        letters: Sequence[OutboxLetter],
+        *,
+        wait: bool,
+    ) -> None:
+        sent = self.ledger_recorder.batches_sent
+        batch.save(positions, letters, wait=wait)
+        if self.ledger_recorder.batches_sent > sent:  # it went to be committed in the background
+            self._track_in_flight(batch, touchpoints)
+        self._settle_in_flight()
+
     def _track_in_flight(self, batch: UnitOfWork, touchpoints: Sequence[Touchpoint]) -> None:
         """Remember a batch the recorder commits in the background: its touchpoints count as
-        stored for the next batches' duplicate check, and its aggregates are dropped from
-        the cache if it fails."""
-        self._settle_in_flight()
-        if self.ledger_recorder.batches_in_flight > len(self._in_flight):
-            receipted = {r.event_id for r in batch.receipts}
-            sent = {tp.event_id: tp for tp in touchpoints if tp.event_id in receipted}
-            self._in_flight.append((sent, list(batch.aggregates)))
+        stored for the next batches' duplicate check, the aggregates it changed are the
+        latest state of those (whatever the cache lets go of), and every aggregate it touched
+        is dropped from the cache if it fails."""
+        receipted = {r.event_id for r in batch.receipts}
+        sent = {tp.event_id: tp for tp in touchpoints if tp.event_id in receipted}
+        self._in_flight.append(InFlight(sent, list(batch.aggregates), dict(batch.changed)))
+
+    def in_flight_aggregate(self, aggregate_id: UUID) -> Any | None:
+        """The aggregate as a batch still in flight left it, if one changed it. The store
+        has not got those events yet, so an aggregate the cache let go of in the meantime
+        must come from here, not from the store (where it would be a version behind)."""
+        for flying in reversed(self._in_flight):
+            aggregate = flying.changed.get(aggregate_id)
+            if aggregate is not None:
+                return aggregate
+        return None
 
     def _settle_in_flight(self) -> None:
-        """Drop the batches the recorder has since reported stored (the oldest ones)."""
+        """Drop the batches the recorder has since reported stored: the oldest ones, as the
+        batches in flight are always the newest sent."""
         while len(self._in_flight) > self.ledger_recorder.batches_in_flight:
             self._in_flight.popleft()
 
     def _forget_in_flight(self) -> None:
         cache = self.repository.cache
-        for _sent, aggregates in self._in_flight:
-            for aggregate_id in aggregates:
+        for flying in self._in_flight:
+            for aggregate_id in flying.touched:
                 with contextlib.suppress(KeyError):
                     if cache is not None:
                         cache.get(aggregate_id, evict=True)
@@ -285,10 +317,10 @@ class Ledger(Application[UUID]):
         # Known: stored before this batch, or recorded earlier in it. A copy that was rejected
         # leaves no receipt, so a later copy is judged afresh, as it would be one at a time.
         known = self._stored_copies([tp.event_id for tp in touchpoints])
-        for sent, _aggregates in self._in_flight:  # sent to be stored, not stored yet
+        for flying in self._in_flight:  # sent to be stored, not stored yet
             for tp in touchpoints:
-                if tp.event_id in sent and tp.event_id not in known:
-                    known[tp.event_id] = (sent[tp.event_id], None)
+                if tp.event_id in flying.sent and tp.event_id not in known:
+                    known[tp.event_id] = (flying.sent[tp.event_id], None)
         now = self._clock()
         for index, tp in enumerate(touchpoints):
             try:

@@ -153,6 +153,12 @@ class LedgerRecorder(Protocol):
         """Batches sent to be committed in the background whose outcome is not known yet."""
         ...
 
+    @property
+    def batches_sent(self) -> int:
+        """Batches sent to be committed in the background so far (a count that only grows;
+        the ones in flight are always the newest sent)."""
+        ...
+
     def pending_dead_letters(self, limit: int) -> list[tuple[int, OutboxLetter]]:
         """Up to ``limit`` outbox letters not yet sent, oldest first, with their ids."""
         ...

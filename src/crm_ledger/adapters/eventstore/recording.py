@@ -175,6 +175,11 @@ class LedgerRecording:
         """Batches handed over to be committed in the background and not answered yet."""
         return 0
 
+    @property
+    def batches_sent(self) -> int:
+        """Batches handed over to be committed in the background so far (only grows)."""
+        return 0
+
     def select_stream(self, originator_id: UUID) -> list[tuple[Any, ...]]:
         """One stream's (0, id, version, topic, state) rows (each store queries its own)."""
         raise NotImplementedError

@@ -57,6 +57,7 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         # The log is folded into the file on a thread of its own (see sqlite_wal).
         self.wal = None if memory else WalCheckpointer(self.datastore.pool.db_name)
         self.committer: CommitProcess | None = None  # started by the first batch sent
+        self._sent = 0
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -92,6 +93,7 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         except BatchesNotStored:
             self.forget_in_flight()
             raise
+        self._sent += 1
 
     def _prepare(
         self, stored_events: Sequence[StoredEvent], records: BatchRecords
@@ -113,6 +115,11 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
     def batches_in_flight(self) -> int:
         """Batches handed to the commit process whose answer was not read yet."""
         return 0 if self.committer is None else self.committer.in_flight
+
+    @property
+    def batches_sent(self) -> int:
+        """Batches handed to a commit process so far."""
+        return self._sent
 
     def forget_in_flight(self) -> None:
         """Forget every chain head and data key in memory: some came from batches that were
