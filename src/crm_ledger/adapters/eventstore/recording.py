@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-#: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
-
-SQLITE_CACHE_KIB = 32 * 1024
-
 #: How many ids one dedup look-up sends at a time (SQLite's variable limit is 32766).
 LOOKUP_CHUNK = 900
 

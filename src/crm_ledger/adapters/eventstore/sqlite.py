@@ -19,7 +19,6 @@ from crm_ledger.adapters.eventstore.recording import (
     LOOKUP_CHUNK,
     OUTBOX_COLUMNS,
     OUTBOX_FIELDS,
-    SQLITE_CACHE_KIB,
     SQLITE_ID,
     ChainHeads,
     LedgerRecording,
@@ -30,7 +29,11 @@ from crm_ledger.adapters.eventstore.recording import (
     stream_bytes,
 )
 from crm_ledger.adapters.eventstore.sqlite_head import SQLITE_APPLICATION_ID
-from crm_ledger.adapters.eventstore.sqlite_wal import BACKSTOP_PAGES, WalCheckpointer
+from crm_ledger.adapters.eventstore.sqlite_wal import (
+    BACKSTOP_PAGES,
+    SQLITE_CACHE_KIB,
+    WalCheckpointer,
+)
 from crm_ledger.adapters.eventstore.sqlite_writer import CommitProcess, Statement
 from crm_ledger.application import BatchRecords, OutboxLetter, StoredCopy, batch_records
 from crm_ledger.audit import (

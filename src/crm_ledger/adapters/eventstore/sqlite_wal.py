@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 #: when the checkpoint thread cannot keep up.
 BACKSTOP_PAGES = 65_536
 
+#: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
+SQLITE_CACHE_KIB = 32 * 1024
+
 THREAD_NAME = "crm-ledger-wal-checkpoint"
 
 

@@ -30,8 +30,13 @@ import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from crm_ledger.adapters.eventstore.recording import SQLITE_CACHE_KIB
-from crm_ledger.adapters.eventstore.sqlite_wal import BACKSTOP_PAGES, WalCheckpointer
+# Only the standard library and these two small modules: the commit process imports this
+# module alone, so it stays a small process (not a second copy of the application).
+from crm_ledger.adapters.eventstore.sqlite_wal import (
+    BACKSTOP_PAGES,
+    SQLITE_CACHE_KIB,
+    WalCheckpointer,
+)
 from crm_ledger.errors import BatchesNotStored
 
 if TYPE_CHECKING:
