@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
+from crm_ledger.adapters.memory import give_back_free_memory
 from crm_ledger.adapters.sql import SqlProjectionStore, postgres_engine, sqlite_engine
 from crm_ledger.errors import AccessDenied, ConfigurationError, StoreUnavailable
 from crm_ledger.projections.customer_search import CustomerSearch, SearchKey
@@ -64,7 +65,8 @@ BULK_GC_THRESHOLD = 50_000
 
 
 def tune_for_throughput() -> None:
-    """Tune this process for bulk writes: collect young objects less often.
+    """Tune this process for bulk writes: collect young objects less often, and give what
+    each batch frees back to the system.
 
     A batch keeps thousands of new events alive until its transaction commits, so with the
     default threshold the collector rescans them (and every cached aggregate) many times per
@@ -72,6 +74,8 @@ def tune_for_throughput() -> None:
     """
     _, second, third = gc.get_threshold()
     gc.set_threshold(BULK_GC_THRESHOLD, second, third)
+    # What each batch frees goes back to the system, so memory follows the caches' sizes.
+    give_back_free_memory()
     # What exists now (modules, settings, clients) lives as long as the process: stop
     # rescanning it in every full collection.
     gc.freeze()

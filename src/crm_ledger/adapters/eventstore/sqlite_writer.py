@@ -30,13 +30,15 @@ import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NoReturn
 
-# Only the standard library and these two small modules: the commit process imports this
-# module alone, so it stays a small process (not a second copy of the application).
 from crm_ledger.adapters.eventstore.sqlite_wal import (
     BACKSTOP_PAGES,
     SQLITE_CACHE_KIB,
     WalCheckpointer,
 )
+
+# Only the standard library and these small modules: the commit process imports this
+# module alone, so it stays a small process (not a second copy of the application).
+from crm_ledger.adapters.memory import give_back_free_memory
 from crm_ledger.errors import BatchesNotStored
 
 if TYPE_CHECKING:
@@ -260,6 +262,7 @@ def _commit(db: sqlite3.Connection, batch: Sequence[Statement]) -> str | None:
 def main(argv: Sequence[str]) -> None:
     """``python -m crm_ledger.adapters.eventstore.sqlite_writer PATH IN_FD OUT_FD``."""
     path, from_parent, to_parent = argv[0], int(argv[1]), int(argv[2])
+    give_back_free_memory()  # each batch's pickled rows are freed once committed
     serve(Duplex(from_parent, to_parent), path)
 
 
