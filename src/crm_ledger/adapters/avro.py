@@ -11,7 +11,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import fastavro
 from fastavro.validation import ValidationError, validate
@@ -28,7 +28,7 @@ from crm_ledger.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
     from pathlib import Path
 
     from crm_ledger.adapters.avro_binary import RecordReader, RecordWriter
@@ -47,6 +47,7 @@ _PROMOTIONS = {
 }
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,19 +149,11 @@ class SchemaRegistry:
 
     def writer(self, version: SchemaVersion) -> RecordWriter | None:
         """The compiled Avro writer of a version (``avro_binary``), or None, cached."""
-        try:
-            return self._writers[version.schema_id]
-        except KeyError:
-            writer = self._writers[version.schema_id] = compile_writer(version.schema)
-            return writer
+        return _compiled(self._writers, compile_writer, version)
 
     def reader(self, version: SchemaVersion) -> RecordReader | None:
         """The compiled Avro reader of a version (``avro_binary``), or None, cached."""
-        try:
-            return self._readers[version.schema_id]
-        except KeyError:
-            reader = self._readers[version.schema_id] = compile_reader(version.schema)
-            return reader
+        return _compiled(self._readers, compile_reader, version)
 
     def schema_files(self) -> dict[str, dict[str, Any]]:
         """Subject -> schema, from the .avsc files (the latest intended schemas)."""
@@ -224,6 +217,14 @@ class SchemaRegistry:
             },
         }
         self._path.write_text(json.dumps(raw, indent=1) + "\n")
+
+
+def _compiled(
+    cache: dict[int, T | None], compile_schema: Callable[[Any], T | None], version: SchemaVersion
+) -> T | None:
+    if version.schema_id not in cache:
+        cache[version.schema_id] = compile_schema(version.schema)
+    return cache[version.schema_id]
 
 
 class Codec:

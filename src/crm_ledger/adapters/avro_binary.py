@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     Encoder = Callable[[Any], bytes]
     RecordWriter = Callable[[Mapping[str, Any]], bytes | None]
@@ -49,13 +49,10 @@ class _Unsure(Exception):
 def compile_writer(schema: Any) -> RecordWriter | None:
     """A function from a record (a mapping with exactly the schema's fields) to its Avro
     binary body, or None when ``schema`` has a shape this module does not write."""
-    if not isinstance(schema, dict) or schema.get("type") != "record":
+    shapes = field_shapes(schema)
+    if shapes is None:
         return None
-    names: dict[str, Encoder] = {}  # named types, usable by later fields
-    try:
-        fields = [(f["name"], _encoder(f["type"], names)) for f in schema["fields"]]
-    except _Unsure:
-        return None
+    fields = [(name, _encoder(shape)) for name, shape in shapes]
     field_names = frozenset(name for name, _ in fields)
 
     def write(record: Mapping[str, Any]) -> bytes | None:
@@ -136,52 +133,78 @@ _PRIMITIVES: dict[str, Encoder] = {
     "int": _int,
     "boolean": _boolean,
     "null": _null,
-}
-_LOGICAL: dict[tuple[str, str], Encoder] = {
-    ("string", "uuid"): _uuid,
-    ("long", "timestamp-millis"): _timestamp_millis,
+    "uuid": _uuid,
+    "timestamp-millis": _timestamp_millis,
 }
 
 
-def _encoder(avro_type: Any, names: dict[str, Encoder]) -> Encoder:
-    """The encoder of one field's type; _Unsure for a shape this module does not write."""
+# The shapes both directions handle: a primitive or logical type's name, or ("nullable",
+# primitive), ("enum", symbols), ("map", values' shape).
+Shape = str | tuple[str, Any]
+_BASE_TYPES = frozenset({"string", "long", "int", "boolean", "null"})
+_LOGICAL_TYPES = {("string", "uuid"): "uuid", ("long", "timestamp-millis"): "timestamp-millis"}
+
+
+def field_shapes(schema: Any) -> list[tuple[str, Shape]] | None:
+    """Each field's name and shape, or None when a field has a shape this module neither
+    writes nor reads (or ``schema`` is not a record)."""
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return None
+    names: dict[str, Shape] = {}  # named types, usable by later fields
+    try:
+        return [(f["name"], _shape(f["type"], names)) for f in schema["fields"]]
+    except _Unsure:
+        return None
+
+
+def _shape(avro_type: Any, names: dict[str, Shape]) -> Shape:
     if isinstance(avro_type, str):
-        found = _PRIMITIVES.get(avro_type) or names.get(avro_type)
+        found = avro_type if avro_type in _BASE_TYPES else names.get(avro_type)
         if found is None:
             raise _Unsure
         return found
     if isinstance(avro_type, list):
-        return _nullable(avro_type, names)
+        if len(avro_type) != 2 or avro_type[0] != "null" or not _is_base(avro_type[1]):
+            raise _Unsure
+        return ("nullable", avro_type[1])
     if not isinstance(avro_type, dict):
         raise _Unsure
-    kind = avro_type.get("type")
-    logical = avro_type.get("logicalType")
+    kind, logical = avro_type.get("type"), avro_type.get("logicalType")
     if logical is not None:
-        logical_encoder = _LOGICAL.get((str(kind), str(logical)))
-        if logical_encoder is None:
-            raise _Unsure  # fastavro writes an unknown logical type as its base type; rare
-        return logical_encoder
+        logical_shape = _LOGICAL_TYPES.get((str(kind), str(logical)))
+        if logical_shape is None:  # fastavro writes an unknown one as its base type; rare
+            raise _Unsure
+        return logical_shape
     if kind == "enum":
-        encoder = _enum(avro_type["symbols"])
-        name = avro_type["name"]
-        namespace = avro_type.get("namespace")
-        names[name] = encoder
+        shape = ("enum", tuple(avro_type["symbols"]))
+        name, namespace = avro_type["name"], avro_type.get("namespace")
+        names[name] = shape
         if namespace and "." not in name:
-            names[f"{namespace}.{name}"] = encoder
-        return encoder
+            names[f"{namespace}.{name}"] = shape
+        return shape
     if kind == "map":
-        return _map(_encoder(avro_type["values"], names))
-    if isinstance(kind, str) and kind in _PRIMITIVES and len(avro_type) == 1:
-        return _PRIMITIVES[kind]
+        return ("map", _shape(avro_type["values"], names))
+    if _is_base(kind) and len(avro_type) == 1:
+        return str(kind)
     raise _Unsure
 
 
-def _nullable(branches: list[Any], names: dict[str, Encoder]) -> Encoder:
-    if len(branches) != 2 or branches[0] != "null" or not isinstance(branches[1], str):
-        raise _Unsure
-    if branches[1] not in _PRIMITIVES:
-        raise _Unsure
-    inner = _PRIMITIVES[branches[1]]
+def _is_base(avro_type: Any) -> bool:
+    return isinstance(avro_type, str) and avro_type in _BASE_TYPES
+
+
+def _encoder(shape: Shape) -> Encoder:
+    if isinstance(shape, str):
+        return _PRIMITIVES[shape]
+    kind, argument = shape
+    if kind == "enum":
+        return _enum(argument)
+    if kind == "map":
+        return _map(_encoder(argument))
+    return _nullable(_PRIMITIVES[argument])
+
+
+def _nullable(inner: Encoder) -> Encoder:
     if inner is _string:  # the commonest field type of all, inlined
 
         def nullable_string(value: Any) -> bytes:
@@ -203,7 +226,7 @@ def _nullable(branches: list[Any], names: dict[str, Encoder]) -> Encoder:
     return encode
 
 
-def _enum(symbols: list[str]) -> Encoder:
+def _enum(symbols: Sequence[str]) -> Encoder:
     index = {symbol: zigzag(i) for i, symbol in enumerate(symbols)}
 
     def encode(value: Any) -> bytes:
@@ -236,13 +259,10 @@ def _map(values: Encoder) -> Encoder:
 def compile_reader(schema: Any) -> RecordReader | None:
     """A function from (message, offset of the record's first byte) to (the record, the offset
     after it), or None when ``schema`` has a shape this module does not read."""
-    if not isinstance(schema, dict) or schema.get("type") != "record":
+    shapes = field_shapes(schema)
+    if shapes is None:
         return None
-    names: dict[str, Decoder] = {}
-    try:
-        fields = [(f["name"], _decoder(f["type"], names)) for f in schema["fields"]]
-    except _Unsure:
-        return None
+    fields = [(name, _decoder(shape)) for name, shape in shapes]
 
     def read(message: bytes, offset: int) -> tuple[dict[str, Any], int] | None:
         record = {}
@@ -319,45 +339,20 @@ _READ_PRIMITIVES: dict[str, Decoder] = {
     "int": _read_int,
     "boolean": _read_boolean,
     "null": _read_null,
-}
-_READ_LOGICAL: dict[tuple[str, str], Decoder] = {
-    ("string", "uuid"): _read_uuid,
-    ("long", "timestamp-millis"): _read_timestamp_millis,
+    "uuid": _read_uuid,
+    "timestamp-millis": _read_timestamp_millis,
 }
 
 
-def _decoder(avro_type: Any, names: dict[str, Decoder]) -> Decoder:
-    """The decoder of one field's type; _Unsure for a shape this module does not read."""
-    if isinstance(avro_type, str):
-        found = _READ_PRIMITIVES.get(avro_type) or names.get(avro_type)
-        if found is None:
-            raise _Unsure
-        return found
-    if isinstance(avro_type, list):
-        _nullable(avro_type, {})  # the same shapes as the writer, or _Unsure
-        return _read_nullable(_READ_PRIMITIVES[avro_type[1]])
-    if not isinstance(avro_type, dict):
-        raise _Unsure
-    kind = avro_type.get("type")
-    logical = avro_type.get("logicalType")
-    if logical is not None:
-        decoder = _READ_LOGICAL.get((str(kind), str(logical)))
-        if decoder is None:
-            raise _Unsure
-        return decoder
+def _decoder(shape: Shape) -> Decoder:
+    if isinstance(shape, str):
+        return _READ_PRIMITIVES[shape]
+    kind, argument = shape
     if kind == "enum":
-        decoder = _read_enum(avro_type["symbols"])
-        name = avro_type["name"]
-        namespace = avro_type.get("namespace")
-        names[name] = decoder
-        if namespace and "." not in name:
-            names[f"{namespace}.{name}"] = decoder
-        return decoder
+        return _read_enum(argument)
     if kind == "map":
-        return _read_map(_decoder(avro_type["values"], names))
-    if isinstance(kind, str) and kind in _READ_PRIMITIVES and len(avro_type) == 1:
-        return _READ_PRIMITIVES[kind]
-    raise _Unsure
+        return _read_map(_decoder(argument))
+    return _read_nullable(_READ_PRIMITIVES[argument])
 
 
 def _read_nullable(inner: Decoder) -> Decoder:
@@ -372,7 +367,7 @@ def _read_nullable(inner: Decoder) -> Decoder:
     return decode
 
 
-def _read_enum(symbols: list[str]) -> Decoder:
+def _read_enum(symbols: Sequence[str]) -> Decoder:
     def decode(message: bytes, offset: int) -> tuple[str, int]:
         index, offset = read_long(message, offset)
         if not 0 <= index < len(symbols):

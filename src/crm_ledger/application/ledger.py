@@ -124,7 +124,7 @@ class Ledger(Application[UUID]):
         }
         self._clock = clock or (lambda: datetime.now(UTC))
         self._max_future = max_future
-        # Batches committed in the background: (touchpoints by event id, aggregates changed).
+        # Batches sent to be committed in the background and not answered yet, oldest first.
         self._in_flight = collections.deque[InFlight]()
         for attempt in range(OPEN_ATTEMPTS):
             try:
