@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +52,7 @@ def compile_writer(schema: Any) -> RecordWriter | None:
     shapes = field_shapes(schema)
     if shapes is None:
         return None
-    fields = [(name, _encoder(shape)) for name, shape in shapes]
+    fields: list[tuple[str, Encoder]] = [(name, _build(shape, _WRITING)) for name, shape in shapes]
     field_names = frozenset(name for name, _ in fields)
 
     def write(record: Mapping[str, Any]) -> bytes | None:
@@ -193,15 +193,25 @@ def _is_base(avro_type: Any) -> bool:
     return isinstance(avro_type, str) and avro_type in _BASE_TYPES
 
 
-def _encoder(shape: Shape) -> Encoder:
+class _Kit(NamedTuple):
+    """One direction's functions for each shape: writing or reading."""
+
+    primitives: Mapping[str, Any]
+    enum: Callable[[Sequence[str]], Any]
+    map: Callable[[Any], Any]
+    nullable: Callable[[Any], Any]
+
+
+def _build(shape: Shape, kit: _Kit) -> Any:
+    """The encoder or decoder (as ``kit`` says) of one field's shape."""
     if isinstance(shape, str):
-        return _PRIMITIVES[shape]
+        return kit.primitives[shape]
     kind, argument = shape
     if kind == "enum":
-        return _enum(argument)
+        return kit.enum(argument)
     if kind == "map":
-        return _map(_encoder(argument))
-    return _nullable(_PRIMITIVES[argument])
+        return kit.map(_build(argument, kit))
+    return kit.nullable(kit.primitives[argument])
 
 
 def _nullable(inner: Encoder) -> Encoder:
@@ -262,7 +272,7 @@ def compile_reader(schema: Any) -> RecordReader | None:
     shapes = field_shapes(schema)
     if shapes is None:
         return None
-    fields = [(name, _decoder(shape)) for name, shape in shapes]
+    fields: list[tuple[str, Decoder]] = [(name, _build(shape, _READING)) for name, shape in shapes]
 
     def read(message: bytes, offset: int) -> tuple[dict[str, Any], int] | None:
         record = {}
@@ -344,17 +354,6 @@ _READ_PRIMITIVES: dict[str, Decoder] = {
 }
 
 
-def _decoder(shape: Shape) -> Decoder:
-    if isinstance(shape, str):
-        return _READ_PRIMITIVES[shape]
-    kind, argument = shape
-    if kind == "enum":
-        return _read_enum(argument)
-    if kind == "map":
-        return _read_map(_decoder(argument))
-    return _read_nullable(_READ_PRIMITIVES[argument])
-
-
 def _read_nullable(inner: Decoder) -> Decoder:
     def decode(message: bytes, offset: int) -> tuple[Any, int]:
         branch = message[offset]
@@ -391,3 +390,7 @@ def _read_map(values: Decoder) -> Decoder:
                 result[key], offset = values(message, offset)
 
     return decode
+
+
+_WRITING = _Kit(_PRIMITIVES, _enum, _map, _nullable)
+_READING = _Kit(_READ_PRIMITIVES, _read_enum, _read_map, _read_nullable)
