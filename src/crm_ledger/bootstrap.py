@@ -124,6 +124,7 @@ def open_ledger(settings: Settings, *, create: bool = False) -> Ledger:
         max_future=settings.max_future,
         snapshot_key=snapshot_key,
         keyring=Keyring(settings.key_folder),
+        cache_streams=settings.cache_streams,
     )
 
 

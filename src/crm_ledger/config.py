@@ -41,6 +41,9 @@ class Settings:
     database_schema: str = "public"
     schemas_dir: Path = field(default_factory=_default_schemas_dir)
     batch_size: int = 10_000
+    #: Streams whose aggregate, data key and chain head a writing process keeps in memory
+    #: (about 2.8 KB each): the bound on a writer's memory that grows with the customers.
+    cache_streams: int = 100_000
     max_future: timedelta = timedelta(days=1)
     kafka_bootstrap: str | None = None
     kafka_topic: str = "crm.touchpoints"
@@ -97,6 +100,8 @@ class Settings:
         if env.get(f"{ENV_PREFIX}ACCESS_FLUSH_SECONDS"):
             name = f"{ENV_PREFIX}ACCESS_FLUSH_SECONDS"
             values["access_flush_seconds"] = _positive_int(name, env)
+        if env.get(f"{ENV_PREFIX}CACHE_STREAMS"):
+            values["cache_streams"] = _positive_int(f"{ENV_PREFIX}CACHE_STREAMS", env)
         if env.get(f"{ENV_PREFIX}BATCH_SIZE"):
             values["batch_size"] = _positive_int(f"{ENV_PREFIX}BATCH_SIZE", env)
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -203,6 +203,8 @@ class DataKeys:
 
     def __init__(self, load: Callable[[bytes], bytes | None]) -> None:
         self.load = load
+        #: Keys kept between transactions, at most.
+        self.limit = KEY_CACHE_SIZE
         #: Set by the Ledger when its data keys are stored wrapped (the normal case).
         self.keyring: Keyring | None = None
         self.keys: dict[bytes, bytes | None] = {}
@@ -268,8 +270,8 @@ class DataKeys:
             for stream in [s for s, key in self.keys.items() if key is None]:
                 del self.keys[stream]
         self.pending = {}
-        if len(self.keys) > KEY_CACHE_SIZE:
-            for stream in list(self.keys)[: KEY_CACHE_SIZE // 2]:
+        if len(self.keys) > self.limit:  # the oldest go, down to half the limit
+            for stream in list(self.keys)[: len(self.keys) - self.limit // 2]:
                 del self.keys[stream]
                 self.ciphers.pop(stream, None)
 

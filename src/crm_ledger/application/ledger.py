@@ -69,7 +69,9 @@ if TYPE_CHECKING:
     from crm_ledger.application.records import KeyWrapping, LedgerRecorder, OutboxLetter, Position
 
 
-#: Aggregates kept in memory between batches.
+#: Streams (customers, organisations, initiatives) whose aggregate, data key and chain head
+#: are kept in memory between batches: about 2.8 KB each, so the default bounds them to
+#: about 280 MB. A stream the cache let go of is read again from the store when next touched.
 DEFAULT_CACHE_SIZE = 100_000
 
 #: The source named on CustomerErased events the ledger records itself.
@@ -107,15 +109,18 @@ class Ledger(Application[UUID]):
         max_future: timedelta = timedelta(days=1),
         snapshot_key: bytes | None = None,
         keyring: KeyWrapping | None = None,
+        cache_streams: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         """``snapshot_key`` seals snapshots (keep it outside the database); without one, a
         key for this instance alone is made, so snapshots stored before are not trusted and
         aggregates are rebuilt from their events. ``keyring`` wraps the data keys (bootstrap
-        always passes one; without, keys are stored as they are, for embedded use only)."""
+        always passes one; without, keys are stored as they are, for embedded use only).
+        ``cache_streams``: how many streams' aggregates, data keys and chain heads stay in
+        memory (``env``'s AGGREGATE_CACHE_MAXSIZE, if given, sizes the aggregates alone)."""
         settings = {
             # Bounded (memory stays flat), but big enough for the customers active at once:
             # at 1M events / 47k customers a 20,000 cache halved throughput with misses.
-            "AGGREGATE_CACHE_MAXSIZE": str(DEFAULT_CACHE_SIZE),
+            "AGGREGATE_CACHE_MAXSIZE": str(cache_streams),
             # A stale cached aggregate fails the insert (version conflict) and the batch is
             # retried from the store, so fast-forwarding on every get is not needed.
             "AGGREGATE_CACHE_FASTFORWARD": "n",
@@ -126,22 +131,11 @@ class Ledger(Application[UUID]):
         self._max_future = max_future
         # Batches sent to be committed in the background and not answered yet, oldest first.
         self._in_flight = collections.deque[InFlight]()
-        for attempt in range(OPEN_ATTEMPTS):
-            try:
-                super().__init__(settings)
-                break
-            except CrmLedgerError:
-                raise
-            except Exception as e:  # the library raises many kinds for an unusable store
-                if "concurrently updated" in str(e) and attempt + 1 < OPEN_ATTEMPTS:
-                    # Another process was creating the same tables at the same moment.
-                    time.sleep(random.uniform(0.1, 0.5))
-                    continue
-                msg = f"cannot open the event store: {e}"
-                raise StoreUnavailable(msg) from None
+        self._open_store(settings)
         # Personal fields are sealed with per-customer keys the recorder keeps (and stores in
         # the same transaction as the events that first need them).
         cast("Any", self.mapper).data_keys = getattr(self.recorder, "data_keys", None)
+        self.ledger_recorder.limit_streams(cache_streams)
         self.keyring = keyring
         if keyring is not None:
             cast("Any", self.recorder).data_keys.keyring = keyring
@@ -149,6 +143,22 @@ class Ledger(Application[UUID]):
         if self.snapshots is not None:
             snapshots: Any = self.snapshots.recorder
             cast("Any", self.recorder).snapshots_table = snapshots.events_table_name
+
+    def _open_store(self, settings: dict[str, str]) -> None:
+        """eventsourcing's application on the store, retried while another process is
+        creating the same tables."""
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                super().__init__(settings)
+                return
+            except CrmLedgerError:
+                raise
+            except Exception as e:  # the library raises many kinds for an unusable store
+                if "concurrently updated" in str(e) and attempt + 1 < OPEN_ATTEMPTS:
+                    time.sleep(random.uniform(0.1, 0.5))
+                    continue
+                msg = f"cannot open the event store: {e}"
+                raise StoreUnavailable(msg) from None
 
     def construct_snapshot_store(self) -> EventStore[UUID]:
         """Snapshots whose seal does not match are skipped: the aggregate is rebuilt from its

@@ -142,6 +142,10 @@ class LedgerRecorder(Protocol):
     def prepare_keys(self, stream_ids: Sequence[UUID]) -> None:
         """Load the data keys of a batch's streams with one look-up (before sealing)."""
 
+    def limit_streams(self, streams: int) -> None:
+        """Keep what the recorder remembers per stream (keys, chain heads) for at most about
+        ``streams`` streams."""
+
     def close(self) -> None:
         """Stop what the recorder runs in the background."""
 

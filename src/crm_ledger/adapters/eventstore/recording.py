@@ -77,6 +77,8 @@ class ChainHeads:
     """
 
     def __init__(self) -> None:
+        #: Heads kept between transactions, at most.
+        self.limit = HEADS_CACHE_SIZE
         self.known: dict[bytes, tuple[int, bytes]] = {}
         self.pending: dict[bytes, tuple[int, bytes]] = {}
 
@@ -132,8 +134,8 @@ class ChainHeads:
         """Keep the heads of the transaction that just committed."""
         pending, self.pending = self.pending, {}
         self.known.update(pending)
-        if len(self.known) > HEADS_CACHE_SIZE:
-            for stream in list(self.known)[: HEADS_CACHE_SIZE // 2]:
+        if len(self.known) > self.limit:  # the oldest go, down to half the limit
+            for stream in list(self.known)[: len(self.known) - self.limit // 2]:
                 del self.known[stream]
 
 
@@ -155,6 +157,12 @@ class LedgerRecording:
         reads its own table; this default asks one at a time)."""
         keys = {stream: self.load_key(stream) for stream in streams}
         return {stream: key for stream, key in keys.items() if key is not None}
+
+    def limit_streams(self, streams: int) -> None:
+        """Keep at most ``streams`` data keys and twice as many chain heads in memory (a head
+        costs a fifth of what a key does)."""
+        self.heads.limit = 2 * streams
+        self.data_keys.limit = streams
 
     def prepare_keys(self, stream_ids: Sequence[UUID]) -> None:
         """Load the data keys of a batch's streams not in memory yet, with one look-up."""

@@ -149,10 +149,9 @@ class IngestWorker:
         self._taken = 0  # messages polled, stored or in flight
         self.background = background  # commit batches in the background where the store can
         self._lost: BatchesNotStored | None = None  # batches in flight a callback found lost
-        # Batches handed to the ledger and not finished yet, oldest first.
-        self._sent: collections.deque[tuple[_Outcome, list[Position], list[Any]]] = (
-            collections.deque()
-        )
+        # Batches handed to the ledger and not finished yet, oldest first: their outcome,
+        # positions and number of messages.
+        self._sent: collections.deque[tuple[_Outcome, list[Position], int]] = collections.deque()
         self._consumer, self._dlq = open_worker_clients(settings, max_batch, SEND_TIMEOUT_S)
         self._consumer.subscribe([settings.topic], listener=_SeekToLedger(self))
 
@@ -225,7 +224,7 @@ class IngestWorker:
         stored = max(0, len(self._sent) - error.batches)
         for _ in range(stored):
             self._finish(*self._sent.popleft())
-        lost = polled + sum(len(records) for _, _, records in self._sent)
+        lost = polled + sum(messages for _, _, messages in self._sent)
         self._sent.clear()
         self._taken -= lost
         log.warning(
@@ -336,13 +335,14 @@ class IngestWorker:
         except BatchesNotStored as e:
             self._read_again(e, polled=len(records))
             return
-        self._sent.append((result, positions, records))
+        # Only the count is kept: the messages themselves are not needed again.
+        self._sent.append((result, positions, len(records)))
         self._finish_stored()
 
-    def _finish(self, result: _Outcome, positions: list[Position], records: list[Any]) -> None:
+    def _finish(self, result: _Outcome, positions: list[Position], messages: int) -> None:
         """A batch is stored: tell Kafka (for lag tools) and the caller, send dead letters."""
         self._commit(positions)
-        self.stats.consumed += len(records)
+        self.stats.consumed += messages
         self.stats.recorded += result.recorded
         self.stats.duplicates += result.duplicates
         self.stats.dead_lettered += result.dead_lettered
