@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from eventsourcing.domain import Aggregate
@@ -16,6 +17,14 @@ if TYPE_CHECKING:
 
 PROMOTED_BY_ORDER = frozenset({"lead", "prospect", "churned"})
 PROFILE_FIELDS = ("name", "email", "phone", "address", "country", "region", "segment")
+#: Profile fields with few distinct values: every customer's state shares one copy of each
+#: value (a writer keeps tens of thousands of customers in memory).
+FEW_VALUES = frozenset({"country", "region", "segment"})
+
+
+def shared(value: Any) -> Any:
+    """One copy in memory of a text that many customers' states hold."""
+    return sys.intern(value) if type(value) is str else value
 
 
 class Customer(Aggregate):
@@ -124,10 +133,11 @@ class Customer(Aggregate):
     def update_profile(self, fields: dict[str, Any]) -> None:
         """Overwrite the profile fields given a value; null leaves a field as it was."""
         for name in PROFILE_FIELDS:
-            if fields.get(name) is not None:
-                self.profile[name] = fields[name]
+            value = fields.get(name)
+            if value is not None:
+                self.profile[name] = shared(value) if name in FEW_VALUES else value
         if fields.get("lifecycle_stage") is not None:
-            self.lifecycle_stage = fields["lifecycle_stage"]
+            self.lifecycle_stage = shared(fields["lifecycle_stage"])
 
     # Events: the catalogue's customer events, each with its state change.
 
@@ -156,7 +166,7 @@ class Customer(Aggregate):
         value: str
 
         def change(self, aggregate: Customer) -> None:
-            identity = [self.system, self.value]
+            identity = [shared(self.system), self.value]
             if identity not in aggregate.identities:
                 aggregate.identities.append(identity)
 
@@ -204,7 +214,7 @@ class Customer(Aggregate):
         method: str | None
 
         def change(self, aggregate: Customer) -> None:
-            key = f"{self.purpose}/{self.channel or '*'}"
+            key = shared(f"{self.purpose}/{self.channel or '*'}")
             known = aggregate.consent.get(key)
             # Arrival order is not business order: the latest decision by occurred_at wins.
             if known is None or known["at"] <= self.occurred_at:
