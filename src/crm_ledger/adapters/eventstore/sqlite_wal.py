@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 #: when the checkpoint thread cannot keep up.
 BACKSTOP_PAGES = 65_536
 
-#: SQLite page cache per connection, in KiB (eventsourcing's pool may open several).
-SQLITE_CACHE_KIB = 32 * 1024
+#: SQLite page cache of a writing connection, in KiB. 16 MiB appended at the same speed as
+#: 32 MiB up to 3M events (background sweep, one run each: 9,623 against 9,680 events/s at
+#: 3M), for 16 MB less in the commit process.
+SQLITE_CACHE_KIB = 16 * 1024
 
 THREAD_NAME = "crm-ledger-wal-checkpoint"
 
