@@ -122,16 +122,24 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-@lru_cache(maxsize=65536)
 def subject_uuid(subject: Subject, subject_id: str) -> uuid.UUID:
     """The aggregate id for a customer, organisation or initiative id used by sources."""
-    return uuid.uuid5(ID_NAMESPACE, f"{subject.value}:{subject_id}")
+    if subject is Subject.CUSTOMER:
+        return customer_uuid(subject_id)
+    return _named_uuid(subject.value, subject_id)
 
 
 @lru_cache(maxsize=65536)
 def customer_uuid(customer_id: str) -> uuid.UUID:
-    """The Customer aggregate id for a source's customer id (cached: on every event's path)."""
-    return subject_uuid(Subject.CUSTOMER, customer_id)
+    """The Customer aggregate id for a source's customer id (cached: on every event's path;
+    one entry per customer, whichever of the two functions asked)."""
+    return uuid.uuid5(ID_NAMESPACE, f"customer:{customer_id}")
+
+
+@lru_cache(maxsize=8192)
+def _named_uuid(kind: str, subject_id: str) -> uuid.UUID:
+    """Organisations' and initiatives' ids (fewer, in a cache of their own)."""
+    return uuid.uuid5(ID_NAMESPACE, f"{kind}:{subject_id}")
 
 
 def check_touchpoint(
