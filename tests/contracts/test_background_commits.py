@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from crm_ledger.adapters.crypto import SealedValues, create_key_pair, load_signer
 from crm_ledger.adapters.eventstore import sqlite_env
 from crm_ledger.aggregates import Touchpoint, customer_uuid
 from crm_ledger.application import Ledger, Position
-from crm_ledger.audit import Auditor
 from crm_ledger.errors import BatchesNotStored
+from tests.contracts.verifying import assert_verified
 from tests.factories import AT, tp
 from tests.integration.conftest import wait_until
 
@@ -83,14 +82,6 @@ def _unsealed(data: dict[str, Any]) -> dict[str, Any]:
     return {k: "sealed" if str(v).startswith("enc1:") else v for k, v in data.items()}
 
 
-def _verify(ledger: Ledger, keys: Path) -> None:
-    create_key_pair(keys)
-    auditor = Auditor(ledger.recorder, load_signer(keys), ledger.log_head, SealedValues())  # type: ignore[arg-type]
-    result = auditor.verify()
-    assert result.ok, result.findings
-    assert result.events == sum(1 for _ in ledger.ledger_recorder.stored_records()) > 0  # type: ignore[attr-defined]
-
-
 def test_background_batches_store_the_same_history_as_waited_ones(tmp_path: Path) -> None:
     with Ledger(sqlite_env(str(tmp_path / "waited.sqlite"))) as waited:
         expected_results = _record(waited, wait=True)
@@ -107,7 +98,7 @@ def test_background_batches_store_the_same_history_as_waited_ones(tmp_path: Path
         # Snapshots went with their batch, taken of the aggregate in memory, and open.
         snapshots = list(ledger.snapshots.get(customer_uuid("A1"))) if ledger.snapshots else []
         assert [s.originator_version for s in snapshots] == [302]  # the batch passed 200
-        _verify(ledger, tmp_path / "keys")
+        assert_verified(ledger, tmp_path / "keys")
     with Ledger(sqlite_env(str(tmp_path / "background.sqlite"))) as reopened:
         assert _stored(reopened) == expected
         rebuilt = reopened.repository.get(customer_uuid("A1"))
@@ -172,7 +163,7 @@ def test_a_failed_batch_in_flight_is_reported_with_those_after_it_and_nothing_is
         assert (mine.orders, mine.interactions, mine.version) == (1, 1, 4)
         with Ledger(env) as fresh:
             assert fresh.customer("C1") == mine
-        _verify(ledger, tmp_path / "keys")
+        assert_verified(ledger, tmp_path / "keys")
 
 
 def _rotating_batches() -> list[list[Touchpoint]]:
@@ -221,7 +212,7 @@ def test_aggregates_the_cache_lets_go_of_in_flight_come_from_their_batch(
         assert sum(r.duplicates for r in results) == len(batches) - 1
         for customer, view in views.items():
             assert _business(ledger.customer(customer)) == _business(view)
-        _verify(ledger, tmp_path / "keys")
+        assert_verified(ledger, tmp_path / "keys")
 
 
 def _commit_processes() -> list[int]:
@@ -300,7 +291,7 @@ def test_a_ledger_killed_with_batches_in_flight_keeps_whole_batches_only(
         # Batch n holds 50 orders and stores position n: whole batches, and nothing else.
         assert ledger.ledger_recorder.count_receipts() == 50 * position
         assert sum(ledger.customer(f"C{c}").orders for c in range(50)) == 50 * position
-        _verify(ledger, tmp_path / "keys")
+        assert_verified(ledger, tmp_path / "keys")
 
 
 def _stored_positions(path: Path) -> int:

@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from crm_ledger.adapters.crypto import SealedValues, create_key_pair, load_signer
 from crm_ledger.adapters.eventstore import sqlite_env
 from crm_ledger.aggregates import Customer
 from crm_ledger.application import Ledger
-from crm_ledger.audit import Auditor
 from crm_ledger.config import Settings
 from crm_ledger.errors import ConfigurationError
+from tests.contracts.verifying import assert_verified
 from tests.factories import AT, tp
 
 if TYPE_CHECKING:
@@ -78,15 +77,7 @@ def test_a_writer_keeps_at_most_cache_streams_and_reads_the_others_again(
         assert keys <= LIMIT
         assert heads <= 2 * LIMIT
         assert _views(ledger) == expected  # keys and heads read again: the same history
-        create_key_pair(tmp_path / "keys")
-        auditor = Auditor(
-            ledger.recorder,  # type: ignore[arg-type]
-            load_signer(tmp_path / "keys"),
-            ledger.log_head,
-            SealedValues(),
-        )
-        verdict = auditor.verify()
-        assert verdict.ok, verdict.findings
+        assert_verified(ledger, tmp_path / "keys")
 
 
 def test_the_setting_comes_from_the_environment_and_refuses_nonsense() -> None:
