@@ -159,8 +159,8 @@ class LedgerRecording:
         return {stream: key for stream, key in keys.items() if key is not None}
 
     def limit_streams(self, streams: int) -> None:
-        """Keep at most ``streams`` data keys and twice as many chain heads in memory (a head
-        costs a fifth of what a key does)."""
+        """Keep at most ``streams`` data keys and twice as many chain heads in memory (as
+        before the setting: a head known saves its stream's look-up at the next append)."""
         self.heads.limit = 2 * streams
         self.data_keys.limit = streams
 
