@@ -213,8 +213,9 @@ class Ledger(Application[UUID]):
         ``dead_letters`` are kept in the ledger's outbox in the same transaction, and so is
         ``dead_letter_for(index, error)`` of every event the batch rejects.
 
-        Without ``wait``, a SQLite file ledger commits the batch in a process of its own
-        while the caller prepares the next one: it is stored once ``flush`` returns. If it
+        Without ``wait``, the batch is committed in the background while the caller prepares
+        the next one (on a SQLite file by a process of its own, on PostgreSQL by a thread
+        with a connection of its own): it is stored once ``flush`` returns. If it
         fails, a later call raises BatchesNotStored for it and the batches after it, which
         the caller sends again from its own record of what is stored (``positions``).
         """

@@ -69,6 +69,11 @@ INSERT_KEYS = SQL(
     "INSERT INTO {}.ledger_keys SELECT k.o, k.d, NULL "
     "FROM unnest(%b::bytea[], %b::bytea[]) AS k(o, d)"
 )
+#: A batch's snapshots, committed in the background with it ({} {}: schema, snapshots table).
+INSERT_SNAPSHOTS = SQL(
+    "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
+    "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
+)
 UPSERT_POSITION = SQL(
     "INSERT INTO {}.ledger_positions AS p VALUES (%s,%s,%s) "
     "ON CONFLICT (source, partition) "

@@ -25,6 +25,7 @@ from crm_ledger.adapters.eventstore.pg_tables import (
     UPSERT_POSITION,
     insert_columns,
 )
+from crm_ledger.adapters.eventstore.pg_writer import PostgresBackground
 from crm_ledger.adapters.eventstore.recording import (
     HEADS_QUERY,
     OUTBOX_FIELDS,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from psycopg.rows import DictRow
 
 
-class LedgerPostgresRecorder(LedgerRecording, PostgresApplicationRecorder):
+class LedgerPostgresRecorder(PostgresBackground, LedgerRecording, PostgresApplicationRecorder):
     """PostgreSQL recorder that also writes receipts and positions with the events."""
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):

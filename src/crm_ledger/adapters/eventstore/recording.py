@@ -4,7 +4,7 @@ keys, the outbox layout, and small helpers shared by the SQLite and PostgreSQL m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
@@ -17,7 +17,7 @@ from crm_ledger.audit import (
     chain_hash,
     content_hash,
 )
-from crm_ledger.errors import StoreUnavailable
+from crm_ledger.errors import BatchesNotStored, StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -137,6 +137,97 @@ class ChainHeads:
         if len(self.known) > self.limit:  # the oldest go, down to half the limit
             for stream in list(self.known)[: len(self.known) - self.limit // 2]:
                 del self.known[stream]
+
+
+class Committer(Protocol):
+    """Commits the batches handed to it in order, in the background (SQLite's commit
+    process, PostgreSQL's commit thread)."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether it can still take batches."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Batches handed over whose outcome was not read yet."""
+        ...
+
+    def submit(self, batch: Any) -> None:
+        """Hand a batch over (BatchesNotStored if an earlier one failed)."""
+
+    def flush(self) -> None:
+        """Wait for every outcome (BatchesNotStored if a batch was not stored)."""
+
+    def close(self) -> None:
+        """Wait for the outcomes in hand, then stop."""
+
+
+class BackgroundCommits:
+    """Batches prepared on the caller's thread (their chain heads and data keys counted as
+    known at once) and committed by a ``Committer`` while the next is prepared. If one fails,
+    every head and key in memory is forgotten: some came from batches that were not stored,
+    and a stale one would chain or seal the next batch wrongly."""
+
+    committer: Committer | None = None
+    _sent = 0
+    heads: ChainHeads
+    data_keys: DataKeys
+
+    def new_committer(self) -> Committer:
+        """The store's committer, started on the first batch sent."""
+        raise NotImplementedError
+
+    def hand_over(self, prepare: Callable[[], Any]) -> None:
+        """Prepare a batch (``settling`` it) and hand it to the committer."""
+        if self.committer is not None and not self.committer.alive:
+            # Gone: the outcomes it gave count, the batches it did not answer are reported
+            # lost (flush raises); then another one starts.
+            self.flush()
+            self.committer.close()
+            self.committer = None
+        if self.committer is None:
+            self.committer = self.new_committer()
+        batch = cast("LedgerRecording", self).settling(prepare)
+        try:
+            self.committer.submit(batch)
+        except BatchesNotStored:
+            self.forget_in_flight()
+            raise
+        self._sent += 1
+
+    def flush(self) -> None:
+        """Wait until every batch handed over is stored (raises BatchesNotStored, after
+        forgetting what they assumed, if one is not)."""
+        if self.committer is not None and self.committer.in_flight:
+            try:
+                self.committer.flush()
+            except BatchesNotStored:
+                self.forget_in_flight()
+                raise
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed over whose outcome has not been read."""
+        return 0 if self.committer is None else self.committer.in_flight
+
+    @property
+    def batches_sent(self) -> int:
+        """Batches handed over so far."""
+        return self._sent
+
+    def forget_in_flight(self) -> None:
+        """Forget every chain head and data key in memory."""
+        self.heads = ChainHeads()
+        self.data_keys.forget_all()
+
+    def close_committer(self) -> None:
+        """Wait for the batches in flight, then stop the committer."""
+        try:
+            if self.committer is not None:
+                self.committer.close()
+        finally:
+            self.committer = None
 
 
 class LedgerRecording:

@@ -20,7 +20,7 @@ from crm_ledger.adapters.eventstore.recording import (
     OUTBOX_COLUMNS,
     OUTBOX_FIELDS,
     SQLITE_ID,
-    ChainHeads,
+    BackgroundCommits,
     LedgerRecording,
     as_bytes,
     byte_chunks,
@@ -41,7 +41,7 @@ from crm_ledger.audit import (
     Checkpoint,
     StoredRecord,
 )
-from crm_ledger.errors import BatchesNotStored, StoreUnavailable
+from crm_ledger.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from eventsourcing.sqlite import SQLiteCursor
 
 
-class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
+class LedgerSQLiteRecorder(BackgroundCommits, LedgerRecording, SQLiteApplicationRecorder):
     """SQLite recorder that also writes receipts, positions and the hash chain with the
     events."""
 
@@ -59,18 +59,17 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         memory = self.datastore.pool.is_sqlite_memory_mode
         # The log is folded into the file on a thread of its own (see sqlite_wal).
         self.wal = None if memory else WalCheckpointer(self.datastore.pool.db_name)
-        self.committer: CommitProcess | None = None  # started by the first batch sent
-        self._sent = 0
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         """The insert (committed on return), then its log frames are handed to the
         checkpoint thread. A batch that need not wait (``records.wait`` False, on a file)
-        is prepared here and committed by the commit process instead."""
+        is prepared here and committed by the commit process instead: the next batch is
+        prepared on this one's chain heads and keys before it commits."""
         records = batch_records(kwargs)
         if not records.wait and self.wal is not None:
-            self._send(stored_events, records)
+            self.hand_over(lambda: self._prepare(stored_events, records))
             return None
         self.flush()  # batches in flight first: a batch is stored after those before it
         result = super().insert_events(stored_events, **kwargs)
@@ -78,25 +77,9 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
             self.wal.committed()
         return result
 
-    def _send(self, stored_events: Sequence[StoredEvent], records: BatchRecords) -> None:
-        """Hand the batch's statements to the commit process. The next batch is prepared
-        on this batch's chain heads and keys before it commits; if it fails, they are all
-        forgotten (``flush`` raises, ``forget_in_flight`` runs)."""
-        if self.committer is not None and not self.committer.alive:
-            # Killed: the answers it sent count, the batches it did not answer are reported
-            # lost (flush raises); then another one starts.
-            self.flush()
-            self.committer.close()
-            self.committer = None
-        if self.committer is None:
-            self.committer = CommitProcess(self.datastore.pool.db_name)
-        statements = self.settling(lambda: self._prepare(stored_events, records))
-        try:
-            self.committer.submit(statements)
-        except BatchesNotStored:
-            self.forget_in_flight()
-            raise
-        self._sent += 1
+    def new_committer(self) -> CommitProcess:
+        """The commit process (a killed one is replaced by the next batch sent)."""
+        return CommitProcess(self.datastore.pool.db_name)
 
     def _prepare(
         self, stored_events: Sequence[StoredEvent], records: BatchRecords
@@ -104,40 +87,12 @@ class LedgerSQLiteRecorder(LedgerRecording, SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=False) as c:
             return self._statements(c, stored_events, records)
 
-    def flush(self) -> None:
-        """Wait until every batch handed to the commit process is stored (raises
-        BatchesNotStored, after forgetting what they assumed, if one is not)."""
-        if self.committer is not None and self.committer.in_flight:
-            try:
-                self.committer.flush()
-            except BatchesNotStored:
-                self.forget_in_flight()
-                raise
-
-    @property
-    def batches_in_flight(self) -> int:
-        """Batches handed to the commit process whose answer was not read yet."""
-        return 0 if self.committer is None else self.committer.in_flight
-
-    @property
-    def batches_sent(self) -> int:
-        """Batches handed to a commit process so far."""
-        return self._sent
-
-    def forget_in_flight(self) -> None:
-        """Forget every chain head and data key in memory: some came from batches that were
-        not stored (a stale one would otherwise chain or seal the next batch)."""
-        self.heads = ChainHeads()
-        self.data_keys.forget_all()
-
     def close(self) -> None:
         """Wait for the batches in flight, then stop the commit process and the
         checkpoint thread."""
         try:
-            if self.committer is not None:
-                self.committer.close()
+            self.close_committer()
         finally:
-            self.committer = None
             if self.wal is not None:
                 self.wal.close()
 
