@@ -6,10 +6,10 @@ run the baselines over the same bytes and events:
 * raw_produce_eps: a plain kafka-python KafkaProducer (same acks, idempotence and batching)
   sending the already-encoded messages (publish_ratio = publish_eps / raw_produce_eps);
 * raw_consume_eps: a plain KafkaConsumer reading the published topic;
-* ingest_eps_waiting (SQLite): one worker that commits each batch before it polls the next
+* ingest_eps_waiting: one worker that commits each batch before it polls the next
   (``background=False``), where the product's worker commits in the background;
 * record_many_eps: the ledger's batch path on the same events, without Kafka, each batch
-  committed before the next (ingest_ratio = ingest_eps / record_many_eps), and on SQLite
+  committed before the next (ingest_ratio = ingest_eps / record_many_eps), and
   record_many_background_eps, committed in the background as the worker does
   (ingest_ratio_background = ingest_eps / record_many_background_eps).
 
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument(
         "--no-waiting-baseline",
         action="store_true",
-        help="on SQLite, skip the run of a worker that commits each batch before the next",
+        help="skip the run of a worker that commits each batch before the next",
     )
     parser.add_argument("--wait", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-ingest", action="store_true", help=argparse.SUPPRESS)
@@ -233,12 +233,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 figures.setdefault("worker_rss_mb_quartiles", run["rss_quartiles"])
                 for part in ("worker", "broker", "database"):
                     figures[f"cpu_s_per_1k_{part}_{workers}w"] = run[f"cpu_s_per_1k_{part}"]
-            if not args.database_url and not args.no_waiting_baseline:
+            if not args.no_waiting_baseline:
                 run = time_ingest(args, folder, topic, 1, schemas, wait=True)
                 figures["ingest_eps_waiting"] = run["ingest_eps"]
             record_many = time_record_many(args, folder, events, schemas, wait=True)
-            if not args.database_url:
-                background = time_record_many(args, folder, events, schemas, wait=False)
+            background = time_record_many(args, folder, events, schemas, wait=False)
         finally:
             for schema in schemas:
                 from crm_ledger.adapters.eventstore import drop_postgres_schema
@@ -246,9 +245,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 drop_postgres_schema(args.database_url, schema)
     figures["record_many_eps"] = round(record_many)
     figures["ingest_ratio"] = round(figures["ingest_eps"] / record_many, 3)
-    if not args.database_url:
-        figures["record_many_background_eps"] = round(background)
-        figures["ingest_ratio_background"] = round(figures["ingest_eps"] / background, 3)
+    figures["record_many_background_eps"] = round(background)
+    figures["ingest_ratio_background"] = round(figures["ingest_eps"] / background, 3)
     return figures
 
 

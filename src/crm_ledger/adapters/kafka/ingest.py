@@ -117,11 +117,10 @@ class IngestWorker:
     crash between the two loses none, and a dead letter the topic will not take stays in the
     outbox and is tried again instead of stopping ingestion.
 
-    Each batch is committed in the background (by the ledger's commit process on a SQLite
-    file, its commit thread on PostgreSQL) while this process polls, decodes and prepares
-    the next; a batch is finished
-    (Kafka offsets committed, counted) once stored. Batches in flight that are not stored are
-    read again from the ledger's positions.
+    Each batch is committed in the background (SQLite: the ledger's commit process;
+    PostgreSQL: its commit thread) while this process polls, decodes and prepares the next;
+    a batch is finished (Kafka offsets committed, counted) once stored. Batches in flight
+    that are not stored are read again from the ledger's positions.
     """
 
     def __init__(
