@@ -180,21 +180,29 @@ def test_an_event_sent_again_while_its_first_copy_is_in_flight_is_a_duplicate(
         assert ledger.ledger_recorder.count_receipts() == 3
 
 
+@pytest.mark.parametrize("depth", [1, 2])
 def test_a_failed_batch_in_flight_is_reported_with_those_after_it_and_nothing_is_assumed(
-    envs: Callable[[str], dict[str, str]], tmp_path: Path
+    envs: Callable[[str], dict[str, str]], tmp_path: Path, depth: int
 ) -> None:
     env = envs("ledger")
     with Ledger(env) as ledger, Ledger(env) as other:
-        ledger.record_many([tp("CustomerRegistered", "C1"), tp("CustomerRegistered", "C2")])
+        registered = [tp("CustomerRegistered", "C1"), tp("CustomerRegistered", "C2")]
+        ledger.record_many(registered, wait=False)
+        ledger.flush()
+        ledger.recorder.committer.depth = depth  # type: ignore[attr-defined]
         # Another writer moves C1 on behind this ledger's cached aggregate and chain head.
         other.record(tp("InteractionRecorded", "C1"))
         failing = [tp("OrderPlaced", "C1", order_id="mine")]
         after = [tp("OrderPlaced", "C2", order_id="after")]
         ledger.record_many(failing, [Position("t", 0, 1)], wait=False)
-        ledger.record_many(after, [Position("t", 0, 2)], wait=False)
-        with pytest.raises(BatchesNotStored) as raised:
-            ledger.flush()
-        assert raised.value.batches == 2
+        if depth == 1:  # the next batch waits for the failed one's answer: its call raises
+            with pytest.raises(BatchesNotStored) as raised:
+                ledger.record_many(after, [Position("t", 0, 2)], wait=False)
+        else:  # both are sent; the flush raises for both
+            ledger.record_many(after, [Position("t", 0, 2)], wait=False)
+            with pytest.raises(BatchesNotStored) as raised:
+                ledger.flush()
+        assert raised.value.batches == depth
         assert "conflict" in str(raised.value)
         assert ledger.positions("t") == {}  # neither batch is stored, not even the good one
         assert [h.details.get("order_id") for h in ledger.history("C2")] == [None]

@@ -47,8 +47,11 @@ if TYPE_CHECKING:
 #: One statement of a batch and its rows.
 Statement = tuple[str, "Sequence[tuple[Any, ...]]"]
 
-#: Batches sent and not yet answered, at most (the next waits for the oldest's answer).
-DEFAULT_DEPTH = 2
+#: Batches sent and not yet answered, at most (the next waits for the oldest's answer). One
+#: is enough to overlap the two halves of an append: the next batch is prepared while it
+#: commits, and sent once it has. A second kept another batch's touchpoints in the ledger's
+#: process and its rows in this one, for no speed.
+DEFAULT_DEPTH = 1
 
 #: Seconds the store waits for a lock another process holds.
 LOCK_TIMEOUT_S = 30
