@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from eventsourcing.persistence import StoredEvent
     from eventsourcing.postgres import PostgresDatastore
-    from psycopg import Connection
+    from psycopg import Connection, Cursor
     from psycopg.sql import Composed
 
 #: Batches handed over and not yet answered, at most (the next waits for the oldest's).
@@ -206,19 +206,33 @@ class PostgresBackground(BackgroundCommits):
         batches in flight included) or read."""
         with self.datastore.transaction(commit=False) as curs:
             links = cast("Any", self)._chain(curs, stored_events)
-        events = [
+        events = self.event_rows(stored_events, links)
+        return [(self._insert_hashed, events, True), *self.record_statements(records)]
+
+    @staticmethod
+    def event_rows(
+        stored_events: Sequence[StoredEvent], links: Sequence[tuple[bytes, int, bytes, bytes]]
+    ) -> list[tuple[Any, ...]]:
+        """The events table's rows: each stored event with its content and chain hash."""
+        return [
             (UUID(bytes=stream), version, s.topic, s.state, content, chained)
             for s, (stream, version, content, chained) in zip(stored_events, links, strict=True)
         ]
-        receipts = [(r.event_id, r.originator_id, r.originator_version) for r in records.receipts]
+
+    def record_statements(self, records: BatchRecords) -> list[Prepared]:
+        """What a batch writes beside its events: new data keys, receipts, positions, dead
+        letters and snapshots."""
+        table = getattr(self, "snapshots_table", None)
         snapshots = [
             (s.originator_id, s.originator_version, s.topic, s.state) for s in records.snapshots
         ]
-        table = getattr(self, "snapshots_table", None)
         return [
-            (self._insert_hashed, events, True),
             (INSERT_KEYS.format(self._schema), self.data_keys.take_pending(), True),
-            (self._insert_receipts, receipts, True),
+            (
+                self._insert_receipts,
+                [(r.event_id, r.originator_id, r.originator_version) for r in records.receipts],
+                True,
+            ),
             (
                 self._upsert_position,
                 [(p.source, p.partition, p.next_offset) for p in records.positions],
@@ -227,7 +241,7 @@ class PostgresBackground(BackgroundCommits):
             (self._insert_letter, list(records.dead_letters), False),
             *(
                 [(INSERT_SNAPSHOTS.format(self._schema, Identifier(table)), snapshots, True)]
-                if table
+                if table and snapshots
                 else []
             ),
         ]
@@ -242,11 +256,7 @@ class PostgresBackground(BackgroundCommits):
                     recorder = cast("Any", self)
                     recorder._lock_table(curs)
                     recorder._notify_channel(curs)
-                    for statement, rows, unnest in statements:
-                        if unnest:
-                            insert_columns(curs, statement, rows)
-                        elif rows:
-                            curs.executemany(statement, rows)
+                    run_statements(curs, statements)
             finally:
                 self._committing = None
 
@@ -259,3 +269,12 @@ class PostgresBackground(BackgroundCommits):
     def close(self) -> None:
         """Wait for the batches in flight, then stop the commit thread."""
         self.close_committer()
+
+
+def run_statements(curs: Cursor[Any], statements: Sequence[Prepared]) -> None:
+    """Each statement with its rows: as one unnest, or once per row (none without rows)."""
+    for statement, rows, unnest in statements:
+        if unnest:
+            insert_columns(curs, statement, rows)
+        elif rows:
+            curs.executemany(statement, rows)

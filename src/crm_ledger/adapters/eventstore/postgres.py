@@ -17,7 +17,6 @@ from crm_ledger.adapters.eventstore.mapper import LedgerMapper
 from crm_ledger.adapters.eventstore.pg_tables import (
     EVENTS_TABLE,
     INSERT_EVENTS,
-    INSERT_KEYS,
     INSERT_LETTER,
     INSERT_RECEIPTS,
     LEDGER_TABLES,
@@ -25,7 +24,7 @@ from crm_ledger.adapters.eventstore.pg_tables import (
     UPSERT_POSITION,
     insert_columns,
 )
-from crm_ledger.adapters.eventstore.pg_writer import PostgresBackground
+from crm_ledger.adapters.eventstore.pg_writer import PostgresBackground, run_statements
 from crm_ledger.adapters.eventstore.recording import (
     HEADS_QUERY,
     OUTBOX_FIELDS,
@@ -76,22 +75,7 @@ class LedgerPostgresRecorder(PostgresBackground, LedgerRecording, PostgresApplic
         super()._insert_events(curs, stored_events, **kwargs)
         # Receipts and keys go in one unnest statement per table and batch:
         # executemany sent a statement per row, a third of an append's time.
-        insert_columns(curs, INSERT_KEYS.format(self._schema), self.data_keys.take_pending())
-        records = batch_records(kwargs)
-        insert_columns(
-            curs,
-            self._insert_receipts,
-            [(r.event_id, r.originator_id, r.originator_version) for r in records.receipts],
-        )
-        positions = records.positions
-        if positions:
-            curs.executemany(
-                self._upsert_position,
-                [(p.source, p.partition, p.next_offset) for p in positions],
-            )
-        letters = records.dead_letters
-        if letters:
-            curs.executemany(self._insert_letter, letters)
+        run_statements(curs, self.record_statements(batch_records(kwargs)))
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -101,14 +85,7 @@ class LedgerPostgresRecorder(PostgresBackground, LedgerRecording, PostgresApplic
         self._lock_table(curs)
         self._notify_channel(curs)
         links = self._chain(curs, stored_events)
-        insert_columns(
-            curs,
-            self._insert_hashed,
-            [
-                (UUID(bytes=stream), version, s.topic, s.state, content, chained)
-                for s, (stream, version, content, chained) in zip(stored_events, links, strict=True)
-            ],
-        )
+        insert_columns(curs, self._insert_hashed, self.event_rows(stored_events, links))
 
     def _fetch_ids_after_insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
