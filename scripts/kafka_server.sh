@@ -50,7 +50,7 @@ start() {
   port=$(free_port); cport=$(free_port); sport=$(free_port)
   while [ "$cport" = "$port" ]; do cport=$(free_port); done
   while [ "$sport" = "$port" ] || [ "$sport" = "$cport" ]; do sport=$(free_port); done
-  cluster=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  cluster=$(python3 "$root/scripts/kafka/cluster_id.py")
   cat >"$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
