@@ -14,7 +14,7 @@ from crm_ledger.adapters.eventstore import sqlite_env
 from crm_ledger.aggregates import Customer
 from crm_ledger.application import Ledger
 from crm_ledger.config import Settings
-from crm_ledger.errors import ConfigurationError
+from crm_ledger.errors import BatchesNotStored, ConfigurationError
 from tests.contracts.verifying import assert_verified
 from tests.factories import AT, tp
 
@@ -78,6 +78,20 @@ def test_a_writer_keeps_at_most_cache_streams_and_reads_the_others_again(
         assert heads <= 2 * LIMIT
         assert _views(ledger) == expected  # keys and heads read again: the same history
         assert_verified(ledger, tmp_path / "keys")
+
+
+def test_the_bounds_hold_after_a_batch_in_flight_failed(tmp_path: Path) -> None:
+    env = sqlite_env(str(tmp_path / "ledger.sqlite"))
+    with Ledger(env, cache_streams=LIMIT) as ledger, Ledger(env) as other:
+        ledger.record_many([tp("CustomerRegistered", "F1")], wait=False)
+        ledger.flush()
+        other.record(tp("InteractionRecorded", "F1"))  # moves F1 on behind this ledger
+        ledger.record_many([tp("OrderPlaced", "F1", order_id="O1")], wait=False)
+        with pytest.raises(BatchesNotStored):
+            ledger.flush()
+        # Everything in memory was forgotten, and the limits it is kept to stay.
+        recorder: Any = ledger.recorder
+        assert (recorder.heads.limit, recorder.data_keys.limit) == (2 * LIMIT, LIMIT)
 
 
 def test_the_setting_comes_from_the_environment_and_refuses_nonsense() -> None:

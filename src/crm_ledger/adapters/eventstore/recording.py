@@ -130,6 +130,11 @@ class ChainHeads:
         """Forget the heads of a transaction that did not commit."""
         self.pending = {}
 
+    def forget_all(self) -> None:
+        """Forget every head, kept or pending (the limit stays)."""
+        self.known = {}
+        self.pending = {}
+
     def settle(self) -> None:
         """Keep the heads of the transaction that just committed."""
         pending, self.pending = self.pending, {}
@@ -217,8 +222,8 @@ class BackgroundCommits:
         return self._sent
 
     def forget_in_flight(self) -> None:
-        """Forget every chain head and data key in memory."""
-        self.heads = ChainHeads()
+        """Forget every chain head and data key in memory (their limits stay)."""
+        self.heads.forget_all()
         self.data_keys.forget_all()
 
     def close_committer(self) -> None:
