@@ -348,7 +348,10 @@ WRITER = textwrap.dedent(
 
 @pytest.mark.parametrize("moment", [0.0, 0.3, 0.9])
 def test_a_ledger_killed_with_batches_in_flight_keeps_whole_batches_only(
-    envs: Callable[[str], dict[str, str]], tmp_path: Path, moment: float
+    envs: Callable[[str], dict[str, str]],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    moment: float,
 ) -> None:
     """SIGKILL while batches are in flight: every stored batch is whole (its position, its
     receipts, its events), a SQLite commit process ends by itself, and the chain verifies."""
@@ -356,8 +359,7 @@ def test_a_ledger_killed_with_batches_in_flight_keeps_whole_batches_only(
     if "SQLITE_DBNAME" in env:
         where = [env["SQLITE_DBNAME"]]
     else:
-        url = f"postgresql://{env['POSTGRES_USER']}@{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}"
-        where = [f"{url}/{env['POSTGRES_DBNAME']}", env["POSTGRES_SCHEMA"]]
+        where = [request.getfixturevalue("pg_url"), env["POSTGRES_SCHEMA"]]
     before = set(_commit_processes())
     child = subprocess.Popen(
         [sys.executable, "-c", WRITER, *where], cwd=ROOT, stdout=subprocess.PIPE, text=True
