@@ -22,7 +22,7 @@ from crm_ledger.adapters.kafka.operations import (
     read_topic,
     redrive,
 )
-from crm_ledger.adapters.kafka.publisher import Publisher, PublishResult
+from crm_ledger.adapters.kafka.publisher import Publisher, PublishResult, PublishResults
 
 __all__ = [
     "DLQ_TOPIC",
@@ -37,6 +37,7 @@ __all__ = [
     "KafkaTopics",
     "Lag",
     "PublishResult",
+    "PublishResults",
     "Publisher",
     "dead_letter_headers",
     "dead_letters",
