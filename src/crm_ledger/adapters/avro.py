@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import fastavro
 from fastavro.validation import ValidationError, validate
 
-from crm_ledger.adapters.avro_binary import compile_reader, compile_writer
+from crm_ledger.adapters.avro_binary import compile_reader, compile_split_writer
 from crm_ledger.aggregates import CATALOGUE, Touchpoint
 from crm_ledger.aggregates.touchpoint import ENVELOPE_FIELDS
 from crm_ledger.errors import (
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from pathlib import Path
 
-    from crm_ledger.adapters.avro_binary import RecordReader, RecordWriter
+    from crm_ledger.adapters.avro_binary import RecordReader, SplitWriter
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -91,7 +91,7 @@ class SchemaRegistry:
         }
         self._by_id = {v.schema_id: v for vs in self._versions.values() for v in vs}
         self._parsed: dict[int, Any] = {}
-        self._writers: dict[int, RecordWriter | None] = {}
+        self._writers: dict[int, SplitWriter | None] = {}
         self._readers: dict[int, RecordReader | None] = {}
 
     def subjects(self) -> list[str]:
@@ -147,9 +147,10 @@ class SchemaRegistry:
             self._parsed[version.schema_id] = parsed
         return parsed
 
-    def writer(self, version: SchemaVersion) -> RecordWriter | None:
-        """The compiled Avro writer of a version (``avro_binary``), or None, cached."""
-        return _compiled(self._writers, compile_writer, version)
+    def writer(self, version: SchemaVersion) -> SplitWriter | None:
+        """The compiled Avro writer of a version (``avro_binary``) from a touchpoint's envelope
+        (``envelope``) and data, or None, cached."""
+        return _compiled(self._writers, _envelope_writer, version)
 
     def reader(self, version: SchemaVersion) -> RecordReader | None:
         """The compiled Avro reader of a version (``avro_binary``), or None, cached."""
@@ -239,11 +240,11 @@ class Codec:
     def encode(self, tp: Touchpoint) -> bytes:
         """The wire bytes of ``tp`` under its type's latest schema."""
         version = self.registry.latest(tp.event_type)
-        record = to_record(tp)
         writer = self.registry.writer(version)
-        body = writer(record) if writer is not None else None
+        body = writer(envelope(tp), tp.data) if writer is not None else None
         if body is not None:
             return HEADER.pack(MAGIC, version.schema_id) + body
+        record = to_record(tp)
         # A shape or value the compiled writer leaves to fastavro, which also says what is wrong.
         parsed = self.registry.parsed(version)
         buffer = io.BytesIO()
@@ -322,6 +323,15 @@ class Codec:
         record: Any
         for record in reader:
             yield from_record(name, record)
+
+
+def envelope(tp: Touchpoint) -> tuple[Any, ...]:
+    """A touchpoint's envelope fields' values, in ``ENVELOPE_FIELDS`` order."""
+    return (tp.event_id, tp.customer_id, tp.occurred_at, tp.source, tp.actor, tp.correlation_id)
+
+
+def _envelope_writer(schema: Any) -> SplitWriter | None:
+    return compile_split_writer(schema, ENVELOPE_FIELDS)
 
 
 def to_record(tp: Touchpoint) -> dict[str, Any]:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     Encoder = Callable[[Any], bytes]
     RecordWriter = Callable[[Mapping[str, Any]], bytes | None]
+    SplitWriter = Callable[[Sequence[Any], Mapping[str, Any]], bytes | None]
     Decoder = Callable[[bytes, int], tuple[Any, int]]
     RecordReader = Callable[[bytes, int], tuple[dict[str, Any], int] | None]
 
@@ -49,20 +50,46 @@ class _Unsure(Exception):
 def compile_writer(schema: Any) -> RecordWriter | None:
     """A function from a record (a mapping with exactly the schema's fields) to its Avro
     binary body, or None when ``schema`` has a shape this module does not write."""
-    shapes = field_shapes(schema)
-    if shapes is None:
+    split = compile_split_writer(schema, ())
+    if split is None:
         return None
-    fields: list[tuple[str, Encoder]] = [(name, _build(shape, _WRITING)) for name, shape in shapes]
-    field_names = frozenset(name for name, _ in fields)
 
     def write(record: Mapping[str, Any]) -> bytes | None:
-        if record.keys() != field_names:
-            return None
-        try:
-            return b"".join([encode(record[name]) for name, encode in fields])
-        except (_Unsure, UnicodeError):
-            return None
+        return split((), record)
 
+    return write
+
+
+def compile_split_writer(schema: Any, head: Sequence[str]) -> SplitWriter | None:
+    """A function from a record given in two parts, the values of the ``head`` fields (in
+    that order) and a mapping with exactly the schema's other fields, to its Avro binary
+    body; or None when ``schema`` has a shape this module does not write or lacks a ``head``
+    field. A touchpoint's envelope is its attributes and its type's fields a dict: written
+    from the two, it needs no merged record (a third of the encoding's time).
+
+    The function is generated once per schema as one expression over its fields, with no
+    loop: each field's encoder and name are bound by the namespace, never spelt in the code.
+    """
+    shapes = field_shapes(schema)
+    if shapes is None or not set(head) <= {name for name, _ in shapes}:
+        return None
+    namespace: dict[str, Any] = {"_Unsure": _Unsure}
+    calls = []
+    for i, (name, shape) in enumerate(shapes):
+        namespace[f"e{i}"], namespace[f"k{i}"] = _build(shape, _WRITING), name
+        calls.append(f"e{i}(head[{head.index(name)}])" if name in head else f"e{i}(rest[k{i}])")
+    namespace["rest_names"] = frozenset(name for name, _ in shapes if name not in head)
+    source = (
+        "def write(head, rest):\n"
+        "    if rest.keys() != rest_names:\n"
+        "        return None\n"
+        "    try:\n"
+        f"        return b''.join(({''.join(call + ', ' for call in calls)}))\n"
+        "    except (_Unsure, UnicodeError):\n"
+        "        return None\n"
+    )
+    exec(source, namespace)  # names and encoders come from the namespace, never the source
+    write: SplitWriter = namespace["write"]
     return write
 
 
