@@ -79,13 +79,19 @@ def test_a_split_record_writes_the_whole_records_bytes_or_leaves_it_to_fastavro(
 def test_field_names_are_data_never_code() -> None:
     # The writer is generated code; a name that reads as Python must stay a name.
     names = ["x']) or __import__('os')._exit(3) or ('", "e0", "rest_names", "head", "\n", "é"]
-    schema = {"type": "record", "name": "R", "fields": [{"name": n, "type": "string"} for n in names]}
+    schema = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": n, "type": "string"} for n in names],
+    }
     writer = compile_writer(schema)
     record = {n: f"value of {n}" for n in names}
     same_shape = record_schema(*["string"] * len(names))
 
     assert writer is not None
-    assert writer(record) == fastavro_bytes(same_shape, {f"f{i}": record[n] for i, n in enumerate(names)})
+    assert writer(record) == fastavro_bytes(
+        same_shape, {f"f{i}": record[n] for i, n in enumerate(names)}
+    )
 
 
 FIELD_TYPES: list[tuple[Any, st.SearchStrategy[Any]]] = [
