@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from crm_ledger.adapters.avro import Codec, envelope, to_record
 from crm_ledger.adapters.avro_binary import (
     compile_reader,
+    compile_split_reader,
     compile_split_writer,
     compile_writer,
 )
@@ -77,21 +78,19 @@ def test_a_split_record_writes_the_whole_records_bytes_or_leaves_it_to_fastavro(
 
 
 def test_field_names_are_data_never_code() -> None:
-    # The writer is generated code; a name that reads as Python must stay a name.
+    # The writer and reader are generated code; a name that reads as Python must stay a name.
     names = ["x']) or __import__('os')._exit(3) or ('", "e0", "rest_names", "head", "\n", "é"]
-    schema = {
-        "type": "record",
-        "name": "R",
-        "fields": [{"name": n, "type": "string"} for n in names],
-    }
-    writer = compile_writer(schema)
+    fields = [{"name": n, "type": "string"} for n in names]
+    schema = {"type": "record", "name": "R", "fields": fields}
     record = {n: f"value of {n}" for n in names}
     same_shape = record_schema(*["string"] * len(names))
+    message = fastavro_bytes(same_shape, {f"f{i}": record[n] for i, n in enumerate(names)})
+    writer, reader = compile_writer(schema), compile_reader(schema)
 
     assert writer is not None
-    assert writer(record) == fastavro_bytes(
-        same_shape, {f"f{i}": record[n] for i, n in enumerate(names)}
-    )
+    assert reader is not None
+    assert writer(record) == message
+    assert reader(message, 0) == (record, len(message))
 
 
 FIELD_TYPES: list[tuple[Any, st.SearchStrategy[Any]]] = [
@@ -253,9 +252,24 @@ def test_every_schema_reads_what_fastavro_reads(codec: Codec, event_type: str, d
     version = codec.registry.latest(event_type)
     message = codec.encode(event)
     reader = compile_reader(version.schema)
+    split = compile_split_reader(version.schema, ENVELOPE_FIELDS)  # the Codec's reader
 
     assert reader is not None
+    assert split is not None
     assert reader(message, 5) == fastavro_read(version.schema, message, 5)
+    assert split(message, 5) == (envelope(event), event.data, len(message))
+    assert codec.decode(message) == event
+
+
+def test_a_split_reader_reads_the_whole_record_in_two_parts() -> None:
+    schema = record_schema("string", "long", ["null", "string"], "boolean")
+    message = fastavro_bytes(schema, {"f0": "a", "f1": 7, "f2": None, "f3": True})
+    split = compile_split_reader(schema, ("f2", "f0"))
+
+    assert split is not None
+    assert split(message, 0) == ((None, "a"), {"f1": 7, "f3": True}, len(message))
+    assert split(message[:-1], 0) is None  # past the end: left to fastavro
+    assert compile_split_reader(schema, ("f9",)) is None
 
 
 @settings(max_examples=300, deadline=None)

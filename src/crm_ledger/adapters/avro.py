@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import fastavro
 from fastavro.validation import ValidationError, validate
 
-from crm_ledger.adapters.avro_binary import compile_reader, compile_split_writer
+from crm_ledger.adapters.avro_binary import compile_split_reader, compile_split_writer
 from crm_ledger.aggregates import CATALOGUE, Touchpoint
 from crm_ledger.aggregates.touchpoint import ENVELOPE_FIELDS
 from crm_ledger.errors import (
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from pathlib import Path
 
-    from crm_ledger.adapters.avro_binary import RecordReader, SplitWriter
+    from crm_ledger.adapters.avro_binary import SplitReader, SplitWriter
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -92,7 +92,7 @@ class SchemaRegistry:
         self._by_id = {v.schema_id: v for vs in self._versions.values() for v in vs}
         self._parsed: dict[int, Any] = {}
         self._writers: dict[int, SplitWriter | None] = {}
-        self._readers: dict[int, RecordReader | None] = {}
+        self._readers: dict[int, SplitReader | None] = {}
 
     def subjects(self) -> list[str]:
         """Every registered event type."""
@@ -152,9 +152,10 @@ class SchemaRegistry:
         (``envelope``) and data, or None, cached."""
         return _compiled(self._writers, _envelope_writer, version)
 
-    def reader(self, version: SchemaVersion) -> RecordReader | None:
-        """The compiled Avro reader of a version (``avro_binary``), or None, cached."""
-        return _compiled(self._readers, compile_reader, version)
+    def reader(self, version: SchemaVersion) -> SplitReader | None:
+        """The compiled Avro reader of a version (``avro_binary``) into a touchpoint's envelope
+        (``envelope``) and data, or None, cached."""
+        return _compiled(self._readers, _envelope_reader, version)
 
     def schema_files(self) -> dict[str, dict[str, Any]]:
         """Subject -> schema, from the .avsc files (the latest intended schemas)."""
@@ -272,15 +273,32 @@ class Codec:
         writer = self.registry.by_id(schema_id)
         reader = self.registry.latest(writer.subject)
         read = self.registry.reader(writer) if writer is reader else None
-        done = read(message, HEADER.size) if read is not None else None
-        if done is None:  # another schema to resolve, or bytes only fastavro may judge
-            done = self._fastavro_read(message, writer, reader)
-        record, end = done
+        parts = read(message, HEADER.size) if read is not None else None
+        if parts is not None and type(parts[0][0]) is uuid.UUID:  # the common case
+            (event_id, customer_id, occurred_at, source, actor, correlation_id), data, end = parts
+            self._check_end(message, end, writer)
+            return Touchpoint(
+                writer.subject,
+                event_id,
+                customer_id,
+                occurred_at,
+                source,
+                actor,
+                correlation_id,
+                data,
+            )
+        # Another schema to resolve, or bytes only fastavro may judge.
+        record, end = self._fastavro_read(message, writer, reader)
+        self._check_end(message, end, writer)
+        return from_record(writer.subject, record)
+
+    @staticmethod
+    def _check_end(message: bytes, end: int, writer: SchemaVersion) -> None:
         rest = len(message) - end
         if rest:
-            msg = f"{writer.subject} (schema id {schema_id}) has {rest} bytes after the record"
+            subject, schema_id = writer.subject, writer.schema_id
+            msg = f"{subject} (schema id {schema_id}) has {rest} bytes after the record"
             raise UndecodableMessage(msg)
-        return from_record(writer.subject, record)
 
     def _fastavro_read(
         self, message: bytes, writer: SchemaVersion, reader: SchemaVersion
@@ -332,6 +350,10 @@ def envelope(tp: Touchpoint) -> tuple[Any, ...]:
 
 def _envelope_writer(schema: Any) -> SplitWriter | None:
     return compile_split_writer(schema, ENVELOPE_FIELDS)
+
+
+def _envelope_reader(schema: Any) -> SplitReader | None:
+    return compile_split_reader(schema, ENVELOPE_FIELDS)
 
 
 def to_record(tp: Touchpoint) -> dict[str, Any]:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     SplitWriter = Callable[[Sequence[Any], Mapping[str, Any]], bytes | None]
     Decoder = Callable[[bytes, int], tuple[Any, int]]
     RecordReader = Callable[[bytes, int], tuple[dict[str, Any], int] | None]
+    SplitReader = Callable[[bytes, int], tuple[tuple[Any, ...], dict[str, Any], int] | None]
 
 _INT = (-(2**31), 2**31 - 1)
 _LONG = (-(2**63), 2**63 - 1)
@@ -296,20 +297,43 @@ def _map(values: Encoder) -> Encoder:
 def compile_reader(schema: Any) -> RecordReader | None:
     """A function from (message, offset of the record's first byte) to (the record, the offset
     after it), or None when ``schema`` has a shape this module does not read."""
-    shapes = field_shapes(schema)
-    if shapes is None:
+    split = compile_split_reader(schema, ())
+    if split is None:
         return None
-    fields: list[tuple[str, Decoder]] = [(name, _build(shape, _READING)) for name, shape in shapes]
 
     def read(message: bytes, offset: int) -> tuple[dict[str, Any], int] | None:
-        record = {}
-        try:
-            for name, decode in fields:
-                record[name], offset = decode(message, offset)
-        except (_Unsure, IndexError, ValueError, OverflowError):
-            return None
-        return record, offset
+        done = split(message, offset)
+        return None if done is None else (done[1], done[2])
 
+    return read
+
+
+def compile_split_reader(schema: Any, head: Sequence[str]) -> SplitReader | None:
+    """``compile_reader`` returning the record in two parts, as ``compile_split_writer``
+    takes it: (the ``head`` fields' values in that order, a dict of the other fields, the
+    offset after the record); None for a shape it does not read or a ``head`` field the
+    schema lacks. Generated once per schema as straight-line code, names bound by the
+    namespace as the writer's are."""
+    shapes = field_shapes(schema)
+    names = [name for name, _ in shapes or ()]
+    if shapes is None or not set(head) <= set(names):
+        return None
+    namespace: dict[str, Any] = {"_Unsure": _Unsure}
+    lines = ["def read(message, offset):", "    try:"]
+    for i, (name, shape) in enumerate(shapes):
+        namespace[f"d{i}"], namespace[f"k{i}"] = _build(shape, _READING), name
+        lines.append(f"        v{i}, offset = d{i}(message, offset)")
+    # The last field of a name wins, as it did in a record filled field by field.
+    last = {name: i for i, name in enumerate(names)}
+    head_values = "".join(f"v{last[name]}, " for name in head)
+    rest = ", ".join(f"k{i}: v{i}" for name, i in last.items() if name not in head)
+    lines += [
+        "    except (_Unsure, IndexError, ValueError, OverflowError):",
+        "        return None",
+        f"    return ({head_values}), {{{rest}}}, offset",
+    ]
+    exec("\n".join(lines) + "\n", namespace)  # names and decoders come from the namespace
+    read: SplitReader = namespace["read"]
     return read
 
 
