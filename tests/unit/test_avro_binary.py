@@ -77,6 +77,19 @@ def test_a_split_record_writes_the_whole_records_bytes_or_leaves_it_to_fastavro(
     assert compile_split_writer(schema, ("f9",)) is None  # a head field the schema lacks
 
 
+@pytest.mark.parametrize("fields", [0, 1, 3000])
+def test_records_of_no_one_and_thousands_of_fields_read_and_write(fields: int) -> None:
+    schema = record_schema(*["long"] * fields)
+    record = {f"f{i}": i * 1000 for i in range(fields)}
+    message = fastavro_bytes(schema, record)
+    writer, reader = compile_writer(schema), compile_reader(schema)
+
+    assert writer is not None
+    assert reader is not None
+    assert writer(record) == message
+    assert reader(message, 0) == (record, len(message))
+
+
 def test_field_names_are_data_never_code() -> None:
     # The writer and reader are generated code; a name that reads as Python must stay a name.
     names = ["x']) or __import__('os')._exit(3) or ('", "e0", "rest_names", "head", "\n", "é"]

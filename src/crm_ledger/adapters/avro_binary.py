@@ -319,7 +319,7 @@ def compile_split_reader(schema: Any, head: Sequence[str]) -> SplitReader | None
     if shapes is None or not set(head) <= set(names):
         return None
     namespace: dict[str, Any] = {"_Unsure": _Unsure}
-    lines = ["def read(message, offset):", "    try:"]
+    lines = ["def read(message, offset):", "    try:", "        pass  # a record of no fields"]
     for i, (name, shape) in enumerate(shapes):
         namespace[f"d{i}"], namespace[f"k{i}"] = _build(shape, _READING), name
         lines.append(f"        v{i}, offset = d{i}(message, offset)")
