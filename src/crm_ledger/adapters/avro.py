@@ -242,7 +242,8 @@ class Codec:
         """The wire bytes of ``tp`` under its type's latest schema."""
         version = self.registry.latest(tp.event_type)
         writer = self.registry.writer(version)
-        body = writer(envelope(tp), tp.data) if writer is not None else None
+        head = (tp.event_id, tp.customer_id, tp.occurred_at, tp.source, tp.actor, tp.correlation_id)
+        body = writer(head, tp.data) if writer is not None else None  # head: envelope(tp)
         if body is not None:
             return HEADER.pack(MAGIC, version.schema_id) + body
         record = to_record(tp)

@@ -79,14 +79,16 @@ def compile_split_writer(schema: Any, head: Sequence[str]) -> SplitWriter | None
     for i, (name, shape) in enumerate(shapes):
         namespace[f"e{i}"], namespace[f"k{i}"] = _build(shape, _WRITING), name
         calls.append(f"e{i}(head[{head.index(name)}])" if name in head else f"e{i}(rest[k{i}])")
-    namespace["rest_names"] = frozenset(name for name, _ in shapes if name not in head)
+    # Every name read (else KeyError) and as many keys as names: exactly the names, at a
+    # tenth of the cost of comparing the key sets.
+    namespace["rest_size"] = len({name for name, _ in shapes if name not in head})
     source = (
         "def write(head, rest):\n"
-        "    if rest.keys() != rest_names:\n"
+        "    if len(rest) != rest_size:\n"
         "        return None\n"
         "    try:\n"
         f"        return b''.join(({''.join(call + ', ' for call in calls)}))\n"
-        "    except (_Unsure, UnicodeError):\n"
+        "    except (_Unsure, UnicodeError, KeyError):\n"
         "        return None\n"
     )
     exec(source, namespace)  # names and encoders come from the namespace, never the source
