@@ -73,6 +73,7 @@ def test_a_split_record_writes_the_whole_records_bytes_or_leaves_it_to_fastavro(
     assert split((None, "a"), {"f1": 7, "f3": True}) == whole
     assert split((None, "a"), {"f1": 7, "f3": True, "f4": 1}) is None  # a field too many
     assert split((None, "a"), {"f1": 7}) is None  # a field missing
+    assert split((None, "a"), {"f1": 7, "f9": True}) is None  # as many, one not the schema's
     assert split((None, "a"), {"f1": "7", "f3": True}) is None  # a wrong type
     assert compile_split_writer(schema, ("f9",)) is None  # a head field the schema lacks
 
