@@ -199,6 +199,23 @@ def test_publish_refuses_an_invalid_event_before_sending(
     assert dead_letters(kafka) == []
 
 
+def test_an_event_over_the_message_limit_stops_the_batch_before_anything_is_sent(
+    kafka: KafkaSettings, codec: Codec
+) -> None:
+    # 3 MB: over the ledger's 512 KiB message limit and kafka-python's 1 MB request, which
+    # raised its own MessageSizeTooLargeError after the events before it had been sent.
+    from crm_ledger.errors import InvalidEventInBatch
+
+    with Publisher(kafka, codec) as publisher:
+        [first] = publisher.publish_many([tp("InteractionRecorded", "C1")])
+        huge = tp("InteractionRecorded", "C1", note="x" * 3_000_000)
+        with pytest.raises(InvalidEventInBatch, match=r"event 2: .* bytes encoded, over the"):
+            publisher.publish_many([tp("InteractionRecorded", "C1"), huge])
+        [after] = publisher.publish_many([tp("InteractionRecorded", "C1")])
+    assert first.offset is not None
+    assert (after.partition, after.offset) == (first.partition, first.offset + 1)
+
+
 def _errors(text: str) -> str:
     """The lines of a worker's stderr that say what went wrong."""
     keep = [
@@ -447,6 +464,13 @@ def test_the_cli_publishes_ingests_and_reports_lag(
     refused = runner.invoke(cli, [*base, "publish", str(bad)], env=env)
     assert refused.exit_code == 1
     assert "bad.jsonl, line 1: OrderPlaced.currency: must be a string" in refused.stderr
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps({**to_json(batch[0]), "order_id": "O" * 600_000}) + "\n")
+    refused = runner.invoke(cli, [*base, "publish", str(huge)], env=env)
+    assert refused.exit_code == 1
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert "huge.jsonl, line 1: OrderPlaced.record: is 600,0" in refused.stderr
+    assert "over the 524,288-byte limit of a message" in refused.stderr
 
 
 def test_commands_without_a_cluster_say_how_to_get_one(tmp_path: Path) -> None:

@@ -140,6 +140,23 @@ def test_truncated_trailing_and_oversize_messages_are_refused(codec: Codec) -> N
         small.decode(message)
 
 
+@pytest.mark.parametrize("writer", ["compiled", "fastavro"])
+def test_an_event_over_the_message_limit_is_refused_when_encoded(
+    codec: Codec, writer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the ingest worker's decode would refuse, the Publisher must not send.
+    if writer == "fastavro":
+        monkeypatch.setattr(codec.registry, "writer", lambda version: None)
+    size = len(codec.encode(tp("InteractionRecorded", note="")))
+    at_limit = Codec(codec.registry, max_message_bytes=size + 100)
+    assert len(at_limit.encode(tp("InteractionRecorded", note="x" * 99))) == size + 100
+    with pytest.raises(InvalidEvent, match=f"is {size + 101:,} bytes encoded, over the") as e:
+        at_limit.encode(tp("InteractionRecorded", note="x" * 100))
+    assert e.value.field == "record"
+    with pytest.raises(InvalidEvent, match="over the 524,288-byte limit of a message"):
+        codec.encode(tp("InteractionRecorded", note="é" * 300_000))
+
+
 def test_encoding_an_event_that_breaks_its_schema_names_the_field(codec: Codec) -> None:
     with pytest.raises(InvalidEvent, match=r"OrderPlaced\.amount_minor") as caught:
         codec.encode(tp("OrderPlaced", amount_minor="12.99"))

@@ -28,7 +28,7 @@ from crm_ledger.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
 
     from crm_ledger.adapters.avro_binary import SplitReader, SplitWriter
@@ -150,12 +150,12 @@ class SchemaRegistry:
     def writer(self, version: SchemaVersion) -> SplitWriter | None:
         """The compiled Avro writer of a version (``avro_binary``) from a touchpoint's envelope
         (``envelope``) and data, or None, cached."""
-        return _compiled(self._writers, _envelope_writer, version)
+        return _compiled(self._writers, compile_split_writer, version, ENVELOPE_FIELDS)
 
     def reader(self, version: SchemaVersion) -> SplitReader | None:
         """The compiled Avro reader of a version (``avro_binary``) into a touchpoint's envelope
         (``envelope``) and data, or None, cached."""
-        return _compiled(self._readers, _envelope_reader, version)
+        return _compiled(self._readers, compile_split_reader, version, ENVELOPE_FIELDS)
 
     def schema_files(self) -> dict[str, dict[str, Any]]:
         """Subject -> schema, from the .avsc files (the latest intended schemas)."""
@@ -222,10 +222,13 @@ class SchemaRegistry:
 
 
 def _compiled(
-    cache: dict[int, T | None], compile_schema: Callable[[Any], T | None], version: SchemaVersion
+    cache: dict[int, T | None],
+    compile_schema: Callable[[Any, Sequence[str]], T | None],
+    version: SchemaVersion,
+    head: Sequence[str],
 ) -> T | None:
     if version.schema_id not in cache:
-        cache[version.schema_id] = compile_schema(version.schema)
+        cache[version.schema_id] = compile_schema(version.schema, head)
     return cache[version.schema_id]
 
 
@@ -239,13 +242,22 @@ class Codec:
         self.max_message_bytes = max_message_bytes
 
     def encode(self, tp: Touchpoint) -> bytes:
-        """The wire bytes of ``tp`` under its type's latest schema."""
+        """The wire bytes of ``tp`` under its type's latest schema; InvalidEvent if they are
+        over ``max_message_bytes``, which ``decode`` (so the ingest worker) would refuse."""
         version = self.registry.latest(tp.event_type)
         writer = self.registry.writer(version)
         head = (tp.event_id, tp.customer_id, tp.occurred_at, tp.source, tp.actor, tp.correlation_id)
         body = writer(head, tp.data) if writer is not None else None  # head: envelope(tp)
-        if body is not None:
-            return HEADER.pack(MAGIC, version.schema_id) + body
+        message = HEADER.pack(MAGIC, version.schema_id) + body if body is not None else None
+        if message is None:
+            message = self._fastavro_write(tp, version)
+        if len(message) > self.max_message_bytes:
+            size, limit = len(message), self.max_message_bytes
+            msg = f"is {size:,} bytes encoded, over the {limit:,}-byte limit of a message"
+            raise InvalidEvent("record", msg, event_type=tp.event_type)
+        return message
+
+    def _fastavro_write(self, tp: Touchpoint, version: SchemaVersion) -> bytes:
         record = to_record(tp)
         # A shape or value the compiled writer leaves to fastavro, which also says what is wrong.
         parsed = self.registry.parsed(version)
@@ -347,14 +359,6 @@ class Codec:
 def envelope(tp: Touchpoint) -> tuple[Any, ...]:
     """A touchpoint's envelope fields' values, in ``ENVELOPE_FIELDS`` order."""
     return (tp.event_id, tp.customer_id, tp.occurred_at, tp.source, tp.actor, tp.correlation_id)
-
-
-def _envelope_writer(schema: Any) -> SplitWriter | None:
-    return compile_split_writer(schema, ENVELOPE_FIELDS)
-
-
-def _envelope_reader(schema: Any) -> SplitReader | None:
-    return compile_split_reader(schema, ENVELOPE_FIELDS)
 
 
 def to_record(tp: Touchpoint) -> dict[str, Any]:
