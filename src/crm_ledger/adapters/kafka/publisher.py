@@ -69,12 +69,16 @@ class KeyPartitioner(DefaultPartitioner):  # type: ignore[misc]  # kafka-python 
             return int(
                 super().partition(topic, key, serialized_key, value, serialized_value, cluster)
             )
-        hashed = self._hashes.get(serialized_key)
+        return int(sorted(partitions)[self.hashed(serialized_key) % len(partitions)])
+
+    def hashed(self, key: bytes) -> int:
+        """The key's murmur2 hash as the Java client takes it (its low 31 bits), remembered."""
+        hashed = self._hashes.get(key)
         if hashed is None:
             if len(self._hashes) >= self._remembered:
                 self._hashes.clear()
-            hashed = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
-        return int(sorted(partitions)[hashed % len(partitions)])
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return hashed
 
 
 class PublishResult(NamedTuple):
@@ -150,12 +154,13 @@ class Publisher:
         self.codec = codec
         self._clock = clock or (lambda: datetime.now(UTC))
         ensure_topics(settings, needed=[settings.topic])
+        self._partitioner = KeyPartitioner()
         self._producer = new_producer(
             settings,
             linger_ms=linger_ms,
             batch_size=batch_bytes,
             max_in_flight_requests_per_connection=5,
-            partitioner=KeyPartitioner(),
+            partitioner=self._partitioner,
         )
 
     def encode(self, tp: Touchpoint) -> bytes:
@@ -194,8 +199,13 @@ class Publisher:
             keys.append(tp.customer_id.encode())
         results = PublishResults(touchpoints)
         send, topic, pending = self._producer.send, self.settings.topic, deque[Any]()
+        # Each event's partition, as the partitioner would pick it, without the producer
+        # asking it per event (a sixth of each send's time).
+        partitions = self._partitions(topic)
+        hashed, count = self._partitioner.hashed, len(partitions)
         for key, value in zip(keys, values, strict=True):
-            pending.append(send(topic, key=key, value=value))
+            partition = partitions[hashed(key) % count]
+            pending.append(send(topic, key=key, value=value, partition=partition))
             # Each future is let go once its result is taken: a million kept to the end made
             # the collector rescan them, at about a quarter of the time at 300,000 events.
             while pending and pending[0].is_done:
@@ -204,6 +214,16 @@ class Publisher:
         for future in pending:
             self._take(results, future)
         return results
+
+    def _partitions(self, topic: str) -> list[int]:
+        try:
+            partitions = sorted(self._producer.partitions_for(topic) or ())
+        except KafkaError as e:
+            msg = f"the partitions of {topic} are not known: {e}"
+            raise KafkaUnavailable(msg) from None
+        if not partitions:
+            raise KafkaUnavailable(f"the topic {topic} has no partitions")
+        return partitions
 
     def _take(self, results: PublishResults, future: Any) -> None:
         if future.is_done and future.succeeded():  # the common case, without get()'s work
