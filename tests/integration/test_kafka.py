@@ -21,7 +21,7 @@ import fastavro
 import pytest
 from kafka.partitioner.default import murmur2
 
-from crm_ledger.adapters.avro import to_json, to_record
+from crm_ledger.adapters.avro import Codec, to_json, to_record
 from crm_ledger.adapters.eventstore import sqlite_env
 from crm_ledger.adapters.kafka import (
     IngestWorker,
@@ -49,7 +49,6 @@ from tests.integration.conftest import (
 )
 
 if TYPE_CHECKING:
-    from crm_ledger.adapters.avro import Codec
     from crm_ledger.aggregates import Touchpoint
 
 CLI = Path(sys.executable).with_name("crm-ledger")
@@ -366,7 +365,10 @@ def malformed(codec: Codec) -> dict[str, bytes]:
         "far future": codec.encode(
             tp("OrderPlaced", "BAD", at=datetime.now(UTC) + timedelta(days=400))
         ),
-        "oversize payload": codec.encode(tp("InteractionRecorded", "BAD", note="x" * 600_000)),
+        # From a producer without the Publisher's limit (ours refuses to encode it).
+        "oversize payload": Codec(codec.registry, max_message_bytes=2**20).encode(
+            tp("InteractionRecorded", "BAD", note="x" * 600_000)
+        ),
         "not Avro at all": b'{"type": "OrderPlaced"}',
         "empty": b"",
     }
