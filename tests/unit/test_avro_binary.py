@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crm_ledger.adapters.avro import Codec, envelope, to_record
+from crm_ledger.adapters.avro import Codec, to_record
 from crm_ledger.adapters.avro_binary import (
     compile_reader,
     compile_split_reader,
     compile_split_writer,
     compile_writer,
 )
-from crm_ledger.aggregates import CATALOGUE
+from crm_ledger.aggregates import CATALOGUE, Touchpoint
 from crm_ledger.aggregates.touchpoint import ENVELOPE_FIELDS
 from crm_ledger.errors import InvalidEvent, UndecodableMessage
 from tests.factories import tp
@@ -34,6 +34,11 @@ ANY_TIME = st.datetimes(
     min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=ZONES
 )
 ANY_TEXT = st.text(max_size=300)  # lengths on both sides of the one-byte varint (63)
+
+
+def envelope(event: Touchpoint) -> tuple[Any, ...]:
+    """The values of the envelope's fields, in ``ENVELOPE_FIELDS`` order."""
+    return tuple(getattr(event, name) for name in ENVELOPE_FIELDS)
 
 
 def fastavro_bytes(schema: Any, record: Any) -> bytes:

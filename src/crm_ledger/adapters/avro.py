@@ -149,12 +149,12 @@ class SchemaRegistry:
 
     def writer(self, version: SchemaVersion) -> SplitWriter | None:
         """The compiled Avro writer of a version (``avro_binary``) from a touchpoint's envelope
-        (``envelope``) and data, or None, cached."""
+        (``ENVELOPE_FIELDS``' values, in order) and data, or None, cached."""
         return _compiled(self._writers, compile_split_writer, version, ENVELOPE_FIELDS)
 
     def reader(self, version: SchemaVersion) -> SplitReader | None:
         """The compiled Avro reader of a version (``avro_binary``) into a touchpoint's envelope
-        (``envelope``) and data, or None, cached."""
+        (``ENVELOPE_FIELDS``' values, in order) and data, or None, cached."""
         return _compiled(self._readers, compile_split_reader, version, ENVELOPE_FIELDS)
 
     def schema_files(self) -> dict[str, dict[str, Any]]:
@@ -247,7 +247,7 @@ class Codec:
         version = self.registry.latest(tp.event_type)
         writer = self.registry.writer(version)
         head = (tp.event_id, tp.customer_id, tp.occurred_at, tp.source, tp.actor, tp.correlation_id)
-        body = writer(head, tp.data) if writer is not None else None  # head: envelope(tp)
+        body = writer(head, tp.data) if writer is not None else None  # head: ENVELOPE_FIELDS
         message = HEADER.pack(MAGIC, version.schema_id) + body if body is not None else None
         if message is None:
             message = self._fastavro_write(tp, version)
@@ -354,11 +354,6 @@ class Codec:
         record: Any
         for record in reader:
             yield from_record(name, record)
-
-
-def envelope(tp: Touchpoint) -> tuple[Any, ...]:
-    """A touchpoint's envelope fields' values, in ``ENVELOPE_FIELDS`` order."""
-    return (tp.event_id, tp.customer_id, tp.occurred_at, tp.source, tp.actor, tp.correlation_id)
 
 
 def to_record(tp: Touchpoint) -> dict[str, Any]:
