@@ -326,5 +326,7 @@ class DataKeys:
 #: Data keys kept in memory.
 KEY_CACHE_SIZE = 100_000
 
-#: Expanded keys (ciphers) kept in memory, for the streams used most recently.
-CIPHER_CACHE_SIZE = 8_192
+#: Expanded keys (ciphers) kept in memory, for the streams used most recently. Most
+#: expansions are a stream's first (its key is new): at 1,000,000 synthetic events of 46,890
+#: customers, 65,286 expansions with 1,024 kept against 61,138 with 8,192, which held 17 MB more.
+CIPHER_CACHE_SIZE = 1_024
