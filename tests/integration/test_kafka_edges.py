@@ -97,6 +97,9 @@ def test_every_kind_of_message_is_stored_or_dead_lettered_and_ingestion_goes_on(
         goods.append(event)
         _send(producer, kafka, key=key, value=codec.encode(event), **extra)
 
+    def negative(customer_id: str) -> bytes:
+        return codec.encode(tp("OrderPlaced", customer_id, amount_minor=-500))
+
     plain = _producer(kafka)
     good(plain)
     # Every compression codec Kafka supports, each batch between good events.
@@ -134,6 +137,10 @@ def test_every_kind_of_message_is_stored_or_dead_lettered_and_ingestion_goes_on(
             {"key": key, "value": None, "headers": [(RawName(b"\xff\xfe"), b"\x00")]},
             "UndecodableMessage",
         ),
+        # Checked by the ledger as it records the batch: refused, the batch stored.
+        ("breaks the contract", {"key": key, "value": negative(customer)}, "InvalidEvent"),
+        # Both wrong: the contract is the reason given.
+        ("breaks it, wrong key", {"key": b"EDGE-3", "value": negative(customer)}, "InvalidEvent"),
     ]
     for name, message, error_class in cases:
         bad[_send(plain, kafka, **message)] = (name, error_class)
@@ -179,6 +186,8 @@ def test_every_kind_of_message_is_stored_or_dead_lettered_and_ingestion_goes_on(
     assert "tombstone" in reasons["tombstone"]
     assert "message key null is not the event's customer_id 'EDGE-1'" in reasons["null key"]
     assert "sha256:" in reasons["conflicting duplicate"]
+    assert "amount_minor: must not be negative" in reasons["breaks the contract"]
+    assert "amount_minor: must not be negative" in reasons["breaks it, wrong key"]
     assert "over the" in reasons["at the topic's size limit"]
 
 

@@ -170,10 +170,8 @@ class IngestWorker:
         self.stats.assigned = sorted(p.partition for p in assigned)
         if self.on_assign:
             self.on_assign(self.stats.assigned)
-        log.info(
-            "partitions assigned",
-            extra={"partitions": self.stats.assigned, "positions": stored},
-        )
+        where = {"partitions": self.stats.assigned, "positions": stored}
+        log.info("partitions assigned", extra=where)
 
     def run(
         self,
@@ -352,13 +350,12 @@ class IngestWorker:
         self._send_outbox()
 
     def _decode(self, record: Any) -> Touchpoint | Exception:
-        """The message's touchpoint, checked; or why it is refused. An unexpected error is
-        retried a few times, then refuses the message (so it cannot stop the worker)."""
+        """The message's touchpoint, key checked (record_many checks the rest); or why it is
+        refused. An unexpected error is retried, then refuses the message (it cannot stop us)."""
         error: Exception = RuntimeError("not tried")
         for _attempt in range(MESSAGE_ATTEMPTS):
             try:
                 tp = self.codec.decode(_value(record))
-                self.ledger.check(tp)
                 self._check_key(record, tp)
             except InvalidInput as e:
                 return e
@@ -373,6 +370,8 @@ class IngestWorker:
         """The key must be the customer id: per-customer order and single-writer streams
         depend on every event of a customer landing on the same partition."""
         if self.settings.check_keys and record.key != tp.customer_id.encode():
+            # An event that also breaks the contract is refused for that (InvalidEvent).
+            self.ledger.check(tp)
             key = "null" if record.key is None else repr(bytes(record.key[:100]))
             msg = f"message key {key} is not the event's customer_id {tp.customer_id!r}"
             raise WrongMessageKey(msg)
