@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from crm_ledger.adapters.sql import SqlProjectionStore, sqlite_engine
 from crm_ledger.projections.customer_search import TOKEN_COLUMNS
 from tests.e2e.test_cli import run, write_jsonl
 from tests.factories import tp
+from tests.processes import cli_loading
 
 
 def as_json(runner: CliRunner, data: Path, *args: str) -> Any:
@@ -200,31 +199,20 @@ def test_erasure_blanks_the_search_index(tmp_path: Path) -> None:
     assert as_json(runner, data, "customer", "find", "ada") == []
 
 
-#: Run the CLI in a new process and report, on stderr's last line, which of the event store's
-#: and the domain's modules the command loaded.
-_LOADED = """
-import json, sys
-from crm_ledger.cli.base import main
-sys.argv = ["crm-ledger", *sys.argv[1:]]
-try:
-    main()
-except SystemExit:
-    pass
-heavy = ("eventsourcing", "crm_ledger.application", "crm_ledger.aggregates.customer",
-         "cryptography")
-print(json.dumps(sorted(m for m in sys.modules if m.startswith(heavy))), file=sys.stderr)
-"""
+#: The event store's and the domain's modules: a query over read models loads none of them.
+HEAVY = (
+    "eventsourcing",
+    "crm_ledger.application",
+    "crm_ledger.aggregates.customer",
+    "cryptography",
+)
 
 
 def _ltv_in_new_process(data: Path, customer_id: str) -> tuple[list[dict[str, Any]], list[str]]:
     command = ["--data-dir", str(data), "--format", "json", "ltv", customer_id]
-    done = subprocess.run(
-        [sys.executable, "-c", _LOADED, *command],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout), json.loads(done.stderr.splitlines()[-1])
+    code, out, err, loaded = cli_loading(command, HEAVY)
+    assert code == 0, err
+    return json.loads(out), loaded
 
 
 def test_a_query_over_read_models_up_to_date_leaves_the_event_store_unloaded(

@@ -47,6 +47,7 @@ from tests.integration.conftest import (
     stored_touchpoints,
     wait_until,
 )
+from tests.processes import cli_loading
 
 if TYPE_CHECKING:
     from crm_ledger.aggregates import Touchpoint
@@ -320,20 +321,6 @@ def test_a_broker_restart_mid_ingest_loses_nothing(
         assert stored(ledger) == expected(batch)
 
 
-#: `crm-ledger` in a new process; stderr's last line lists the SQL toolkit's modules it loaded.
-_SQL_LOADED = """
-import json, sys
-from crm_ledger.cli.base import main
-sys.argv = ["crm-ledger", *sys.argv[1:]]
-try:
-    main()
-except SystemExit as e:
-    code = e.code
-print(json.dumps([code, sorted(m for m in sys.modules if m.startswith("sqlalchemy"))]),
-      file=sys.stderr)
-"""
-
-
 def test_an_ingest_worker_does_not_load_the_read_side_sql_toolkit(
     kafka: KafkaSettings, codec: Codec, tmp_path: Path
 ) -> None:
@@ -342,16 +329,8 @@ def test_an_ingest_worker_does_not_load_the_read_side_sql_toolkit(
     publish(kafka, codec, batch)
     init_ledger(tmp_path)
     command = ["--data-dir", str(tmp_path), "ingest", "--until-caught-up"]
-    done = subprocess.run(
-        [sys.executable, "-c", _SQL_LOADED, *command],
-        env=kafka_env(kafka),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    code, loaded = json.loads(done.stderr.splitlines()[-1])
-    assert code in (0, None), done.stderr[-2000:]
+    code, _, err, loaded = cli_loading(command, ("sqlalchemy",), kafka_env(kafka))
+    assert code == 0, err[-2000:]
     assert loaded == []
     with cli_ledger(tmp_path) as ledger:
         assert stored(ledger) == expected(batch)
